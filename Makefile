@@ -1,0 +1,40 @@
+# The same targets run on a laptop and in CI (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint typecheck pytest install mosquitto clean
+
+# Run paku-iot locally: Mosquitto child process, HTTP API and collector, SQLite in ./var.
+dev: $(STAMP) mosquitto
+	$(BIN)/paku-iot dev
+
+# Everything CI checks: lint, types, and the whole test suite against real services.
+test: lint typecheck pytest
+
+pytest: $(STAMP) mosquitto
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "paku-iot needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+mosquitto:
+	@scripts/ensure-mosquitto.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from paku_iot.cli import main
+
+raise SystemExit(main())

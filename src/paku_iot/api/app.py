@@ -1,0 +1,28 @@
+"""The FastAPI application, built around an already running `Service`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from paku_iot import __version__
+from paku_iot.api.errors import install_error_handlers
+from paku_iot.api.routes import devices, health, messages
+
+if TYPE_CHECKING:
+    from paku_iot.service import Service
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="paku-iot",
+        version=__version__,
+        description="Provision paku devices, read what they send, and manage them.",
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(devices.router)
+    app.include_router(messages.router)
+    return app

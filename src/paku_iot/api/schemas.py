@@ -1,0 +1,140 @@
+"""The JSON shapes of the HTTP API (camelCase on the wire)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from paku_iot.registry.ids import DEVICE_ID_PATTERN
+from paku_iot.storage.records import DeviceRecord, EventRecord, TelemetryRecord
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class RequestModel(ApiModel):
+    # A misspelt field is a mistake worth hearing about, not something to ignore silently.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ErrorBody(ApiModel):
+    code: str = Field(examples=["device_not_found"])
+    message: str
+
+
+class ErrorResponse(ApiModel):
+    error: ErrorBody
+
+
+class DeviceCreate(RequestModel):
+    model: str = Field(min_length=1, max_length=64, examples=["paku-sensor-v1"])
+    id: str | None = Field(
+        default=None,
+        pattern=DEVICE_ID_PATTERN,
+        description="3-64 characters of A-Z a-z 0-9 _ -; generated when absent.",
+        examples=["kitchen-01"],
+    )
+    notes: str | None = Field(default=None, max_length=4000)
+    metadata: dict[str, Any] | None = None
+
+
+class Device(ApiModel):
+    id: str
+    model: str
+    created_at: datetime
+    last_seen_at: datetime | None
+    online: bool
+    fw_version: str | None
+    rssi: int | None
+    notes: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: DeviceRecord) -> Device:
+        return cls(
+            id=record.id,
+            model=record.model,
+            created_at=record.created_at,
+            last_seen_at=record.last_seen_at,
+            online=record.online,
+            fw_version=record.fw_version,
+            rssi=record.rssi,
+            notes=record.notes,
+            metadata=record.metadata,
+        )
+
+
+class Credentials(ApiModel):
+    username: str
+    password: str = Field(description="Shown once; only a hash is stored.")
+
+
+class ProvisionedDevice(Device):
+    credentials: Credentials
+
+
+class DevicePage(ApiModel):
+    items: list[Device]
+    next: str | None = Field(description="Cursor for the next page, null on the last one.")
+
+
+class TelemetryItem(ApiModel):
+    ts: datetime = Field(description="Sample time: the device's `ts`, else the receive time.")
+    received_at: datetime
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: TelemetryRecord) -> TelemetryItem:
+        return cls(ts=record.ts, received_at=record.received_at, payload=record.payload)
+
+
+class TelemetryPage(ApiModel):
+    items: list[TelemetryItem]
+    next: str | None
+
+
+class EventItem(ApiModel):
+    ts: datetime
+    type: str
+    received_at: datetime
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: EventRecord) -> EventItem:
+        return cls(
+            ts=record.ts, type=record.type, received_at=record.received_at, payload=record.payload
+        )
+
+
+class EventPage(ApiModel):
+    items: list[EventItem]
+    next: str | None
+
+
+class RejectedItem(ApiModel):
+    id: int
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: str = Field(description="The payload (first 4 KiB), as text where it is UTF-8.")
+    payload_size: int
+
+
+class RejectedPage(ApiModel):
+    items: list[RejectedItem]
+    next: str | None
+
+
+ComponentStatus = Literal["ok", "unavailable", "degraded"]
+
+
+class Health(ApiModel):
+    status: Literal["ok", "unavailable", "degraded"]
+    components: dict[str, ComponentStatus]
+    details: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,147 @@
+"""The backend's own MQTT connection (gmqtt), kept up for as long as the service runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gmqtt import Client, Subscription
+from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50
+
+log = logging.getLogger("paku_iot.broker")
+
+MessageHandler = Callable[[str, bytes, int, dict[str, Any]], Awaitable[int]]
+"""(topic, payload, qos, properties) -> PUBACK reason code, awaited before the ack is sent."""
+
+SHARED_GROUP = "paku-collector"
+# A day: the broker keeps the collector's queue through any outage shorter than this.
+COLLECTOR_SESSION_EXPIRY_S = 24 * 3600
+# Matches the broker's max_inflight_messages: how many unacked messages may be in our hands.
+RECEIVE_MAXIMUM = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOptions:
+    host: str
+    port: int
+    username: str
+    password: str
+    client_id: str
+    persistent_session: bool
+    subscriptions: tuple[str, ...] = ()
+    keepalive_s: int = 30
+
+
+class BrokerLink:
+    """One MQTT v5 client: connects in the background, retries until the broker is there,
+    resubscribes on reconnect, and calls the handler for every message it receives."""
+
+    def __init__(self, options: LinkOptions, handler: MessageHandler | None = None) -> None:
+        self._options = options
+        self._handler = handler
+        properties: dict[str, Any] = {"receive_maximum": RECEIVE_MAXIMUM}
+        if options.persistent_session:
+            properties["session_expiry_interval"] = COLLECTOR_SESSION_EXPIRY_S
+        self._client = Client(
+            options.client_id,
+            # A persistent session from the very first connect: messages published while the
+            # collector is away are queued for it by the broker.
+            clean_session=not options.persistent_session,
+            optimistic_acknowledgement=False,
+            **properties,
+        )
+        self._client.set_auth_credentials(options.username, options.password)
+        self._client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": 1})
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._subscribed = asyncio.Event()
+        self._connector: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        try:
+            return bool(self._client.is_connected)
+        except AttributeError:  # no connection object before the first attempt
+            return False
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and (for a collector) the broker has confirmed our subscriptions."""
+        if not self._options.subscriptions:
+            return self.connected
+        return self.connected and self._subscribed.is_set()
+
+    def start(self) -> None:
+        self._connector = asyncio.create_task(self._connect_until_up(), name="mqtt-connect")
+
+    async def _connect_until_up(self) -> None:
+        delay = 0.2
+        while not self._stopping:
+            try:
+                await self._client.connect(
+                    self._options.host,
+                    self._options.port,
+                    keepalive=self._options.keepalive_s,
+                    version=MQTTv50,
+                )
+                return
+            except Exception as exc:  # gmqtt raises OSError or its own connect errors
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "cannot connect to the broker at %s:%d (%s), retrying in %.1fs",
+                    self._options.host,
+                    self._options.port,
+                    self.last_error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _on_connect(self, client: Client, _flags: int, _rc: int, _props: Any) -> None:
+        self.last_error = None
+        log.info(
+            "connected to the broker at %s:%d as %s",
+            self._options.host,
+            self._options.port,
+            self._options.client_id,
+        )
+        if self._options.subscriptions:
+            client.subscribe([Subscription(topic, qos=1) for topic in self._options.subscriptions])
+
+    def _on_subscribe(self, _client: Client, _mid: int, granted: Any, _props: Any) -> None:
+        if any(code >= 0x80 for code in granted):
+            log.error("the broker refused a subscription (reason codes %s)", list(granted))
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(self, _client: Client, _packet: Any, _exc: Any = None) -> None:
+        self._subscribed.clear()
+        if not self._stopping:
+            log.warning("lost the broker connection, reconnecting")
+
+    async def _on_message(
+        self, _client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> int:
+        if self._handler is None:
+            return 0
+        return await self._handler(topic, payload, qos, properties)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._connector is not None and not self._connector.done():
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        if self.connected:
+            await self._client.disconnect()

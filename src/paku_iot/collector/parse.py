@@ -1,0 +1,128 @@
+"""Turning one MQTT message into the record it becomes: accepted, or rejected with a reason.
+
+Everything here is pure and total: any bytes on any topic give a record, never an exception,
+because device input must never stop ingest.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from paku_iot.broker.topics import TopicError, UplinkKind, parse_uplink_topic
+from paku_iot.collector.timestamps import TimestampError, parse_device_ts
+from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
+
+# How much of a rejected payload is kept: enough to debug a device, never enough to fill a
+# disk with junk.
+REJECTED_PAYLOAD_KEEP = 4096
+
+Parsed = TelemetryRecord | EventRecord | StateReport | RejectedRecord
+
+
+class RejectReason(StrEnum):
+    INVALID_TOPIC = "invalid_topic"
+    OVERSIZE = "oversize"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_OBJECT = "not_object"
+    INVALID_TS = "invalid_ts"
+    INVALID_STATE = "invalid_state"
+    UNKNOWN_DEVICE = "unknown_device"
+    UNSTORABLE = "unstorable"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def rejected(
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+    reason: RejectReason,
+    detail: str,
+    device_id: str | None,
+) -> RejectedRecord:
+    return RejectedRecord(
+        received_at=received_at,
+        topic=topic,
+        device_id=device_id,
+        reason=reason,
+        detail=detail,
+        payload=payload[:REJECTED_PAYLOAD_KEEP],
+        payload_size=len(payload),
+    )
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | tuple[RejectReason, str]:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RejectReason.INVALID_UTF8, f"payload is not UTF-8: {exc.reason} at {exc.start}"
+    if "\\u0000" in text or "\x00" in text:
+        # PostgreSQL's jsonb cannot hold NUL characters; refuse them on every database alike.
+        return RejectReason.INVALID_JSON, "NUL characters are not accepted"
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        return RejectReason.INVALID_JSON, f"payload is not JSON: {str(exc)[:200]}"
+    if not isinstance(value, dict):
+        return RejectReason.NOT_OBJECT, f"payload must be a JSON object, got {type(value).__name__}"
+    return value
+
+
+def parse_message(
+    topic: str, payload: bytes, received_at: datetime, *, retained: bool, max_payload_bytes: int
+) -> Parsed:
+    try:
+        uplink = parse_uplink_topic(topic)
+    except TopicError as exc:
+        return rejected(
+            topic, payload, received_at, RejectReason.INVALID_TOPIC, str(exc), exc.device_id
+        )
+    device_id = uplink.device_id
+
+    def reject(reason: RejectReason, detail: str) -> RejectedRecord:
+        return rejected(topic, payload, received_at, reason, detail, device_id)
+
+    if len(payload) > max_payload_bytes:
+        return reject(
+            RejectReason.OVERSIZE, f"{len(payload)} bytes is over the {max_payload_bytes} limit"
+        )
+    body = _json_object(payload)
+    if isinstance(body, tuple):
+        return reject(*body)
+
+    if uplink.kind is UplinkKind.STATE:
+        problem = _state_problem(body)
+        if problem:
+            return reject(RejectReason.INVALID_STATE, problem)
+        return StateReport(device_id, received_at, body, live=not retained)
+
+    ts = received_at
+    if "ts" in body:
+        try:
+            ts = parse_device_ts(body["ts"])
+        except TimestampError as exc:
+            return reject(RejectReason.INVALID_TS, str(exc))
+    if uplink.kind is UplinkKind.TELEMETRY:
+        return TelemetryRecord(device_id, ts, received_at, body)
+    assert uplink.event_name is not None
+    return EventRecord(device_id, uplink.event_name, ts, received_at, body)
+
+
+def _state_problem(body: dict[str, Any]) -> str | None:
+    if "online" in body and not isinstance(body["online"], bool):
+        return "online must be true or false"
+    rssi = body.get("rssi")
+    if rssi is not None and (
+        isinstance(rssi, bool) or not isinstance(rssi, int) or not -200 <= rssi <= 50
+    ):
+        return "rssi must be an integer dBm between -200 and 50"
+    fw = body.get("fwVersion")
+    if fw is not None and (not isinstance(fw, str) or not 0 < len(fw) <= 64):
+        return "fwVersion must be a string of 1-64 characters"
+    return None

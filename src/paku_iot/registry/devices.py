@@ -1,0 +1,100 @@
+"""Provisioning: creating devices, their credentials, and keeping the broker in step."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from paku_iot.broker.credentials import PasswordFileSync
+from paku_iot.exceptions import Conflict, InvalidInput, NotFound
+from paku_iot.registry.ids import is_valid_device_id, new_device_id
+from paku_iot.registry.passwords import hash_password, new_password
+from paku_iot.storage.devices import DeviceStore
+from paku_iot.storage.records import DeviceRecord, NewDevice
+
+log = logging.getLogger("paku_iot.registry")
+
+_GENERATED_ID_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionedDevice:
+    device: DeviceRecord
+    password: str  # the only time it exists in clear
+
+
+class DeviceRegistry:
+    def __init__(self, store: DeviceStore, broker_sync: PasswordFileSync | None) -> None:
+        self._store = store
+        self._broker_sync = broker_sync
+
+    async def provision(
+        self,
+        *,
+        model: str,
+        device_id: str | None = None,
+        notes: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ProvisionedDevice:
+        if device_id is not None and not is_valid_device_id(device_id):
+            raise InvalidInput(
+                "device id must be 3-64 characters of A-Z, a-z, 0-9, '_' and '-'",
+                code="invalid_device_id",
+            )
+        password = new_password()
+        attempts = 1 if device_id is not None else _GENERATED_ID_ATTEMPTS
+        for _ in range(attempts):
+            candidate = device_id or new_device_id()
+            try:
+                device = await self._store.insert(
+                    NewDevice(
+                        id=candidate,
+                        model=model,
+                        notes=notes,
+                        metadata=metadata or {},
+                        created_at=datetime.now(UTC),
+                        password_hash=hash_password(password),
+                    )
+                )
+            except Conflict:
+                if device_id is not None:
+                    raise
+                continue
+            await self._sync_broker()
+            log.info("provisioned device %s (model %s)", device.id, model)
+            return ProvisionedDevice(device, password)
+        raise Conflict("could not find a free device id; try again", code="device_exists")
+
+    async def get(self, device_id: str) -> DeviceRecord:
+        device = await self._store.get(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r}", code="device_not_found")
+        return device
+
+    async def delete(self, device_id: str) -> None:
+        if not await self._store.delete(device_id):
+            raise NotFound(f"no device {device_id!r}", code="device_not_found")
+        await self._sync_broker()
+        log.info("deleted device %s", device_id)
+
+    async def rotate_credentials(self, device_id: str) -> ProvisionedDevice:
+        password = new_password()
+        if not await self._store.set_password_hash(
+            device_id, hash_password(password), datetime.now(UTC)
+        ):
+            raise NotFound(f"no device {device_id!r}", code="device_not_found")
+        await self._sync_broker()
+        log.info("rotated the credentials of device %s", device_id)
+        return ProvisionedDevice(await self.get(device_id), password)
+
+    async def _sync_broker(self) -> None:
+        # The database has committed the change; if the broker cannot be told now, it is
+        # told at the next change or restart. The API answer stays true to the database.
+        if self._broker_sync is None:
+            return
+        try:
+            await self._broker_sync.sync()
+        except Exception:
+            log.exception("the broker's password file is behind the registry")

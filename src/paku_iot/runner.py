@@ -1,0 +1,149 @@
+"""Running the service in the foreground until SIGINT/SIGTERM: `serve` and `dev`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+
+import uvicorn
+
+from paku_iot.api.app import create_app
+from paku_iot.broker.files import BrokerOptions, BrokerPaths
+from paku_iot.broker.process import MosquittoProcess, find_mosquitto
+from paku_iot.broker.setup import prepare_broker_dir
+from paku_iot.netcheck import ensure_port_free
+from paku_iot.secretfiles import read_or_create_secret
+from paku_iot.service import ALL_ROLES, Role, Service, running_service
+from paku_iot.settings import Settings
+from paku_iot.storage.migrate import upgrade
+from paku_iot.storage.urls import async_database_url, describe
+
+log = logging.getLogger("paku_iot")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: we own SIGINT/SIGTERM, so shutdown runs our
+    teardown in order instead of re-raising the signal after the HTTP server stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _install_stop_signals(on_stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_stop)
+
+
+async def _run_until_stopped(service: Service, roles: frozenset[Role]) -> None:
+    stop = asyncio.Event()
+    _install_stop_signals(stop.set)
+    if Role.API not in roles:
+        await stop.wait()
+        return
+    settings = service.settings
+    server = _Server(
+        uvicorn.Config(
+            create_app(service),
+            host=settings.http_host,
+            port=settings.http_port,
+            lifespan="off",
+            log_config=None,
+            access_log=settings.log_level == "DEBUG",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await serving
+    stopping.cancel()
+    if not server.started:
+        raise SystemExit(f"the HTTP server could not start on {settings.http_base_url}")
+
+
+async def serve(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> None:
+    if Role.API in roles:
+        ensure_port_free(settings.http_host, settings.http_port, "PAKU_HTTP_PORT")
+    async with running_service(settings, roles) as service:
+        log.info(
+            "paku-iot %s running (database %s, broker %s:%d)",
+            "+".join(sorted(roles)),
+            describe(async_database_url(settings.resolved_database_url)),
+            settings.mqtt_host,
+            settings.mqtt_port,
+        )
+        await _run_until_stopped(service, roles)
+    log.info("paku-iot stopped")
+
+
+def prepare_dev(settings: Settings) -> Settings:
+    """Everything `dev` needs on disk: data dir, broker files, secrets, migrated database.
+    Returns the settings `dev` runs with (the broker dir and admin token filled in)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    broker_dir = settings.broker_dir or settings.data_dir / "broker"
+    prepare_broker_dir(
+        broker_dir,
+        BrokerOptions(
+            listen_host=settings.mqtt_host,
+            listen_port=settings.mqtt_port,
+            backend_username=settings.mqtt_username,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_queued_messages=settings.broker_max_queued_messages,
+        ),
+    )
+    token = settings.admin_token or read_or_create_secret(
+        settings.data_dir / "secrets" / "admin-token"
+    )
+    upgrade(settings.resolved_database_url)
+    return settings.model_copy(update={"broker_dir": broker_dir.resolve(), "admin_token": token})
+
+
+def _banner(settings: Settings, token_note: str) -> str:
+    return "\n".join(
+        [
+            "",
+            "paku-iot dev is running",
+            f"  API          {settings.http_base_url}   (docs: {settings.http_base_url}/docs)",
+            f"  MQTT         mqtt://{settings.mqtt_host}:{settings.mqtt_port}",
+            f"  Admin token  {settings.admin_token}   {token_note}",
+            f"  Database     {describe(async_database_url(settings.resolved_database_url))}",
+            f"  Data dir     {settings.data_dir.resolve()}",
+            "Press Ctrl-C to stop.",
+            "",
+        ]
+    )
+
+
+async def dev(settings: Settings, token_note: str = "") -> None:
+    ensure_port_free(settings.http_host, settings.http_port, "PAKU_HTTP_PORT")
+    ensure_port_free(settings.mqtt_host, settings.mqtt_port, "PAKU_MQTT_PORT")
+    assert settings.broker_dir is not None
+    broker = MosquittoProcess(
+        find_mosquitto(settings.mosquitto_bin),
+        BrokerPaths(settings.broker_dir),
+        settings.mqtt_host,
+        settings.mqtt_port,
+    )
+    await broker.start()
+    try:
+        async with running_service(settings) as service:
+            print(_banner(settings, token_note), flush=True)
+            watch = asyncio.create_task(broker.wait())
+            run = asyncio.create_task(_run_until_stopped(service, ALL_ROLES))
+            done, _ = await asyncio.wait({watch, run}, return_when=asyncio.FIRST_COMPLETED)
+            if watch in done:
+                run.cancel()
+                raise SystemExit(
+                    f"mosquitto exited unexpectedly (code {watch.result()}); "
+                    f"see {BrokerPaths(settings.broker_dir).log_file}"
+                )
+            watch.cancel()
+            run.result()
+    finally:
+        await broker.stop()
+    print("paku-iot dev stopped; the broker is stopped too.", flush=True)

@@ -1,0 +1,200 @@
+"""The composition root: settings -> storage -> broker -> registry and collector.
+
+`running_service` builds everything, starts the background work, and tears it down in the
+reverse order. The HTTP app and the CLI receive the finished `Service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paku_iot.api.schemas import Health
+from paku_iot.broker.credentials import PasswordFileSync
+from paku_iot.broker.files import BrokerPaths
+from paku_iot.broker.link import SHARED_GROUP, BrokerLink, LinkOptions
+from paku_iot.broker.topics import uplink_subscriptions
+from paku_iot.collector.intake import Intake
+from paku_iot.collector.stats import IngestStats
+from paku_iot.collector.writer import BatchWriter
+from paku_iot.exceptions import PakuError, SettingsError
+from paku_iot.registry.devices import DeviceRegistry
+from paku_iot.registry.passwords import hash_password
+from paku_iot.secretfiles import read_or_create_secret
+from paku_iot.settings import Settings
+from paku_iot.storage.devices import DeviceStore
+from paku_iot.storage.engine import create_engine, ping
+from paku_iot.storage.messages import MessageStore
+from paku_iot.storage.migrate import require_current_schema
+
+log = logging.getLogger("paku_iot")
+
+
+class Role(StrEnum):
+    API = "api"
+    COLLECTOR = "collector"
+
+
+ALL_ROLES = frozenset(Role)
+
+
+@dataclass(slots=True)
+class Service:
+    settings: Settings
+    engine: AsyncEngine
+    devices: DeviceStore
+    messages: MessageStore
+    registry: DeviceRegistry
+    link: BrokerLink
+    admin_token: str
+    stats: IngestStats = field(default_factory=IngestStats)
+    writer: BatchWriter | None = None
+
+    async def health(self) -> Health:
+        components: dict[str, str] = {}
+        details: dict[str, str] = {}
+        try:
+            await ping(self.engine)
+            components["database"] = "ok"
+        except PakuError as exc:
+            components["database"] = "unavailable"
+            details["database"] = exc.message
+        if self.link.ready:
+            components["broker"] = "ok"
+        else:
+            components["broker"] = "unavailable"
+            details["broker"] = self.link.last_error or "not connected"
+        if self.writer is not None:
+            if self.stats.degraded_reason:
+                components["collector"] = "degraded"
+                details["collector"] = self.stats.degraded_reason
+            else:
+                components["collector"] = "ok"
+        if "unavailable" in components.values():
+            status = "unavailable"
+        elif "degraded" in components.values():
+            status = "degraded"
+        else:
+            status = "ok"
+        return Health.model_validate(
+            {"status": status, "components": components, "details": details}
+        )
+
+
+def admin_token(settings: Settings) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    return read_or_create_secret(settings.data_dir / "secrets" / "admin-token")
+
+
+def backend_mqtt_password(settings: Settings) -> str:
+    if settings.mqtt_password:
+        return settings.mqtt_password
+    if settings.broker_dir is not None:
+        path = BrokerPaths(settings.broker_dir).backend_password
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+        raise SettingsError(
+            f"no backend broker password at {path}: run `paku-iot broker-config --out "
+            f"{settings.broker_dir}` first, or set PAKU_MQTT_PASSWORD"
+        )
+    raise SettingsError(
+        "set PAKU_MQTT_PASSWORD, or PAKU_BROKER_DIR for a broker paku-iot configured"
+    )
+
+
+@asynccontextmanager
+async def running_service(
+    settings: Settings, roles: frozenset[Role] = ALL_ROLES
+) -> AsyncIterator[Service]:
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings.resolved_database_url)
+        stack.push_async_callback(engine.dispose)
+        await require_current_schema(engine)
+
+        devices = DeviceStore(engine)
+        password = backend_mqtt_password(settings)
+        broker_sync: PasswordFileSync | None = None
+        if settings.broker_dir is not None and Role.API in roles:
+            paths = BrokerPaths(settings.broker_dir)
+            broker_sync = PasswordFileSync(
+                password_file=paths.password_file,
+                pid_file=paths.pid_file,
+                device_credentials=devices.credentials,
+                backend_entry=(settings.mqtt_username, hash_password(password)),
+            )
+            # Whatever changed while we were down, the broker sees the registry as it is now.
+            await broker_sync.sync()
+
+        stats = IngestStats()
+        writer: BatchWriter | None = None
+        intake: Intake | None = None
+        if Role.COLLECTOR in roles:
+            writer = BatchWriter(
+                engine,
+                stats,
+                batch_size=settings.ingest_batch_size,
+                linger_s=settings.ingest_linger_ms / 1000,
+                queue_size=settings.ingest_queue_size,
+            )
+            intake = Intake(writer, max_payload_bytes=settings.max_payload_bytes)
+
+        client_role = "collector" if intake is not None else "api"
+        link = BrokerLink(
+            LinkOptions(
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                username=settings.mqtt_username,
+                password=password,
+                client_id=f"paku-{client_role}-{settings.broker_session_name}",
+                persistent_session=intake is not None,
+                subscriptions=tuple(f"$share/{SHARED_GROUP}/{f}" for f in uplink_subscriptions())
+                if intake is not None
+                else (),
+            ),
+            intake.handle if intake is not None else None,
+        )
+
+        service = Service(
+            settings=settings,
+            engine=engine,
+            devices=devices,
+            messages=MessageStore(engine),
+            registry=DeviceRegistry(devices, broker_sync),
+            link=link,
+            admin_token=admin_token(settings),
+            stats=stats,
+            writer=writer,
+        )
+
+        writer_task: asyncio.Task[None] | None = None
+        if writer is not None:
+            writer_task = asyncio.create_task(writer.run(), name="batch-writer")
+
+            async def stop_writer() -> None:
+                assert writer is not None
+                assert writer_task is not None
+                writer.stop()
+                await writer_task
+
+            # Registered before the link's stop, so it runs after it has disconnected...
+            stack.push_async_callback(stop_writer)
+        link.start()
+        # ...except that what is already queued is written (and acked) before we disconnect.
+        stack.push_async_callback(link.stop)
+        if writer is not None:
+            stack.push_async_callback(_drain, writer)
+        yield service
+
+
+async def _drain(writer: BatchWriter) -> None:
+    """Give queued messages a moment to commit so their acks go out on this connection."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while writer.queue_depth and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)

@@ -1,0 +1,136 @@
+"""Settings: environment variables (`PAKU_*`) over `.env` over `config.yml` over defaults.
+
+This is the only module that reads the environment. Everything else receives a `Settings`
+object (or plain values taken from it) from the composition root.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from paku_iot.exceptions import SettingsError
+
+CONFIG_FILE_ENV = "PAKU_CONFIG_FILE"
+DEFAULT_CONFIG_FILES = (Path("config/config.yml"), Path("config.yml"))
+BACKEND_MQTT_USERNAME = "paku.backend"  # a dot can never appear in a device id
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise SettingsError(f"{CONFIG_FILE_ENV}={explicit}: no such file")
+        return path
+    for candidate in DEFAULT_CONFIG_FILES:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class Settings(BaseSettings):
+    """Every setting paku-iot has. The field name in upper case with a `PAKU_` prefix is the
+    environment variable; the field name itself is the key in `config.yml`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PAKU_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,  # `PAKU_X=` in .env means "not set", as in .env.example
+        validate_default=True,
+    )
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = None
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=0, le=65535)
+    mqtt_username: str = BACKEND_MQTT_USERNAME
+    mqtt_password: str | None = None
+    broker_dir: Path | None = None
+    mosquitto_bin: str | None = None
+    broker_max_queued_messages: int = Field(default=100_000, ge=1000)
+
+    admin_token: str | None = None
+
+    instance_id: str | None = None
+    max_payload_bytes: int = Field(default=65_536, ge=256)
+    ingest_batch_size: int = Field(default=1000, ge=1)
+    ingest_linger_ms: int = Field(default=10, ge=0)
+    ingest_queue_size: int = Field(default=10_000, ge=1)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = _config_file()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to an SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'paku.db').resolve()}"
+
+    @property
+    def broker_session_name(self) -> str:
+        """Names this process's broker sessions; must differ between replicas."""
+        return self.instance_id or socket.gethostname()
+
+    @property
+    def http_base_url(self) -> str:
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::", "") else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation failures into a readable `SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PAKU_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None

@@ -1,0 +1,33 @@
+"""Persistence: SQLite (embedded default) or PostgreSQL, through SQLAlchemy Core and Alembic."""
+
+from paku_iot.storage.devices import DeviceStore
+from paku_iot.storage.engine import create_engine, ping, transaction
+from paku_iot.storage.messages import MessageStore, write_batch
+from paku_iot.storage.migrate import require_current_schema, upgrade
+from paku_iot.storage.records import (
+    DeviceRecord,
+    EventRecord,
+    IngestBatch,
+    NewDevice,
+    RejectedRecord,
+    StateReport,
+    TelemetryRecord,
+)
+
+__all__ = [
+    "DeviceRecord",
+    "DeviceStore",
+    "EventRecord",
+    "IngestBatch",
+    "MessageStore",
+    "NewDevice",
+    "RejectedRecord",
+    "StateReport",
+    "TelemetryRecord",
+    "create_engine",
+    "ping",
+    "require_current_schema",
+    "transaction",
+    "upgrade",
+    "write_batch",
+]

@@ -1,0 +1,158 @@
+"""Queries on the device registry table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import RowMapping, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from paku_iot.exceptions import Conflict
+from paku_iot.storage import schema
+from paku_iot.storage.engine import transaction, translated_errors
+from paku_iot.storage.records import DeviceRecord, NewDevice
+
+_d = schema.devices
+_DEVICE_COLUMNS = (
+    _d.c.id,
+    _d.c.model,
+    _d.c.notes,
+    _d.c.metadata,
+    _d.c.created_at,
+    (_d.c.password_hash.is_not(None)).label("has_credentials"),
+    _d.c.last_seen_at,
+    _d.c.online,
+    _d.c.fw_version,
+    _d.c.rssi,
+    _d.c.reported_state,
+)
+
+
+def _device(row: RowMapping) -> DeviceRecord:
+    return DeviceRecord(
+        id=row["id"],
+        model=row["model"],
+        notes=row["notes"],
+        metadata=row["metadata"],
+        created_at=row["created_at"],
+        has_credentials=bool(row["has_credentials"]),
+        last_seen_at=row["last_seen_at"],
+        online=bool(row["online"]),
+        fw_version=row["fw_version"],
+        rssi=row["rssi"],
+        reported_state=row["reported_state"],
+    )
+
+
+class DeviceStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert(self, device: NewDevice) -> DeviceRecord:
+        try:
+            async with transaction(self._engine) as conn:
+                await conn.execute(
+                    _d.insert().values(
+                        id=device.id,
+                        model=device.model,
+                        notes=device.notes,
+                        metadata=device.metadata,
+                        created_at=device.created_at,
+                        password_hash=device.password_hash,
+                        credentials_updated_at=device.created_at,
+                        online=False,
+                    )
+                )
+                return await self._get(conn, device.id)  # type: ignore[return-value]
+        except IntegrityError:
+            raise Conflict(f"device {device.id!r} already exists", code="device_exists") from None
+
+    async def get(self, device_id: str) -> DeviceRecord | None:
+        async with translated_errors(), self._engine.connect() as conn:
+            return await self._get(conn, device_id)
+
+    @staticmethod
+    async def _get(conn: AsyncConnection, device_id: str) -> DeviceRecord | None:
+        row = (
+            (await conn.execute(select(*_DEVICE_COLUMNS).where(_d.c.id == device_id)))
+            .mappings()
+            .first()
+        )
+        return _device(row) if row else None
+
+    async def password_hash(self, device_id: str) -> str | None:
+        async with translated_errors(), self._engine.connect() as conn:
+            result = await conn.execute(select(_d.c.password_hash).where(_d.c.id == device_id))
+            return result.scalar_one_or_none()
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        after_id: str | None = None,
+        model: str | None = None,
+        online: bool | None = None,
+    ) -> list[DeviceRecord]:
+        """Devices in id order (stable for paging), starting after `after_id`."""
+        query = select(*_DEVICE_COLUMNS).order_by(_d.c.id).limit(limit)
+        if after_id is not None:
+            query = query.where(_d.c.id > after_id)
+        if model is not None:
+            query = query.where(_d.c.model == model)
+        if online is not None:
+            query = query.where(_d.c.online == online)
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_device(row) for row in rows]
+
+    async def count(self) -> int:
+        async with translated_errors(), self._engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(_d))).scalar_one())
+
+    async def delete(self, device_id: str) -> bool:
+        """Remove the device and everything it sent. False if there was no such device."""
+        async with transaction(self._engine) as conn:
+            result = await conn.execute(delete(_d).where(_d.c.id == device_id))
+            if result.rowcount == 0:
+                return False
+            for table in (schema.telemetry, schema.events):
+                await conn.execute(delete(table).where(table.c.device_id == device_id))
+            return True
+
+    async def set_password_hash(self, device_id: str, password_hash: str, now: datetime) -> bool:
+        async with transaction(self._engine) as conn:
+            result = await conn.execute(
+                update(_d)
+                .where(_d.c.id == device_id)
+                .values(password_hash=password_hash, credentials_updated_at=now)
+            )
+            return bool(result.rowcount)
+
+    async def credentials(self) -> list[tuple[str, str]]:
+        """(username, `$7$` hash) of every device that has MQTT credentials."""
+        query = (
+            select(_d.c.id, _d.c.password_hash)
+            .where(_d.c.password_hash.is_not(None))
+            .order_by(_d.c.id)
+        )
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row[0], row[1]) for row in rows]
+
+
+async def existing_device_ids(conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
+    wanted = list(ids)
+    if not wanted:
+        return set()
+    result = await conn.execute(select(_d.c.id).where(_d.c.id.in_(wanted)))
+    return {row[0] for row in result}
+
+
+async def read_reported_states(
+    conn: AsyncConnection, ids: Iterable[str]
+) -> dict[str, dict[str, Any] | None]:
+    result = await conn.execute(select(_d.c.id, _d.c.reported_state).where(_d.c.id.in_(list(ids))))
+    return {row[0]: row[1] for row in result}

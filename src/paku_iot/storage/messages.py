@@ -1,0 +1,176 @@
+"""Writing ingest batches and reading telemetry, events and rejected messages back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Insert, Table, and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from paku_iot.storage import schema
+from paku_iot.storage.devices import read_reported_states
+from paku_iot.storage.engine import translated_errors
+from paku_iot.storage.records import (
+    EventRecord,
+    IngestBatch,
+    RejectedRecord,
+    StateReport,
+    TelemetryRecord,
+)
+
+TimeKey = tuple[datetime, int]
+"""A position in a newest-first listing: (ts, id) of the last item seen."""
+
+_d = schema.devices
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING: a redelivered message must not become a second row."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _rows(records: Sequence[Any]) -> list[dict[str, Any]]:
+    rows = [asdict(r) for r in records]
+    for row in rows:
+        row.pop("id", None)
+    return rows
+
+
+async def write_batch(conn: AsyncConnection, batch: IngestBatch) -> None:
+    """Write one batch inside the caller's transaction, set-based where the data allows."""
+    if batch.telemetry:
+        await conn.execute(
+            _insert_ignoring_duplicates(conn, schema.telemetry), _rows(batch.telemetry)
+        )
+    if batch.events:
+        await conn.execute(_insert_ignoring_duplicates(conn, schema.events), _rows(batch.events))
+    if batch.rejected:
+        await conn.execute(schema.rejected_messages.insert(), _rows(batch.rejected))
+    if batch.states:
+        await _apply_states(conn, batch.states)
+    await _touch_last_seen(conn, batch)
+
+
+async def _apply_states(conn: AsyncConnection, states: Sequence[StateReport]) -> None:
+    merged = await read_reported_states(conn, {s.device_id for s in states})
+    changes: dict[str, dict[str, Any]] = {}
+    for report in states:  # in arrival order, so the newest report wins each key
+        state = dict(merged.get(report.device_id) or {})
+        state.update(report.payload)
+        merged[report.device_id] = state
+        change = changes.setdefault(report.device_id, {})
+        change["reported_state"] = state
+        if isinstance(report.payload.get("online"), bool):
+            change["online"] = report.payload["online"]
+        if "rssi" in report.payload:
+            change["rssi"] = report.payload["rssi"]
+        if "fwVersion" in report.payload:
+            change["fw_version"] = report.payload["fwVersion"]
+    for device_id, values in changes.items():
+        await conn.execute(update(_d).where(_d.c.id == device_id).values(**values))
+
+
+async def _touch_last_seen(conn: AsyncConnection, batch: IngestBatch) -> None:
+    latest: dict[str, datetime] = {}
+    live: list[TelemetryRecord | EventRecord | StateReport] = [*batch.telemetry, *batch.events]
+    live.extend(s for s in batch.states if s.live)
+    for record in live:
+        seen = latest.get(record.device_id)
+        if seen is None or record.received_at > seen:
+            latest[record.device_id] = record.received_at
+    for device_id, seen_at in latest.items():
+        await conn.execute(
+            update(_d)
+            .where(_d.c.id == device_id)
+            .where(or_(_d.c.last_seen_at.is_(None), _d.c.last_seen_at < seen_at))
+            .values(last_seen_at=seen_at)
+        )
+
+
+def _time_window(
+    table: Table, start: datetime | None, end: datetime | None, before: TimeKey | None
+) -> list[Any]:
+    conditions: list[Any] = []
+    if start is not None:
+        conditions.append(table.c.ts >= start)
+    if end is not None:
+        conditions.append(table.c.ts < end)
+    if before is not None:
+        ts, row_id = before
+        conditions.append(or_(table.c.ts < ts, and_(table.c.ts == ts, table.c.id < row_id)))
+    return conditions
+
+
+class MessageStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def telemetry(
+        self,
+        device_id: str,
+        *,
+        limit: int,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        before: TimeKey | None = None,
+    ) -> list[TelemetryRecord]:
+        """Newest first; `start` inclusive, `end` exclusive."""
+        t = schema.telemetry
+        query = (
+            select(t.c.id, t.c.device_id, t.c.ts, t.c.received_at, t.c.payload)
+            .where(t.c.device_id == device_id, *_time_window(t, start, end, before))
+            .order_by(t.c.ts.desc(), t.c.id.desc())
+            .limit(limit)
+        )
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [TelemetryRecord(**row) for row in rows]
+
+    async def events(
+        self,
+        device_id: str,
+        *,
+        limit: int,
+        event_type: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        before: TimeKey | None = None,
+    ) -> list[EventRecord]:
+        e = schema.events
+        query = (
+            select(e.c.id, e.c.device_id, e.c.type, e.c.ts, e.c.received_at, e.c.payload)
+            .where(e.c.device_id == device_id, *_time_window(e, start, end, before))
+            .order_by(e.c.ts.desc(), e.c.id.desc())
+            .limit(limit)
+        )
+        if event_type is not None:
+            query = query.where(e.c.type == event_type)
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [EventRecord(**row) for row in rows]
+
+    async def rejected(
+        self,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        device_id: str | None = None,
+        reason: str | None = None,
+    ) -> list[RejectedRecord]:
+        r = schema.rejected_messages
+        query = select(r).order_by(r.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(r.c.id < before_id)
+        if device_id is not None:
+            query = query.where(r.c.device_id == device_id)
+        if reason is not None:
+            query = query.where(r.c.reason == reason)
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [RejectedRecord(**row) for row in rows]

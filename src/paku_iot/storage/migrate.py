@@ -1,0 +1,61 @@
+"""Schema migrations with Alembic, run programmatically (no alembic.ini needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paku_iot.exceptions import SettingsError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Apply migrations up to `revision`. Blocking: call it outside the event loop (or in a
+    thread), since Alembic drives its own loop for the async driver."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def head_revision() -> str:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    def read(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(read)
+
+
+async def require_current_schema(engine: AsyncEngine) -> None:
+    """Refuse to run against a database whose schema is not at the newest migration."""
+    current = await current_revision(engine)
+    head = head_revision()
+    if current != head:
+        raise SettingsError(
+            f"the database schema is at {current or 'nothing'}, this version needs {head}: "
+            "run `paku-iot migrate` first"
+        )
+
+
+def upgrade_in_thread(database_url: str) -> asyncio.Future[None]:
+    """`upgrade` from inside a running loop, without nesting event loops."""
+    return asyncio.ensure_future(asyncio.to_thread(upgrade, database_url))

@@ -1,0 +1,92 @@
+"""Plain records that cross the storage boundary, so callers never see SQLAlchemy rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    id: str
+    model: str
+    notes: str | None
+    metadata: JsonObject
+    created_at: datetime
+    has_credentials: bool
+    last_seen_at: datetime | None
+    online: bool
+    fw_version: str | None
+    rssi: int | None
+    reported_state: JsonObject | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    id: str
+    model: str
+    notes: str | None
+    metadata: JsonObject
+    created_at: datetime
+    password_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryRecord:
+    device_id: str
+    ts: datetime
+    received_at: datetime
+    payload: JsonObject
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    device_id: str
+    type: str
+    ts: datetime
+    received_at: datetime
+    payload: JsonObject
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StateReport:
+    """What a device said on its state topic. `live` is False for a retained copy the broker
+    replays when we subscribe: it tells us the state but not that the device was seen now."""
+
+    device_id: str
+    received_at: datetime
+    payload: JsonObject
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRecord:
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: bytes
+    payload_size: int
+    id: int = 0
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    """Everything one collector batch writes, in one transaction."""
+
+    telemetry: list[TelemetryRecord] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    states: list[StateReport] = field(default_factory=list)
+    rejected: list[RejectedRecord] = field(default_factory=list)
+
+    def device_ids(self) -> set[str]:
+        ids = {r.device_id for r in self.telemetry}
+        ids.update(r.device_id for r in self.events)
+        ids.update(r.device_id for r in self.states)
+        return ids

@@ -1,0 +1,87 @@
+"""The tables, in SQLAlchemy Core. Migrations (not `create_all`) create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from paku_iot.storage.types import UtcDateTime, big_id_type, json_type
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("notes", Text, nullable=True),
+    Column("metadata", json_type(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    # NULL while a device has no MQTT credentials (a claim-code device before its claim).
+    Column("password_hash", String(255), nullable=True),
+    Column("credentials_updated_at", UtcDateTime(), nullable=True),
+    Column("last_seen_at", UtcDateTime(), nullable=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("fw_version", String(64), nullable=True),
+    Column("rssi", Integer, nullable=True),
+    # The device's latest reported state, merged key by key, as it sent it.
+    Column("reported_state", json_type(), nullable=True),
+    Index(None, "model", "id"),
+)
+
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("payload", json_type(), nullable=False),
+    # One sample per device and time: a broker redelivery of the same message is stored once.
+    # It is also the index every per-device time query uses.
+    UniqueConstraint("device_id", "ts"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("payload", json_type(), nullable=False),
+    UniqueConstraint("device_id", "type", "ts"),
+    Index(None, "device_id", "ts"),
+)
+
+rejected_messages = Table(
+    "rejected_messages",
+    metadata,
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("device_id", String(64), nullable=True),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    # At most the first few KiB: enough to debug a device, never a way to fill the disk.
+    Column("payload", LargeBinary, nullable=False),
+    Column("payload_size", Integer, nullable=False),
+    Index(None, "received_at"),
+)
