@@ -1,0 +1,38 @@
+"""Migrations create the schema on both databases; the service refuses an old schema."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from paku_iot.exceptions import SettingsError
+from paku_iot.storage.engine import create_engine
+from paku_iot.storage.migrate import (
+    current_revision,
+    head_revision,
+    require_current_schema,
+    upgrade,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fresh.db'}"
+    url: str = request.getfixturevalue("empty_pg_database")
+    return url
+
+
+async def test_upgrade_is_repeatable_and_reaches_head(empty_database: str) -> None:
+    engine = create_engine(empty_database)
+    try:
+        with pytest.raises(SettingsError, match="paku-iot migrate"):
+            await require_current_schema(engine)
+        await asyncio.to_thread(upgrade, empty_database)
+        await asyncio.to_thread(upgrade, empty_database)
+        assert await current_revision(engine) == head_revision()
+        await require_current_schema(engine)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,249 @@
+"""The real entry points as a user runs them: `paku-iot dev`, and `paku-iot serve` against
+a Mosquitto started from `paku-iot broker-config`, each in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+
+from paku_iot.broker.process import find_mosquitto
+from tests.support import DeviceClient, eventually, free_port, require, wait_for_port_sync
+
+TOKEN = "process-test-token-0123456789abcdef"
+
+
+def paku(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "paku_iot", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_paku(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "paku_iot", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def read_until(stream: IO[str], marker: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen += line
+        if marker in line:
+            return seen
+    raise AssertionError(f"{marker!r} never appeared; output so far:\n{seen}")
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, str]:
+    process.send_signal(sig)
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        raise AssertionError(f"did not stop on {sig}:\n{stderr}") from None
+    return process.returncode, stderr
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+async def provision(base_url: str, device_id: str, token: str) -> str:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        response = await client.post("/devices", json={"model": "m", "id": device_id})
+        assert response.status_code == 201, response.text
+        password: str = response.json()["credentials"]["password"]
+        return password
+
+
+async def stored_telemetry(base_url: str, device_id: str, token: str) -> list[dict[str, object]]:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        response = await client.get(f"/devices/{device_id}/telemetry")
+        assert response.status_code == 200, response.text
+        items: list[dict[str, object]] = response.json()["items"]
+        return items
+
+
+async def device_round_trip(base_url: str, mqtt_port: int, device_id: str, token: str) -> str:
+    password = await provision(base_url, device_id, token)
+    device = await DeviceClient("127.0.0.1", mqtt_port, device_id, password).connect()
+    assert await device.publish(f"paku/{device_id}/telemetry", '{"ts": 1780000000000, "v": 7}') == 0
+    await device.disconnect()
+
+    async def stored() -> None:
+        items = await stored_telemetry(base_url, device_id, token)
+        assert [i["payload"] for i in items] == [{"ts": 1780000000000, "v": 7}]
+
+    await eventually(stored)
+    return password
+
+
+@pytest.fixture
+def external_broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A Mosquitto paku-iot did not start: configured by `broker-config`, run by hand."""
+    try:
+        binary = find_mosquitto(None)
+    except Exception as exc:
+        require(False, str(exc))
+        raise
+    port = free_port()
+    broker_dir = tmp_path / "broker"
+    result = run_paku(
+        "broker-config",
+        "--out",
+        str(broker_dir),
+        env={"PAKU_MQTT_PORT": str(port)},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"mosquitto -c {broker_dir / 'mosquitto.conf'}" in result.stdout
+    assert oct((broker_dir / "backend-password").stat().st_mode & 0o777) == "0o600"
+    broker = subprocess.Popen(
+        [binary, "-c", str(broker_dir / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert wait_for_port_sync(port)
+    yield broker_dir, port
+    broker.terminate()
+    broker.wait(10)
+
+
+async def test_serve_on_postgresql_with_an_external_broker(
+    tmp_path: Path, external_broker: tuple[Path, int], empty_pg_database: str
+) -> None:
+    broker_dir, mqtt_port = external_broker
+    http_port = free_port()
+    env = {
+        "PAKU_DATABASE_URL": empty_pg_database,
+        "PAKU_BROKER_DIR": str(broker_dir),
+        "PAKU_MQTT_PORT": str(mqtt_port),
+        "PAKU_HTTP_PORT": str(http_port),
+        "PAKU_ADMIN_TOKEN": TOKEN,
+        "PAKU_DATA_DIR": str(tmp_path / "data"),
+        "PAKU_INSTANCE_ID": "serve-test",
+    }
+    not_migrated = run_paku("serve", env=env, cwd=tmp_path)
+    assert not_migrated.returncode == 1
+    assert "run `paku-iot migrate`" in not_migrated.stderr
+
+    migrated = run_paku("migrate", env=env, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "up to date" in migrated.stdout
+
+    server = paku("serve", env=env, cwd=tmp_path)
+    base_url = f"http://127.0.0.1:{http_port}"
+    try:
+
+        async def healthy() -> None:
+            async with httpx.AsyncClient() as client:
+                try:
+                    response = await client.get(f"{base_url}/health")
+                except httpx.TransportError as exc:
+                    raise AssertionError(str(exc)) from None
+                assert response.status_code == 200, response.text
+
+        await eventually(healthy, timeout=30)
+        await device_round_trip(base_url, mqtt_port, "ext-1", TOKEN)
+    finally:
+        code, stderr = stop(server, signal.SIGTERM)
+    assert code == 0, stderr
+    assert "paku-iot stopped" in stderr
+
+
+async def test_dev_runs_everything_and_comes_back_with_the_same_data(tmp_path: Path) -> None:
+    try:
+        find_mosquitto(None)
+    except Exception as exc:
+        require(False, str(exc))
+    http_port, mqtt_port = free_port(), free_port()
+    env = {
+        "PAKU_DATA_DIR": str(tmp_path / "var"),
+        "PAKU_HTTP_PORT": str(http_port),
+        "PAKU_MQTT_PORT": str(mqtt_port),
+    }
+    base_url = f"http://127.0.0.1:{http_port}"
+
+    first = paku("dev", env=env, cwd=tmp_path)
+    assert first.stdout is not None
+    banner = read_until(first.stdout, "Press Ctrl-C")
+    token_file = tmp_path / "var" / "secrets" / "admin-token"
+    token = token_file.read_text().strip()
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    assert token in banner
+    assert base_url in banner
+    assert f"mqtt://127.0.0.1:{mqtt_port}" in banner
+    broker_pid = int((tmp_path / "var" / "broker" / "mosquitto.pid").read_text())
+    assert pid_alive(broker_pid)
+    try:
+        password = await device_round_trip(base_url, mqtt_port, "dev-1", token)
+    finally:
+        code, stderr = stop(first)
+    assert code == 0, stderr
+    assert not pid_alive(broker_pid), "Ctrl-C must stop the broker too"
+
+    second = paku("dev", env=env, cwd=tmp_path)
+    assert second.stdout is not None
+    try:
+        banner = read_until(second.stdout, "Press Ctrl-C")
+        assert token in banner  # same secrets
+        device = await DeviceClient("127.0.0.1", mqtt_port, "dev-1", password).connect()
+        await device.disconnect()  # same registry, same credentials
+        items = await stored_telemetry(base_url, "dev-1", token)
+        assert len(items) == 1  # same data
+    finally:
+        code, stderr = stop(second)
+    assert code == 0, stderr
+
+
+async def test_dev_names_the_setting_for_a_taken_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            "PAKU_DATA_DIR": str(tmp_path / "var"),
+            "PAKU_HTTP_PORT": str(free_port()),
+            "PAKU_MQTT_PORT": str(taken.getsockname()[1]),
+        }
+        result = await asyncio.to_thread(run_paku, "dev", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "PAKU_MQTT_PORT" in result.stderr
+    assert "already in use" in result.stderr
+    assert "Traceback" not in result.stderr
