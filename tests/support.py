@@ -64,6 +64,13 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0) -
         await asyncio.sleep(0.05)
 
 
+def _close(client: paho.Client) -> None:
+    client.loop_stop()
+    # paho's loop keeps a loopback socket pair for wake-ups and closes it only when garbage
+    # collected; close it now so no test leaks sockets (warnings are errors here).
+    client._reset_sockets()
+
+
 class ConnectRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -123,11 +130,11 @@ class DeviceClient:
         client.connect(self.host, self.port, keepalive=5)
         client.loop_start()
         if not connected.wait(10):
-            client.loop_stop()
+            _close(client)
             raise ConnectRefused("no CONNACK")
         reason = outcome["reason"]
         if reason.is_failure:
-            client.loop_stop()
+            _close(client)
             raise ConnectRefused(str(reason))
         self._client = client
 
@@ -177,7 +184,7 @@ class DeviceClient:
     def _disconnect_sync(self) -> None:
         if self._client is not None:
             self._client.disconnect()
-            self._client.loop_stop()
+            _close(self._client)
 
     async def disconnect(self) -> None:
         await asyncio.to_thread(self._disconnect_sync)
@@ -188,7 +195,7 @@ class DeviceClient:
         assert sock is not None
         sock.shutdown(socket.SHUT_RDWR)  # the network vanishes: no DISCONNECT is sent
         time.sleep(0.2)
-        self._client.loop_stop()
+        _close(self._client)
 
     async def drop_network(self) -> None:
         await asyncio.to_thread(self._drop_sync)

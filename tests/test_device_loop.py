@@ -185,8 +185,42 @@ async def test_state_and_last_will_track_presence(api: httpx.AsyncClient, broker
         device = (await api.get("/devices/dev-w")).json()
         assert device["online"] is False
         assert device["fwVersion"] == "1.2.0"  # the will says only what it says
+        assert device["lastSeenAt"] == shown["lastSeenAt"]  # the will is not a sighting
 
     await eventually(offline, timeout=15)
+
+
+async def test_two_events_in_one_millisecond_are_both_kept(
+    api: httpx.AsyncClient, device: DeviceClient
+) -> None:
+    await device.publish("paku/dev-a/event/ack", '{"ts": 1780000000000, "id": "c1", "ok": true}')
+    await device.publish("paku/dev-a/event/ack", '{"ts": 1780000000000, "id": "c2", "ok": true}')
+    await device.publish("paku/dev-a/event/ack", '{"ts": 1780000000000, "id": "c2", "ok": true}')
+
+    async def two() -> None:
+        items = (await api.get("/devices/dev-a/events")).json()["items"]
+        assert sorted(i["payload"]["id"] for i in items) == ["c1", "c2"]
+
+    await eventually(two)
+
+
+async def test_retained_telemetry_is_not_stored_again_on_resubscribe(
+    api: httpx.AsyncClient, device: DeviceClient, service: Service, settings: Settings
+) -> None:
+    await device.publish("paku/dev-a/telemetry", '{"v": 1}', retain=True)
+    await device.publish("paku/dev-a/event/boot", '{"v": 1}', retain=True)
+    await settled(api, "dev-a", 1)
+    await service.link.stop()
+    async with running_service(settings) as again:
+        # The collector subscribes again on reconnect; a marker shows it is live.
+        await eventually(lambda: asyncio.sleep(0, again.link.ready))
+        await device.publish("paku/dev-a/telemetry", '{"v": 2}')
+        items = await settled(api, "dev-a", 2)
+        await asyncio.sleep(0.3)
+        items = await telemetry(api, "dev-a")
+    assert sorted(i["payload"]["v"] for i in items) == [1, 2]
+    events = (await api.get("/devices/dev-a/events")).json()["items"]
+    assert len(events) == 1
 
 
 async def test_events_are_stored_by_name(api: httpx.AsyncClient, device: DeviceClient) -> None:

@@ -15,7 +15,6 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paku_iot.api.schemas import Health
 from paku_iot.broker.credentials import PasswordFileSync
 from paku_iot.broker.files import BrokerPaths
 from paku_iot.broker.link import SHARED_GROUP, BrokerLink, LinkOptions
@@ -44,6 +43,13 @@ class Role(StrEnum):
 ALL_ROLES = frozenset(Role)
 
 
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    status: str  # ok | degraded | unavailable
+    components: dict[str, str]
+    details: dict[str, str]
+
+
 @dataclass(slots=True)
 class Service:
     settings: Settings
@@ -56,7 +62,7 @@ class Service:
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
 
-    async def health(self) -> Health:
+    async def health(self) -> HealthReport:
         components: dict[str, str] = {}
         details: dict[str, str] = {}
         try:
@@ -82,9 +88,7 @@ class Service:
             status = "degraded"
         else:
             status = "ok"
-        return Health.model_validate(
-            {"status": status, "components": components, "details": details}
-        )
+        return HealthReport(status, components, details)
 
 
 def admin_token(settings: Settings) -> str:
@@ -154,9 +158,8 @@ async def running_service(
                 password=password,
                 client_id=f"paku-{client_role}-{settings.broker_session_name}",
                 persistent_session=intake is not None,
-                subscriptions=tuple(f"$share/{SHARED_GROUP}/{f}" for f in uplink_subscriptions())
-                if intake is not None
-                else (),
+                subscriptions=tuple(uplink_subscriptions()) if intake is not None else (),
+                shared_group=SHARED_GROUP,
             ),
             intake.handle if intake is not None else None,
         )

@@ -32,6 +32,23 @@ def test_telemetry_without_ts_uses_receive_time() -> None:
     assert record.ts == NOW
 
 
+def test_null_ts_means_receive_time_and_surrogate_pairs_are_text() -> None:
+    record = parse("paku/dev-1/telemetry", b'{"ts": null, "s": "\\ud83d\\ude00"}')
+    assert isinstance(record, TelemetryRecord)
+    assert record.ts == NOW
+    assert record.payload["s"] == "\U0001f600"
+
+
+def test_same_event_bytes_have_the_same_digest() -> None:
+    first = parse("paku/dev-1/event/ack", b'{"ts": 1780000000000, "id": "a"}')
+    again = parse("paku/dev-1/event/ack", b'{"ts": 1780000000000, "id": "a"}')
+    other = parse("paku/dev-1/event/ack", b'{"ts": 1780000000000, "id": "b"}')
+    assert isinstance(first, EventRecord)
+    assert isinstance(again, EventRecord)
+    assert isinstance(other, EventRecord)
+    assert first.digest == again.digest != other.digest
+
+
 def test_event_takes_its_name_from_the_topic() -> None:
     record = parse("paku/dev-1/event/button", b'{"ts": "2026-01-01T00:00:00Z"}')
     assert isinstance(record, EventRecord)
@@ -68,7 +85,10 @@ def test_state_is_live_unless_retained() -> None:
         ("paku/dev-1/telemetry", b'{"ts": 1e300}', RejectReason.INVALID_TS),
         ("paku/dev-1/telemetry", b'{"ts": "2026-01-01T00:00:00"}', RejectReason.INVALID_TS),
         ("paku/dev-1/telemetry", b'{"ts": "soon"}', RejectReason.INVALID_TS),
-        ("paku/dev-1/telemetry", b'{"ts": null}', RejectReason.INVALID_TS),
+        ("paku/dev-1/telemetry", b'{"a": 1e400}', RejectReason.INVALID_JSON),
+        ("paku/dev-1/telemetry", b'{"a": -1e400}', RejectReason.INVALID_JSON),
+        ("paku/dev-1/telemetry", b'{"s": "\\ud800"}', RejectReason.INVALID_JSON),
+        ("paku/dev-1/event/x", b'{"s": "a\\udc00b"}', RejectReason.INVALID_JSON),
         ("paku/dev-1/state", b'{"online": 1}', RejectReason.INVALID_STATE),
         ("paku/dev-1/state", b'{"rssi": "strong"}', RejectReason.INVALID_STATE),
         ("paku/dev-1/state", b'{"rssi": true}', RejectReason.INVALID_STATE),

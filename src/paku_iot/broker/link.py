@@ -12,6 +12,8 @@ from typing import Any
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50
 
+from paku_iot.broker.topics import UplinkFilter
+
 log = logging.getLogger("paku_iot.broker")
 
 MessageHandler = Callable[[str, bytes, int, dict[str, Any]], Awaitable[int]]
@@ -32,7 +34,8 @@ class LinkOptions:
     password: str
     client_id: str
     persistent_session: bool
-    subscriptions: tuple[str, ...] = ()
+    subscriptions: tuple[UplinkFilter, ...] = ()
+    shared_group: str | None = None
     keepalive_s: int = 30
 
 
@@ -114,7 +117,18 @@ class BrokerLink:
             self._options.client_id,
         )
         if self._options.subscriptions:
-            client.subscribe([Subscription(topic, qos=1) for topic in self._options.subscriptions])
+            client.subscribe([self._subscription(f) for f in self._options.subscriptions])
+
+    def _subscription(self, uplink: UplinkFilter) -> Subscription:
+        topic = uplink.topic_filter
+        if self._options.shared_group:
+            topic = f"$share/{self._options.shared_group}/{topic}"
+        return Subscription(
+            topic,
+            qos=1,
+            # MQTT v5 retain handling: 0 = send retained messages on subscribe, 2 = never.
+            retain_handling_options=0 if uplink.replay_retained else 2,
+        )
 
     def _on_subscribe(self, _client: Client, _mid: int, granted: Any, _props: Any) -> None:
         if any(code >= 0x80 for code in granted):

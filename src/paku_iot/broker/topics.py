@@ -33,13 +33,21 @@ class TopicError(ValueError):
         self.device_id = device_id
 
 
-def uplink_subscriptions() -> list[str]:
+@dataclass(frozen=True, slots=True)
+class UplinkFilter:
+    topic_filter: str
+    # Retained copies sent at subscribe time: wanted for state (the current truth of each
+    # device), not for telemetry and events (already stored when first published).
+    replay_retained: bool
+
+
+def uplink_subscriptions() -> list[UplinkFilter]:
     """The filters the collector subscribes to. Not `paku/#`: that would also deliver the
     commands and configuration the backend itself publishes."""
     return [
-        f"{TOPIC_ROOT}/+/{UplinkKind.TELEMETRY}",
-        f"{TOPIC_ROOT}/+/{UplinkKind.STATE}",
-        f"{TOPIC_ROOT}/+/{UplinkKind.EVENT}/#",
+        UplinkFilter(f"{TOPIC_ROOT}/+/{UplinkKind.TELEMETRY}", replay_retained=False),
+        UplinkFilter(f"{TOPIC_ROOT}/+/{UplinkKind.STATE}", replay_retained=True),
+        UplinkFilter(f"{TOPIC_ROOT}/+/{UplinkKind.EVENT}/#", replay_retained=False),
     ]
 
 

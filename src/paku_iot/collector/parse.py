@@ -6,7 +6,10 @@ because device input must never stop ingest.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -38,6 +41,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+# A \uD800-\uDFFF escape: fine in a proper pair (an emoji), an unpaired one is not text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def rejected(
     topic: str,
     payload: bytes,
@@ -66,9 +88,11 @@ def _json_object(payload: bytes) -> dict[str, Any] | tuple[RejectReason, str]:
         # PostgreSQL's jsonb cannot hold NUL characters; refuse them on every database alike.
         return RejectReason.INVALID_JSON, "NUL characters are not accepted"
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         return RejectReason.INVALID_JSON, f"payload is not JSON: {str(exc)[:200]}"
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        return RejectReason.INVALID_JSON, "payload has an unpaired UTF-16 surrogate escape"
     if not isinstance(value, dict):
         return RejectReason.NOT_OBJECT, f"payload must be a JSON object, got {type(value).__name__}"
     return value
@@ -103,7 +127,7 @@ def parse_message(
         return StateReport(device_id, received_at, body, live=not retained)
 
     ts = received_at
-    if "ts" in body:
+    if body.get("ts") is not None:
         try:
             ts = parse_device_ts(body["ts"])
         except TimestampError as exc:
@@ -111,7 +135,8 @@ def parse_message(
     if uplink.kind is UplinkKind.TELEMETRY:
         return TelemetryRecord(device_id, ts, received_at, body)
     assert uplink.event_name is not None
-    return EventRecord(device_id, uplink.event_name, ts, received_at, body)
+    digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
+    return EventRecord(device_id, uplink.event_name, ts, received_at, body, digest)
 
 
 def _state_problem(body: dict[str, Any]) -> str | None:

@@ -216,7 +216,9 @@ class BatchWriter:
             if is_unavailable_error(exc):
                 raise
             log.error("message on %s could not be stored: %s", _topic_of(record), exc)
-            detail = f"the database refused it: {str(exc)[:500]}"
+            # The driver's own message, not SQLAlchemy's, which quotes the statement and data.
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+            detail = f"the database refused it: {reason}"
             await self._commit([_set_aside(record, RejectReason.UNSTORABLE, detail)])
 
     def _count(self, batch: IngestBatch) -> None:

@@ -1,12 +1,13 @@
-"""The device registry: device ids, credentials and the provisioning service."""
+"""The device registry: device ids, credentials, and provisioning (`registry.devices`).
 
-from paku_iot.registry.devices import DeviceRegistry, ProvisionedDevice
+This package's `__init__` imports only the leaf modules: the broker layer needs device ids,
+and provisioning needs the broker layer, so `DeviceRegistry` is imported from its module.
+"""
+
 from paku_iot.registry.ids import is_valid_device_id, new_device_id
 from paku_iot.registry.passwords import hash_password, new_password, verify_password
 
 __all__ = [
-    "DeviceRegistry",
-    "ProvisionedDevice",
     "hash_password",
     "is_valid_device_id",
     "new_device_id",

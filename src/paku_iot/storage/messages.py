@@ -79,7 +79,9 @@ async def _apply_states(conn: AsyncConnection, states: Sequence[StateReport]) ->
 async def _touch_last_seen(conn: AsyncConnection, batch: IngestBatch) -> None:
     latest: dict[str, datetime] = {}
     live: list[TelemetryRecord | EventRecord | StateReport] = [*batch.telemetry, *batch.events]
-    live.extend(s for s in batch.states if s.live)
+    # A Last Will (`online: false`) is published by the broker after the device went silent:
+    # it is news about the device, not a sign of it.
+    live.extend(s for s in batch.states if s.live and s.payload.get("online") is not False)
     for record in live:
         seen = latest.get(record.device_id)
         if seen is None or record.received_at > seen:
@@ -144,7 +146,9 @@ class MessageStore:
     ) -> list[EventRecord]:
         e = schema.events
         query = (
-            select(e.c.id, e.c.device_id, e.c.type, e.c.ts, e.c.received_at, e.c.payload)
+            select(
+                e.c.id, e.c.device_id, e.c.type, e.c.ts, e.c.received_at, e.c.payload, e.c.digest
+            )
             .where(e.c.device_id == device_id, *_time_window(e, start, end, before))
             .order_by(e.c.ts.desc(), e.c.id.desc())
             .limit(limit)

@@ -50,6 +50,8 @@ class EventRecord:
     ts: datetime
     received_at: datetime
     payload: JsonObject
+    # Tells a broker redelivery (same bytes) from a second event in the same millisecond.
+    digest: str
     id: int = 0
 
 

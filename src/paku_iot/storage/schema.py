@@ -67,7 +67,8 @@ events = Table(
     Column("ts", UtcDateTime(), nullable=False),
     Column("received_at", UtcDateTime(), nullable=False),
     Column("payload", json_type(), nullable=False),
-    UniqueConstraint("device_id", "type", "ts"),
+    Column("digest", String(16), nullable=False),
+    UniqueConstraint("device_id", "type", "ts", "digest"),
     Index(None, "device_id", "ts"),
 )
 

@@ -20,6 +20,9 @@ router = APIRouter(tags=["health"])
 async def health(service: Annotated[Service, Depends(get_service)]) -> JSONResponse:
     """200 when the database and the broker are reachable; 503 naming what is not."""
     report = await service.health()
+    body = Health.model_validate(
+        {"status": report.status, "components": report.components, "details": report.details}
+    )
     return JSONResponse(
-        report.model_dump(by_alias=True), status_code=200 if report.status != "unavailable" else 503
+        body.model_dump(by_alias=True), status_code=503 if report.status == "unavailable" else 200
     )

@@ -56,8 +56,11 @@ def upgrade() -> None:
         sa.Column("ts", UtcDateTime(), nullable=False),
         sa.Column("received_at", UtcDateTime(), nullable=False),
         sa.Column("payload", json_type(), nullable=False),
+        sa.Column("digest", sa.String(16), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_events"),
-        sa.UniqueConstraint("device_id", "type", "ts", name="uq_events_device_id_type_ts"),
+        sa.UniqueConstraint(
+            "device_id", "type", "ts", "digest", name="uq_events_device_id_type_ts_digest"
+        ),
     )
     op.create_index("ix_events_device_id_ts", "events", ["device_id", "ts"])
 
