@@ -147,7 +147,11 @@ async def running_service(
                 linger_s=settings.ingest_linger_ms / 1000,
                 queue_size=settings.ingest_queue_size,
             )
-            intake = Intake(writer, max_payload_bytes=settings.max_payload_bytes)
+            intake = Intake(
+                writer,
+                max_payload_bytes=settings.max_payload_bytes,
+                max_in_flight=settings.ingest_queue_size,
+            )
 
         client_role = "collector" if intake is not None else "api"
         link = BrokerLink(
@@ -164,6 +168,8 @@ async def running_service(
             intake.handle if intake is not None else None,
         )
 
+        if intake is not None:
+            intake.flow = link
         service = Service(
             settings=settings,
             engine=engine,

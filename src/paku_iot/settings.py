@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=65_536, ge=256)
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_linger_ms: int = Field(default=10, ge=0)
-    ingest_queue_size: int = Field(default=10_000, ge=1)
+    ingest_queue_size: int = Field(default=4000, ge=2)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -148,6 +148,21 @@ class BrokerLink:
             return 0
         return await self._handler(topic, payload, qos, properties)
 
+    def _transport(self) -> Any:
+        connection = getattr(self._client, "_connection", None)
+        return getattr(connection, "_transport", None)
+
+    def pause_reading(self) -> None:
+        """Stop taking packets from the broker (TCP backpressure) until `resume_reading`."""
+        transport = self._transport()
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self._transport()
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain)
 

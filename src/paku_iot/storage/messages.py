@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Table, and_, or_, select, update
+from sqlalchemy import Insert, Table, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,23 +34,55 @@ def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
     return sqlite.insert(table).on_conflict_do_nothing()
 
 
-def _rows(records: Sequence[Any]) -> list[dict[str, Any]]:
-    rows = [asdict(r) for r in records]
-    for row in rows:
-        row.pop("id", None)
-    return rows
+def _telemetry_rows(records: Sequence[TelemetryRecord]) -> list[dict[str, Any]]:
+    # Plain dicts by hand: dataclasses.asdict would deep-copy every payload on the hot path.
+    return [
+        {"device_id": r.device_id, "ts": r.ts, "received_at": r.received_at, "payload": r.payload}
+        for r in records
+    ]
+
+
+def _event_rows(records: Sequence[EventRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "device_id": r.device_id,
+            "type": r.type,
+            "ts": r.ts,
+            "received_at": r.received_at,
+            "payload": r.payload,
+            "digest": r.digest,
+        }
+        for r in records
+    ]
+
+
+def _rejected_rows(records: Sequence[RejectedRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "received_at": r.received_at,
+            "topic": r.topic,
+            "device_id": r.device_id,
+            "reason": r.reason,
+            "detail": r.detail,
+            "payload": r.payload,
+            "payload_size": r.payload_size,
+        }
+        for r in records
+    ]
 
 
 async def write_batch(conn: AsyncConnection, batch: IngestBatch) -> None:
     """Write one batch inside the caller's transaction, set-based where the data allows."""
     if batch.telemetry:
         await conn.execute(
-            _insert_ignoring_duplicates(conn, schema.telemetry), _rows(batch.telemetry)
+            _insert_ignoring_duplicates(conn, schema.telemetry), _telemetry_rows(batch.telemetry)
         )
     if batch.events:
-        await conn.execute(_insert_ignoring_duplicates(conn, schema.events), _rows(batch.events))
+        await conn.execute(
+            _insert_ignoring_duplicates(conn, schema.events), _event_rows(batch.events)
+        )
     if batch.rejected:
-        await conn.execute(schema.rejected_messages.insert(), _rows(batch.rejected))
+        await conn.execute(schema.rejected_messages.insert(), _rejected_rows(batch.rejected))
     if batch.states:
         await _apply_states(conn, batch.states)
     await _touch_last_seen(conn, batch)
@@ -86,13 +117,17 @@ async def _touch_last_seen(conn: AsyncConnection, batch: IngestBatch) -> None:
         seen = latest.get(record.device_id)
         if seen is None or record.received_at > seen:
             latest[record.device_id] = record.received_at
-    for device_id, seen_at in latest.items():
-        await conn.execute(
-            update(_d)
-            .where(_d.c.id == device_id)
-            .where(or_(_d.c.last_seen_at.is_(None), _d.c.last_seen_at < seen_at))
-            .values(last_seen_at=seen_at)
-        )
+    if not latest:
+        return
+    # One statement executed for many parameter sets (a single round of executemany), not a
+    # statement per device.
+    await conn.execute(
+        update(_d)
+        .where(_d.c.id == bindparam("device_id"))
+        .where(or_(_d.c.last_seen_at.is_(None), _d.c.last_seen_at < bindparam("seen_at")))
+        .values(last_seen_at=bindparam("seen_at")),
+        [{"device_id": d, "seen_at": t} for d, t in sorted(latest.items())],
+    )
 
 
 def _time_window(
