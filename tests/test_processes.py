@@ -231,6 +231,8 @@ async def test_dev_runs_everything_and_comes_back_with_the_same_data(tmp_path: P
     finally:
         code, stderr = stop(second)
     assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert "ERROR" not in stderr
 
 
 async def test_dev_names_the_setting_for_a_taken_port(tmp_path: Path) -> None:

@@ -196,6 +196,8 @@ async def running_service(
             stack.push_async_callback(stop_writer)
         link.start()
         # ...except that what is already queued is written (and acked) before we disconnect.
+        if intake is not None:
+            stack.callback(intake.connection_closed)
         stack.push_async_callback(link.stop)
         if writer is not None:
             stack.push_async_callback(_drain, writer)

@@ -34,7 +34,12 @@ class Intake:
         self._low_water = max_in_flight // 2
         self._in_flight = 0
         self._paused = False
+        self._connection_closed = asyncio.Event()
         self.flow: FlowControl | None = None
+
+    def connection_closed(self) -> None:
+        """Called once the broker connection is gone for good (shutdown)."""
+        self._connection_closed.set()
 
     @property
     def in_flight(self) -> int:
@@ -55,9 +60,11 @@ class Intake:
         try:
             await self._writer.submit(record)
         except WriterStopped:
-            # Never acknowledge what was not stored: wait here until the connection closes,
-            # and the broker delivers the message again to the next collector session.
-            await asyncio.Event().wait()
+            # Never acknowledge what was not stored: return only once the connection is
+            # closed, so no PUBACK can reach the broker, which delivers the message again to
+            # the next collector session. (Waiting forever would leave a task to be cancelled
+            # at exit, which gmqtt reports as an error.)
+            await self._connection_closed.wait()
         finally:
             self._in_flight -= 1
             if self._paused and self._in_flight <= self._low_water and self.flow is not None:
