@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import asyncpg
 import httpx
 import pytest
 
@@ -249,3 +250,34 @@ async def test_dev_names_the_setting_for_a_taken_port(tmp_path: Path) -> None:
     assert "PAKU_MQTT_PORT" in result.stderr
     assert "already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_dev_honours_a_postgresql_url(tmp_path: Path, empty_pg_database: str) -> None:
+    try:
+        find_mosquitto(None)
+    except Exception as exc:
+        require(False, str(exc))
+    http_port, mqtt_port = free_port(), free_port()
+    env = {
+        "PAKU_DATA_DIR": str(tmp_path / "var"),
+        "PAKU_HTTP_PORT": str(http_port),
+        "PAKU_MQTT_PORT": str(mqtt_port),
+        "PAKU_DATABASE_URL": empty_pg_database,
+        "PAKU_ADMIN_TOKEN": TOKEN,
+    }
+    dev = paku("dev", env=env, cwd=tmp_path)
+    assert dev.stdout is not None
+    try:
+        banner = read_until(dev.stdout, "Press Ctrl-C")
+        assert "postgresql+asyncpg://" in banner
+        assert "(from PAKU_ADMIN_TOKEN)" in banner
+        await device_round_trip(f"http://127.0.0.1:{http_port}", mqtt_port, "pg-1", TOKEN)
+    finally:
+        code, stderr = stop(dev)
+    assert code == 0, stderr
+    conn = await asyncpg.connect(empty_pg_database)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = 'pg-1'") == 1
+    finally:
+        await conn.close()
+    assert not (tmp_path / "var" / "paku.db").exists()

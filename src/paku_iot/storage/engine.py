@@ -45,12 +45,23 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+# PostgreSQL SQLSTATE classes that mean "not now" rather than "not ever": connection
+# exceptions, insufficient resources (disk full, too many connections), operator
+# intervention (shutdown, cannot connect now), and a database closed to connections.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+_UNAVAILABLE_SQLSTATES = frozenset({"55000", "3D000"})
+
+
 def is_unavailable_error(exc: BaseException) -> bool:
     """True for errors that mean "the database is not reachable or not usable right now"."""
     if isinstance(exc, OperationalError | InterfaceError):
         return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        if sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES:
+            return True
     return isinstance(exc, OSError | ConnectionError | TimeoutError)
 
 
