@@ -45,7 +45,7 @@ def _pg_dsn(database: str) -> str:
     return PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}"
 
 
-async def _pg_admin(sql: str) -> None:
+async def pg_admin(sql: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         await conn.execute(sql)
@@ -57,27 +57,27 @@ async def _pg_admin(sql: str) -> None:
 def pg_template() -> Iterator[str]:
     """A database migrated once per session; each test copies it (fast) and drops its copy."""
     try:
-        asyncio.run(_pg_admin("SELECT 1"))
+        asyncio.run(pg_admin("SELECT 1"))
     except (OSError, asyncpg.PostgresError) as exc:
         require(False, f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}")
-    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {PG_TEMPLATE}"))
-    asyncio.run(_pg_admin(f"CREATE DATABASE {PG_TEMPLATE}"))
+    asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {PG_TEMPLATE}"))
+    asyncio.run(pg_admin(f"CREATE DATABASE {PG_TEMPLATE}"))
     upgrade(_pg_dsn(PG_TEMPLATE))
     yield PG_TEMPLATE
-    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {PG_TEMPLATE} WITH (FORCE)"))
+    asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {PG_TEMPLATE} WITH (FORCE)"))
 
 
 @pytest.fixture
 def empty_pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database with no schema, dropped after the test."""
     try:
-        asyncio.run(_pg_admin("SELECT 1"))
+        asyncio.run(pg_admin("SELECT 1"))
     except (OSError, asyncpg.PostgresError) as exc:
         require(False, f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}")
     name = f"paku_test_{secrets.token_hex(6)}"
-    asyncio.run(_pg_admin(f"CREATE DATABASE {name}"))
+    asyncio.run(pg_admin(f"CREATE DATABASE {name}"))
     yield _pg_dsn(name)
-    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -90,9 +90,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     template = request.getfixturevalue("pg_template")
     name = f"paku_test_{secrets.token_hex(6)}"
-    asyncio.run(_pg_admin(f"CREATE DATABASE {name} TEMPLATE {template}"))
+    asyncio.run(pg_admin(f"CREATE DATABASE {name} TEMPLATE {template}"))
     yield _pg_dsn(name)
-    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @dataclass

@@ -116,6 +116,21 @@ async def device_round_trip(base_url: str, mqtt_port: int, device_id: str, token
     return password
 
 
+def dev_environment(tmp_path: Path) -> tuple[dict[str, str], int, int]:
+    """Settings for a `paku-iot dev` of the test's own: data in tmp_path, free ports."""
+    try:
+        find_mosquitto(None)
+    except Exception as exc:
+        require(False, str(exc))
+    http_port, mqtt_port = free_port(), free_port()
+    env = {
+        "PAKU_DATA_DIR": str(tmp_path / "var"),
+        "PAKU_HTTP_PORT": str(http_port),
+        "PAKU_MQTT_PORT": str(mqtt_port),
+    }
+    return env, http_port, mqtt_port
+
+
 @pytest.fixture
 def external_broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """A Mosquitto paku-iot did not start: configured by `broker-config`, run by hand."""
@@ -190,16 +205,7 @@ async def test_serve_on_postgresql_with_an_external_broker(
 
 
 async def test_dev_runs_everything_and_comes_back_with_the_same_data(tmp_path: Path) -> None:
-    try:
-        find_mosquitto(None)
-    except Exception as exc:
-        require(False, str(exc))
-    http_port, mqtt_port = free_port(), free_port()
-    env = {
-        "PAKU_DATA_DIR": str(tmp_path / "var"),
-        "PAKU_HTTP_PORT": str(http_port),
-        "PAKU_MQTT_PORT": str(mqtt_port),
-    }
+    env, http_port, mqtt_port = dev_environment(tmp_path)
     base_url = f"http://127.0.0.1:{http_port}"
 
     first = paku("dev", env=env, cwd=tmp_path)
@@ -253,18 +259,8 @@ async def test_dev_names_the_setting_for_a_taken_port(tmp_path: Path) -> None:
 
 
 async def test_dev_honours_a_postgresql_url(tmp_path: Path, empty_pg_database: str) -> None:
-    try:
-        find_mosquitto(None)
-    except Exception as exc:
-        require(False, str(exc))
-    http_port, mqtt_port = free_port(), free_port()
-    env = {
-        "PAKU_DATA_DIR": str(tmp_path / "var"),
-        "PAKU_HTTP_PORT": str(http_port),
-        "PAKU_MQTT_PORT": str(mqtt_port),
-        "PAKU_DATABASE_URL": empty_pg_database,
-        "PAKU_ADMIN_TOKEN": TOKEN,
-    }
+    env, http_port, mqtt_port = dev_environment(tmp_path)
+    env |= {"PAKU_DATABASE_URL": empty_pg_database, "PAKU_ADMIN_TOKEN": TOKEN}
     dev = paku("dev", env=env, cwd=tmp_path)
     assert dev.stdout is not None
     try:

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
 import httpx
 import pytest
 
 from paku_iot.settings import Settings
-from tests.conftest import PG_ADMIN_DSN, Broker
+from tests.conftest import Broker, pg_admin
 from tests.support import eventually
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -26,8 +17,10 @@ async def test_health_names_the_database_when_it_is_unreachable(
     created = await api.post("/devices", json={"model": "m", "id": "dev-h"})
     device = await broker.device("dev-h", created.json()["credentials"]["password"]).connect()
     name = settings.resolved_database_url.rsplit("/", 1)[1]
-    await _admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-    await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+    await pg_admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+    await pg_admin(
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    )
     try:
 
         async def unavailable() -> None:
@@ -53,7 +46,7 @@ async def test_health_names_the_database_when_it_is_unreachable(
 
         await eventually(degraded)
     finally:
-        await _admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await pg_admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
 
     async def recovered() -> None:
         response = await api.get("/health")
