@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from paku_iot.service import Service, running_service
+from paku_iot.api.app import create_app
+from paku_iot.service import Role, Service, running_service
 from paku_iot.settings import Settings
 from tests.conftest import Broker
-from tests.support import ConnectRefused, DeviceClient, eventually
+from tests.support import ADMIN_TOKEN, ConnectRefused, DeviceClient, eventually
 
 NOT_AUTHORISED = 0x87
 
@@ -383,3 +384,27 @@ async def test_health_names_the_broker_when_it_is_down(
         assert (await api.get("/health")).status_code == 200
 
     await eventually(recovered, timeout=20)
+
+
+async def test_api_and_collector_can_run_as_separate_roles(
+    settings: Settings, broker: Broker
+) -> None:
+    collector_settings = settings.model_copy(update={"instance_id": "collector-only"})
+    async with (
+        running_service(settings, frozenset({Role.API})) as api_only,
+        running_service(collector_settings, frozenset({Role.COLLECTOR})) as collector_only,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(api_only)),
+            base_url="http://paku.test",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as api,
+    ):
+        await eventually(lambda: asyncio.sleep(0, collector_only.link.ready))
+        password = await provision(api, "dev-split")
+        device = await broker.device("dev-split", password).connect()
+        await device.publish("paku/dev-split/telemetry", '{"ts": 1780000000000}')
+        await settled(api, "dev-split", 1)
+        await device.disconnect()
+        health = (await api.get("/health")).json()
+        assert health["components"] == {"database": "ok", "broker": "ok"}
+        assert collector_only.stats.accepted["telemetry"] == 1
