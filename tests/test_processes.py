@@ -277,3 +277,15 @@ async def test_dev_honours_a_postgresql_url(tmp_path: Path, empty_pg_database: s
     finally:
         await conn.close()
     assert not (tmp_path / "var" / "paku.db").exists()
+
+
+def test_an_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
+    url = f"postgresql://paku:secret@127.0.0.1:{free_port()}/paku"
+    for command in ("migrate", "serve"):
+        result = run_paku(
+            command, env={"PAKU_DATABASE_URL": url, "PAKU_MQTT_PASSWORD": "x"}, cwd=tmp_path
+        )
+        assert result.returncode == 1, result.stderr
+        assert "cannot reach the database" in result.stderr
+        assert "secret" not in result.stderr  # the password is never printed
+        assert "Traceback" not in result.stderr

@@ -12,7 +12,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paku_iot.exceptions import SettingsError
+from paku_iot.exceptions import SettingsError, Unavailable
+from paku_iot.storage.engine import is_unavailable_error
+from paku_iot.storage.urls import async_database_url, describe
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -27,7 +29,19 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision`. Blocking: call it outside the event loop (or in a
     thread), since Alembic drives its own loop for the async driver."""
-    command.upgrade(alembic_config(database_url), revision)
+    try:
+        command.upgrade(alembic_config(database_url), revision)
+    except Exception as exc:
+        if is_unavailable_error(exc):
+            raise _unreachable(database_url, exc) from None
+        raise
+
+
+def _unreachable(database_url: str, exc: BaseException) -> Unavailable:
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    return Unavailable(
+        f"cannot reach the database {describe(async_database_url(database_url))}: {reason}"
+    )
 
 
 def head_revision() -> str:
@@ -41,8 +55,13 @@ async def current_revision(engine: AsyncEngine) -> str | None:
     def read(conn: Connection) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
-    async with engine.connect() as conn:
-        return await conn.run_sync(read)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(read)
+    except Exception as exc:
+        if is_unavailable_error(exc):
+            raise _unreachable(engine.url.render_as_string(hide_password=False), exc) from None
+        raise
 
 
 async def require_current_schema(engine: AsyncEngine) -> None:
