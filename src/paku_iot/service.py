@@ -22,15 +22,21 @@ from paku_iot.broker.topics import uplink_subscriptions
 from paku_iot.collector.intake import Intake
 from paku_iot.collector.stats import IngestStats
 from paku_iot.collector.writer import BatchWriter
+from paku_iot.downlink.commands import CommandService
+from paku_iot.downlink.config import ConfigService
+from paku_iot.downlink.sweeper import sweep_forever
 from paku_iot.exceptions import PakuError, SettingsError
 from paku_iot.registry.devices import DeviceRegistry
 from paku_iot.registry.passwords import hash_password
 from paku_iot.secretfiles import read_or_create_secret
 from paku_iot.settings import Settings
+from paku_iot.storage.commands import CommandStore
+from paku_iot.storage.configs import ConfigStore
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.engine import create_engine, ping
 from paku_iot.storage.messages import MessageStore
 from paku_iot.storage.migrate import require_current_schema
+from paku_iot.tasks import TaskSet
 
 log = logging.getLogger("paku_iot")
 
@@ -59,6 +65,8 @@ class Service:
     registry: DeviceRegistry
     link: BrokerLink
     admin_token: str
+    commands: CommandService
+    configs: ConfigService
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
 
@@ -170,17 +178,23 @@ async def running_service(
 
         if intake is not None:
             intake.flow = link
+        commands = CommandService(CommandStore(engine), devices, link)
         service = Service(
             settings=settings,
             engine=engine,
             devices=devices,
             messages=MessageStore(engine),
-            registry=DeviceRegistry(devices, broker_sync),
+            registry=DeviceRegistry(devices, broker_sync, link),
             link=link,
             admin_token=admin_token(settings),
+            commands=commands,
+            configs=ConfigService(ConfigStore(engine), link),
             stats=stats,
             writer=writer,
         )
+        background = TaskSet()
+        if writer is not None:
+            writer.on_online = lambda ids: background.spawn_each(commands.dispatch, ids)
 
         writer_task: asyncio.Task[None] | None = None
         if writer is not None:
@@ -195,6 +209,8 @@ async def running_service(
             # Registered before the link's stop, so it runs after it has disconnected...
             stack.push_async_callback(stop_writer)
         link.start()
+        background.spawn(sweep_forever(commands), name="command-sweeper")
+        stack.push_async_callback(background.cancel_all)  # first thing at shutdown
         # ...except that what is already queued is written (and acked) before we disconnect.
         if intake is not None:
             stack.callback(intake.connection_closed)

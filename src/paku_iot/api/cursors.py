@@ -52,3 +52,16 @@ def decode_time_cursor(cursor: str) -> tuple[datetime, int]:
     if not isinstance(row_id, int) or ts.tzinfo is None:
         raise InvalidInput("cursor is not one this API issued", code="invalid_cursor")
     return ts, row_id
+
+
+def decode_time_text_cursor(cursor: str) -> tuple[datetime, str]:
+    """A (time, text id) position, as in newest-first lists keyed by a string id."""
+    value = _decode(cursor)
+    try:
+        ts_text, item_id = value
+        ts = datetime.fromisoformat(ts_text)
+    except (TypeError, ValueError):
+        raise InvalidInput("cursor is not one this API issued", code="invalid_cursor") from None
+    if not isinstance(item_id, str) or ts.tzinfo is None:
+        raise InvalidInput("cursor is not one this API issued", code="invalid_cursor")
+    return ts, item_id

@@ -8,8 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from paku_iot.downlink.config import ConfigView
 from paku_iot.registry.ids import DEVICE_ID_PATTERN
-from paku_iot.storage.records import DeviceRecord, EventRecord, TelemetryRecord
+from paku_iot.storage.records import CommandRecord, DeviceRecord, EventRecord, TelemetryRecord
 
 
 class ApiModel(BaseModel):
@@ -138,3 +139,85 @@ class Health(ApiModel):
     status: Literal["ok", "unavailable", "degraded"]
     components: dict[str, ComponentStatus]
     details: dict[str, str] = Field(default_factory=dict)
+
+
+COMMAND_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class CommandCreate(RequestModel):
+    name: str = Field(pattern=COMMAND_NAME_PATTERN, examples=["reboot"])
+    params: dict[str, Any] = Field(default_factory=dict)
+    ttl_seconds: int = Field(
+        default=3600,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="How long the command may wait for the device and its answer.",
+    )
+
+
+class BulkCommandCreate(CommandCreate):
+    device_ids: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    model: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class Command(ApiModel):
+    id: str
+    device_id: str
+    name: str
+    params: dict[str, Any]
+    status: Literal["queued", "sent", "acked", "failed", "expired"]
+    created_at: datetime
+    expires_at: datetime
+    sent_at: datetime | None
+    acked_at: datetime | None
+    result: Any
+    error: str | None
+
+    @classmethod
+    def of(cls, record: CommandRecord) -> Command:
+        return cls.model_validate(
+            {
+                "id": record.id,
+                "device_id": record.device_id,
+                "name": record.name,
+                "params": record.params,
+                "status": record.status,
+                "created_at": record.created_at,
+                "expires_at": record.expires_at,
+                "sent_at": record.sent_at,
+                "acked_at": record.acked_at,
+                "result": record.result,
+                "error": record.error,
+            }
+        )
+
+
+class CommandPage(ApiModel):
+    items: list[Command]
+    next: str | None
+
+
+class CommandBatch(ApiModel):
+    items: list[Command]
+
+
+class ConfigPut(RequestModel):
+    config: dict[str, Any]
+
+
+class DeviceConfig(ApiModel):
+    version: int = Field(description="Desired version; 0 when none was ever set.")
+    config: dict[str, Any]
+    reported_version: int | None = Field(description="`configVersion` from the device's state.")
+    in_sync: bool
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, view: ConfigView) -> DeviceConfig:
+        return cls(
+            version=view.version,
+            config=view.config,
+            reported_version=view.reported_version,
+            in_sync=view.in_sync,
+            updated_at=view.updated_at,
+        )

@@ -112,6 +112,10 @@ def parse_message(
     def reject(reason: RejectReason, detail: str) -> RejectedRecord:
         return rejected(topic, payload, received_at, reason, detail, device_id)
 
+    if uplink.kind is UplinkKind.STATE and not payload:
+        # An empty retained message clears the broker's copy (on device deletion, say): it
+        # says nothing about the device, so it changes nothing.
+        return StateReport(device_id, received_at, {}, live=False)
     if len(payload) > max_payload_bytes:
         return reject(
             RejectReason.OVERSIZE, f"{len(payload)} bytes is over the {max_payload_bytes} limit"
@@ -147,6 +151,13 @@ def _state_problem(body: dict[str, Any]) -> str | None:
         isinstance(rssi, bool) or not isinstance(rssi, int) or not -200 <= rssi <= 50
     ):
         return "rssi must be an integer dBm between -200 and 50"
+    config_version = body.get("configVersion")
+    if config_version is not None and (
+        isinstance(config_version, bool)
+        or not isinstance(config_version, int)
+        or config_version < 0
+    ):
+        return "configVersion must be a non-negative integer"
     fw = body.get("fwVersion")
     if fw is not None and (not isinstance(fw, str) or not 0 < len(fw) <= 64):
         return "fwVersion must be a string of 1-64 characters"

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paku_iot.collector.acks import settle_commands
 from paku_iot.collector.parse import Parsed, RejectReason, rejected
 from paku_iot.collector.stats import IngestStats
 from paku_iot.storage.devices import existing_device_ids
@@ -109,6 +111,9 @@ class BatchWriter:
         self._linger_s = linger_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
         self._stopping = False
+        # Told (after commit) which devices just said they are online: their queued
+        # commands can go out now.
+        self.on_online: Callable[[set[str]], None] | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -207,7 +212,14 @@ class BatchWriter:
         async with self._engine.begin() as conn:
             batch = build_batch(records, await existing_device_ids(conn, _device_ids(records)))
             await write_batch(conn, batch)
+            if batch.events:
+                await settle_commands(conn, batch.events)
         self._count(batch)
+        came_online = {
+            s.device_id for s in batch.states if s.live and s.payload.get("online") is True
+        }
+        if came_online and self.on_online is not None:
+            self.on_online(came_online)
 
     async def _commit_one(self, record: Parsed) -> None:
         try:

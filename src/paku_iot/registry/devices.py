@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from paku_iot.broker.credentials import PasswordFileSync
+from paku_iot.broker.topics import config_topic, state_topic
+from paku_iot.downlink.publisher import Publisher
 from paku_iot.exceptions import Conflict, InvalidInput, NotFound
 from paku_iot.registry.ids import is_valid_device_id, new_device_id
 from paku_iot.registry.passwords import hash_password, new_password
@@ -26,9 +28,15 @@ class ProvisionedDevice:
 
 
 class DeviceRegistry:
-    def __init__(self, store: DeviceStore, broker_sync: PasswordFileSync | None) -> None:
+    def __init__(
+        self,
+        store: DeviceStore,
+        broker_sync: PasswordFileSync | None,
+        publisher: Publisher | None = None,
+    ) -> None:
         self._store = store
         self._broker_sync = broker_sync
+        self._publisher = publisher
 
     async def provision(
         self,
@@ -77,6 +85,11 @@ class DeviceRegistry:
         if not await self._store.delete(device_id):
             raise NotFound(f"no device {device_id!r}", code="device_not_found")
         await self._sync_broker()
+        if self._publisher is not None and self._publisher.connected:
+            # An empty retained message removes the broker's copy: a device re-created with
+            # this id must not be handed the old one's configuration or state.
+            for topic in (config_topic(device_id), state_topic(device_id)):
+                self._publisher.publish(topic, b"", qos=1, retain=True)
         log.info("deleted device %s", device_id)
 
     async def rotate_credentials(self, device_id: str) -> ProvisionedDevice:

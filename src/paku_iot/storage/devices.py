@@ -108,6 +108,15 @@ class DeviceStore:
             rows = (await conn.execute(query)).mappings().all()
         return [_device(row) for row in rows]
 
+    async def many(self, device_ids: list[str]) -> list[DeviceRecord]:
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (
+                (await conn.execute(select(*_DEVICE_COLUMNS).where(_d.c.id.in_(device_ids))))
+                .mappings()
+                .all()
+            )
+        return [_device(row) for row in rows]
+
     async def count(self) -> int:
         async with translated_errors(), self._engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(_d))).scalar_one())
@@ -118,7 +127,7 @@ class DeviceStore:
             result = await conn.execute(delete(_d).where(_d.c.id == device_id))
             if result.rowcount == 0:
                 return False
-            for table in (schema.telemetry, schema.events):
+            for table in (schema.telemetry, schema.events, schema.commands, schema.device_configs):
                 await conn.execute(delete(table).where(table.c.device_id == device_id))
             return True
 

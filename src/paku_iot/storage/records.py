@@ -92,3 +92,27 @@ class IngestBatch:
         ids.update(r.device_id for r in self.events)
         ids.update(r.device_id for r in self.states)
         return ids
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    id: str
+    device_id: str
+    name: str
+    params: JsonObject
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    sent_at: datetime | None = None
+    acked_at: datetime | None = None
+    result: Any = None
+    error: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredConfig:
+    device_id: str
+    version: int
+    config: JsonObject
+    updated_at: datetime

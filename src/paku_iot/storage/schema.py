@@ -86,3 +86,34 @@ rejected_messages = Table(
     Column("payload_size", Integer, nullable=False),
     Index(None, "received_at"),
 )
+
+commands = Table(
+    "commands",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("device_id", String(64), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("params", json_type(), nullable=False),
+    # queued -> sent -> acked | failed; queued or sent -> expired
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime(), nullable=True),
+    Column("acked_at", UtcDateTime(), nullable=True),
+    Column("result", json_type(), nullable=True),
+    Column("error", Text, nullable=True),
+    # A client's Idempotency-Key, scoped to the device: a retried POST finds its command.
+    Column("idempotency_key", String(200), nullable=True),
+    Index(None, "device_id", "created_at"),
+    Index(None, "status", "expires_at"),
+    UniqueConstraint("device_id", "idempotency_key"),
+)
+
+device_configs = Table(
+    "device_configs",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("config", json_type(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)

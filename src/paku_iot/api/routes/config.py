@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from paku_iot.api.auth import require_admin
+from paku_iot.api.deps import get_service
+from paku_iot.api.schemas import ConfigPut, DeviceConfig, ErrorResponse
+from paku_iot.service import Service
+
+router = APIRouter(
+    tags=["config"],
+    dependencies=[Depends(require_admin)],
+    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+ServiceDep = Annotated[Service, Depends(get_service)]
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse, "description": "The broker is unreachable; nothing changed."},
+}
+
+
+@router.put("/devices/{device_id}/config", response_model=DeviceConfig, responses=RESPONSES)
+async def put_config(device_id: str, body: ConfigPut, service: ServiceDep) -> DeviceConfig:
+    """Set the desired configuration. Each call makes a new version (one more than the last),
+    published retained on paku/<id>/config, so the device gets it now or when it reconnects."""
+    device = await service.registry.get(device_id)
+    return DeviceConfig.of(await service.configs.put(device, body.config))
+
+
+@router.get("/devices/{device_id}/config", response_model=DeviceConfig, responses=RESPONSES)
+async def get_config(device_id: str, service: ServiceDep) -> DeviceConfig:
+    """Desired configuration and the version the device reports it has applied."""
+    device = await service.registry.get(device_id)
+    return DeviceConfig.of(await service.configs.get(device))

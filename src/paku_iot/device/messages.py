@@ -1,0 +1,206 @@
+"""What the reference device sends and receives, as plain data: topics, payload encoding, and
+the parsing of downlink `cmd` and `config` messages (docs/protocol.md sections 3, 6 and 8).
+
+Nothing here touches the network, so each rule can be read (and tested) on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from paku_iot.registry.ids import is_valid_device_id
+
+TOPIC_ROOT = "paku"
+EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ACK_EVENT = "ack"
+# The backend's default PAKU_MAX_PAYLOAD_BYTES. A device cannot learn the configured limit, so
+# it stays under the default; a larger message would be stored as rejected (`oversize`).
+DEFAULT_MAX_PAYLOAD_BYTES = 65_536
+# The `ts` window the backend accepts (section 6): an unset ESP32 clock counts from 1970.
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_TS_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z (exclusive)
+RSSI_RANGE = range(-200, 51)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopics:
+    """The five topics of one device (section 3). `<id>` is always the device's own id: the
+    broker's ACL lets a device publish and subscribe on nothing else."""
+
+    device_id: str
+
+    def __post_init__(self) -> None:
+        if not is_valid_device_id(self.device_id):
+            raise ValueError(f"invalid device id {self.device_id!r}: 3-64 of A-Z a-z 0-9 _ -")
+
+    @property
+    def telemetry(self) -> str:
+        return f"{TOPIC_ROOT}/{self.device_id}/telemetry"
+
+    @property
+    def state(self) -> str:
+        return f"{TOPIC_ROOT}/{self.device_id}/state"
+
+    @property
+    def cmd(self) -> str:
+        return f"{TOPIC_ROOT}/{self.device_id}/cmd"
+
+    @property
+    def config(self) -> str:
+        return f"{TOPIC_ROOT}/{self.device_id}/config"
+
+    def event(self, name: str) -> str:
+        if not EVENT_NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid event name {name!r}: 1-64 of A-Z a-z 0-9 _ . -")
+        return f"{TOPIC_ROOT}/{self.device_id}/event/{name}"
+
+    @property
+    def ack(self) -> str:
+        return self.event(ACK_EVENT)
+
+
+def now_ms() -> int:
+    """Wall-clock time as Unix epoch milliseconds, the `ts` unit the backend expects (not
+    seconds: `1764000000` is read as a date in 1970 and rejected)."""
+    return time.time_ns() // 1_000_000
+
+
+def encode_payload(document: dict[str, Any], *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    """Serialize an uplink payload, refusing what the backend would reject (section 6).
+
+    Raises ValueError for NaN/Infinity (`allow_nan=False`), NUL characters, unpaired
+    surrogates (UTF-8 encoding fails on them), and payloads over `max_bytes`. Refusing here
+    gives the caller an error; the backend would only record the message as rejected, and the
+    device would never hear about it.
+    """
+    try:
+        text = json.dumps(document, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"payload is not valid JSON for paku: {exc}") from exc
+    if "\x00" in text:
+        raise ValueError("payload contains a NUL character")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("payload contains an unpaired surrogate") from exc
+    if len(data) > max_bytes:
+        raise ValueError(f"payload of {len(data)} bytes is over the limit of {max_bytes}")
+    return data
+
+
+def check_ts_ms(ts: int) -> None:
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        raise ValueError(f"ts {ts} is outside 2000-2199 (epoch milliseconds; is the clock set?)")
+
+
+def check_state_fields(rssi: int | None, fw_version: str | None) -> None:
+    """The backend rejects a whole state message for one bad field (`invalid_state`)."""
+    if rssi is not None and (isinstance(rssi, bool) or not isinstance(rssi, int)):
+        raise ValueError(f"rssi must be an integer, not {rssi!r}")
+    if rssi is not None and rssi not in RSSI_RANGE:
+        raise ValueError(f"rssi {rssi} is outside -200..50 dBm")
+    if fw_version is not None and not 1 <= len(fw_version) <= 64:
+        raise ValueError("fwVersion must be 1-64 characters")
+
+
+class InvalidCommand(ValueError):
+    """A `cmd` payload the device cannot execute. `command_id` is set when the payload had a
+    usable id, so the device can still answer it (with `ok: false`)."""
+
+    def __init__(self, message: str, command_id: str | None = None) -> None:
+        super().__init__(message)
+        self.command_id = command_id
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A parsed `cmd` message: `{"id", "name", "params", "expiresAt"}`."""
+
+    id: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        if self.expires_at is None:
+            return False
+        return self.expires_at <= (now or datetime.now(UTC))
+
+
+def _loads_object(payload: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError(f"not a JSON object: {type(document).__name__}")
+    return document
+
+
+def parse_command(payload: bytes) -> Command:
+    """Parse a `cmd` payload.
+
+    Lenient where nothing is lost: `params` may be absent or null (no parameters) and
+    `expiresAt` absent or null (never expires). Strict where guessing could do harm: an
+    `expiresAt` without a time zone is refused rather than read in some local time.
+    """
+    try:
+        document = _loads_object(payload)
+    except ValueError as exc:
+        raise InvalidCommand(str(exc)) from exc
+    command_id = document.get("id")
+    if not isinstance(command_id, str) or not command_id:
+        raise InvalidCommand("no command id (a non-empty string)")
+    name = document.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidCommand("invalid command: no name", command_id)
+    params = document.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InvalidCommand("invalid command: params is not an object", command_id)
+    expires_raw = document.get("expiresAt")
+    expires_at: datetime | None = None
+    if expires_raw is not None:
+        if not isinstance(expires_raw, str):
+            raise InvalidCommand("invalid command: expiresAt is not a string", command_id)
+        try:
+            expires_at = datetime.fromisoformat(expires_raw)
+        except ValueError:
+            raise InvalidCommand(
+                f"invalid command: expiresAt {expires_raw!r} is not RFC 3339", command_id
+            ) from None
+        if expires_at.tzinfo is None:
+            raise InvalidCommand(
+                f"invalid command: expiresAt {expires_raw!r} has no time zone", command_id
+            )
+    return Command(command_id, name, params, expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigUpdate:
+    """A parsed `config` message: `{"version": n, "config": {...}}`."""
+
+    version: int
+    config: dict[str, Any]
+
+
+def parse_config(payload: bytes) -> ConfigUpdate | None:
+    """Parse a `config` payload; None for an empty payload (the retained config was cleared,
+    which leaves the device with what it has). Raises ValueError for anything else invalid."""
+    if not payload:
+        return None
+    document = _loads_object(payload)
+    version = document.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"version is not an integer: {version!r}")
+    config = document.get("config")
+    if not isinstance(config, dict):
+        raise ValueError("config is not an object")
+    return ConfigUpdate(version, config)
