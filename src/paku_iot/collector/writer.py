@@ -78,6 +78,8 @@ def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
     for record in records:
         if isinstance(record, RejectedRecord):
             batch.rejected.append(record)
+        elif isinstance(record, StateReport) and not record.payload:
+            continue  # a retained state being cleared (device deleted): nothing to store
         elif record.device_id not in known_devices:
             batch.rejected.append(
                 _set_aside(

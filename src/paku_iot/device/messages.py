@@ -7,7 +7,6 @@ Nothing here touches the network, so each rule can be read (and tested) on its o
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -71,7 +70,9 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def encode_payload(document: dict[str, Any], *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+def encode_payload(
+    document: dict[str, Any], *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> bytes:
     """Serialize an uplink payload, refusing what the backend would reject (section 6).
 
     Raises ValueError for NaN/Infinity (`allow_nan=False`), NUL characters, unpaired

@@ -1,0 +1,31 @@
+"""The reference device: an async MQTT client that speaks docs/protocol.md exactly.
+
+Firmware authors read it as the executable form of the device contract; tests and load
+simulators drive it. `python -m paku_iot.device --help` runs one from the command line.
+"""
+
+from __future__ import annotations
+
+from paku_iot.device.client import (
+    CommandError,
+    CommandHandler,
+    ConfigHandler,
+    DeviceConnectError,
+    ReceivedCommand,
+    ReferenceDevice,
+)
+from paku_iot.device.messages import Command, ConfigUpdate, DeviceTopics, encode_payload, now_ms
+
+__all__ = [
+    "Command",
+    "CommandError",
+    "CommandHandler",
+    "ConfigHandler",
+    "ConfigUpdate",
+    "DeviceConnectError",
+    "DeviceTopics",
+    "ReceivedCommand",
+    "ReferenceDevice",
+    "encode_payload",
+    "now_ms",
+]
