@@ -8,15 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from paku_iot import __version__, runner
-from paku_iot.broker.files import BrokerOptions
-from paku_iot.broker.setup import prepare_broker_dir
+from paku_iot import __version__, admin_cli
 from paku_iot.exceptions import PakuError
 from paku_iot.logs import configure_logging
-from paku_iot.service import ALL_ROLES, Role
 from paku_iot.settings import Settings, load_settings
-from paku_iot.storage.migrate import upgrade
-from paku_iot.storage.urls import async_database_url, describe
+
+# The server side (FastAPI, SQLAlchemy, Alembic, uvicorn) is imported only by the commands
+# that run it: the admin commands start in a quarter of the time without it.
 
 EXIT_ERROR = 1
 
@@ -43,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--role",
-        choices=["all", *sorted(Role)],
+        choices=["all", "api", "collector"],
         default="all",
         help="run only the API or only the collector, to scale either out (default: all)",
     )
@@ -66,15 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument(
         "--log-stdout", action="store_true", help="log to stdout instead of a file (containers)"
     )
+    admin_cli.add_parsers(commands)
     return parser
 
 
 def _migrate(settings: Settings) -> None:
+    from paku_iot.storage.migrate import upgrade  # noqa: PLC0415
+    from paku_iot.storage.urls import async_database_url, describe  # noqa: PLC0415
+
     upgrade(settings.resolved_database_url)
     print(f"database is up to date: {describe(async_database_url(settings.resolved_database_url))}")
 
 
 def _broker_config(settings: Settings, args: argparse.Namespace) -> None:
+    from paku_iot.broker.files import BrokerOptions  # noqa: PLC0415
+    from paku_iot.broker.setup import prepare_broker_dir  # noqa: PLC0415
+
     paths = prepare_broker_dir(
         args.out,
         BrokerOptions(
@@ -96,6 +101,8 @@ def _broker_config(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _dev(settings: Settings) -> None:
+    from paku_iot import runner  # noqa: PLC0415
+
     token_note = (
         "(from PAKU_ADMIN_TOKEN)"
         if settings.admin_token
@@ -105,6 +112,9 @@ def _dev(settings: Settings) -> None:
 
 
 def _serve(settings: Settings, role: str) -> None:
+    from paku_iot import runner  # noqa: PLC0415
+    from paku_iot.service import ALL_ROLES, Role  # noqa: PLC0415
+
     roles = ALL_ROLES if role == "all" else frozenset({Role(role)})
     asyncio.run(runner.serve(settings, roles))
 
@@ -122,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _migrate(settings)
         elif args.command == "broker-config":
             _broker_config(settings, args)
+        else:
+            return admin_cli.run(settings, args)
     except PakuError as exc:
         print(f"paku-iot: {exc.message}", file=sys.stderr)
         return EXIT_ERROR

@@ -45,5 +45,7 @@ def configure_logging(level: str, fmt: Literal["text", "json"]) -> None:
     root.setLevel(level)
     # Alembic narrates its context on every start; `paku-iot migrate` reports for itself.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # httpx logs every request of the admin CLI at INFO.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # gmqtt narrates every packet at INFO; its warnings are all we need.
     logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,240 @@
+"""`paku-iot devices|cmd|config ...`: thin layers over the HTTP API for people and scripts.
+
+Every command prints something readable, or the API's JSON with `--json`. The API address is
+`--url` or the settings' public/HTTP address; the admin token is `--token`, PAKU_ADMIN_TOKEN,
+or the token file `paku-iot dev` generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from paku_iot.apiclient import ApiClient
+from paku_iot.exceptions import InvalidInput, SettingsError
+from paku_iot.settings import Settings
+
+FINAL_STATUSES = ("acked", "failed", "expired")
+
+
+def add_parsers(commands: Any) -> None:
+    """Add the `devices`, `cmd` and `config` command groups to the top-level subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="API base URL (default: PAKU_PUBLIC_URL or the HTTP address)")
+    common.add_argument("--token", help="admin token (default: PAKU_ADMIN_TOKEN or the token file)")
+    common.add_argument("--json", action="store_true", help="print the API's JSON")
+
+    devices = commands.add_parser("devices", help="list, show, create, delete devices")
+    dev = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = dev.add_parser("list", parents=[common], help="list devices")
+    listing.add_argument("--model")
+    listing.add_argument("--online", choices=["true", "false"])
+    dev.add_parser("show", parents=[common], help="one device").add_argument("device_id")
+    create = dev.add_parser(
+        "create", parents=[common], help="provision a device and print its credentials (once)"
+    )
+    create.add_argument("--model", required=True)
+    create.add_argument("--id", dest="device_id")
+    create.add_argument("--notes")
+    dev.add_parser("delete", parents=[common], help="delete a device").add_argument("device_id")
+    dev.add_parser("rotate", parents=[common], help="give a device a new password").add_argument(
+        "device_id"
+    )
+
+    cmd = commands.add_parser("cmd", help="send commands and follow their status")
+    cmd_actions = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    send = cmd_actions.add_parser("send", parents=[common], help="send a command to a device")
+    send.add_argument("device_id")
+    send.add_argument("name")
+    send.add_argument("--params", default="{}", help="JSON object (default {})")
+    send.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    send.add_argument("--wait", action="store_true", help="wait for acked, failed or expired")
+    send.add_argument("--timeout", type=float, default=60, help="seconds to --wait (default 60)")
+    send.add_argument("--idempotency-key")
+    show = cmd_actions.add_parser("show", parents=[common], help="one command")
+    show.add_argument("device_id")
+    show.add_argument("command_id")
+    cmd_list = cmd_actions.add_parser("list", parents=[common], help="a device's commands")
+    cmd_list.add_argument("device_id")
+    cmd_list.add_argument("--status", choices=["queued", "sent", "acked", "failed", "expired"])
+
+    config = commands.add_parser("config", help="desired configuration")
+    config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    config_set = config_actions.add_parser(
+        "set", parents=[common], help="set a device's config from a JSON file ('-' = stdin)"
+    )
+    config_set.add_argument("device_id")
+    config_set.add_argument("file")
+    config_actions.add_parser(
+        "get", parents=[common], help="desired and reported config"
+    ).add_argument("device_id")
+
+
+def _client(settings: Settings, args: argparse.Namespace) -> ApiClient:
+    token = args.token or settings.admin_token
+    if not token:
+        token_file = settings.data_dir / "secrets" / "admin-token"
+        if not token_file.is_file():
+            raise SettingsError(
+                "no admin token: pass --token, set PAKU_ADMIN_TOKEN, or run where "
+                f"{token_file} exists"
+            )
+        token = token_file.read_text(encoding="utf-8").strip()
+    return ApiClient(args.url or settings.http_base_url, token)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return value
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _device_line(d: dict[str, Any]) -> str:
+    state = "online " if d["online"] else "offline"
+    return (
+        f"{d['id']:<24} {d['model']:<16} {state} last seen {d['lastSeenAt'] or 'never':<27} "
+        f"fw {d['fwVersion'] or '-':<10} rssi {d['rssi'] if d['rssi'] is not None else '-'}"
+    )
+
+
+def _command_line(c: dict[str, Any]) -> str:
+    line = f"{c['id']}  {c['name']:<16} {c['status']:<8} created {c['createdAt']}"
+    if c["status"] == "acked" and c["result"] is not None:
+        line += f"  result {json.dumps(c['result'])}"
+    if c["error"]:
+        line += f"  error {c['error']}"
+    return line
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run one admin command; returns the exit code."""
+    with _client(settings, args) as api:
+        handler = _HANDLERS[(args.command, args.action)]
+        return handler(api, args)
+
+
+def _devices_list(api: ApiClient, args: argparse.Namespace) -> int:
+    params = {"limit": 1000} | {
+        k: v for k, v in [("model", args.model), ("online", args.online)] if v
+    }
+    items = api.pages("/devices", params)
+    _print(args, items, "\n".join(_device_line(d) for d in items) or "no devices")
+    return 0
+
+
+def _devices_show(api: ApiClient, args: argparse.Namespace) -> int:
+    device = api.request("GET", f"/devices/{args.device_id}")
+    _print(args, device, _device_line(device))
+    return 0
+
+
+def _devices_create(api: ApiClient, args: argparse.Namespace) -> int:
+    body = {"model": args.model, "id": args.device_id, "notes": args.notes}
+    device = api.request("POST", "/devices", json={k: v for k, v in body.items() if v})
+    creds = device["credentials"]
+    _print(
+        args,
+        device,
+        f"created {device['id']} (model {device['model']})\n"
+        f"  MQTT username: {creds['username']}\n"
+        f"  MQTT password: {creds['password']}\n"
+        "The password is shown this once; keep it with the device.",
+    )
+    return 0
+
+
+def _devices_delete(api: ApiClient, args: argparse.Namespace) -> int:
+    api.request("DELETE", f"/devices/{args.device_id}")
+    _print(args, {"deleted": args.device_id}, f"deleted {args.device_id}")
+    return 0
+
+
+def _devices_rotate(api: ApiClient, args: argparse.Namespace) -> int:
+    device = api.request("POST", f"/devices/{args.device_id}/credentials")
+    _print(
+        args, device, f"new MQTT password for {device['id']}: {device['credentials']['password']}"
+    )
+    return 0
+
+
+def _cmd_send(api: ApiClient, args: argparse.Namespace) -> int:
+    body = {
+        "name": args.name,
+        "params": _json_object(args.params, "--params"),
+        "ttlSeconds": args.ttl,
+    }
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    command = api.request("POST", f"/devices/{args.device_id}/commands", json=body, headers=headers)
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while command["status"] not in FINAL_STATUSES and time.monotonic() < deadline:
+            time.sleep(0.2)
+            command = api.request("GET", f"/devices/{args.device_id}/commands/{command['id']}")
+    _print(args, command, _command_line(command))
+    if not args.wait:
+        return 0
+    return 0 if command["status"] == "acked" else 1
+
+
+def _cmd_show(api: ApiClient, args: argparse.Namespace) -> int:
+    command = api.request("GET", f"/devices/{args.device_id}/commands/{args.command_id}")
+    _print(args, command, _command_line(command))
+    return 0
+
+
+def _cmd_list(api: ApiClient, args: argparse.Namespace) -> int:
+    params = {"limit": 1000} | ({"status": args.status} if args.status else {})
+    items = api.pages(f"/devices/{args.device_id}/commands", params)
+    _print(args, items, "\n".join(_command_line(c) for c in items) or "no commands")
+    return 0
+
+
+def _config_text(view: dict[str, Any]) -> str:
+    sync = "in sync" if view["inSync"] else "not yet applied"
+    return (
+        f"version {view['version']} ({sync}; device reports {view['reportedVersion']})\n"
+        + json.dumps(view["config"], indent=2)
+    )
+
+
+def _config_set(api: ApiClient, args: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {args.file}: {exc.strerror}") from None
+    config = _json_object(text, args.file)
+    view = api.request("PUT", f"/devices/{args.device_id}/config", json={"config": config})
+    _print(args, view, _config_text(view))
+    return 0
+
+
+def _config_get(api: ApiClient, args: argparse.Namespace) -> int:
+    view = api.request("GET", f"/devices/{args.device_id}/config")
+    _print(args, view, _config_text(view))
+    return 0
+
+
+_HANDLERS = {
+    ("devices", "list"): _devices_list,
+    ("devices", "show"): _devices_show,
+    ("devices", "create"): _devices_create,
+    ("devices", "delete"): _devices_delete,
+    ("devices", "rotate"): _devices_rotate,
+    ("cmd", "send"): _cmd_send,
+    ("cmd", "show"): _cmd_show,
+    ("cmd", "list"): _cmd_list,
+    ("config", "set"): _config_set,
+    ("config", "get"): _config_get,
+}

@@ -1,0 +1,75 @@
+"""A small synchronous client for paku-iot's HTTP API, used by the admin CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from paku_iot.exceptions import PakuError, Unavailable
+
+
+class ApiError(PakuError):
+    """The API answered with an error: its status, code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.http_status = status
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+        self.base_url = base_url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        try:
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the paku-iot API at {self.base_url}: {exc}") from None
+        if response.status_code == 204:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_error:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            raise ApiError(
+                response.status_code,
+                str(error.get("code", "http_error")),
+                str(error.get("message", response.text[:200] or response.reason_phrase)),
+            )
+        return body
+
+    def pages(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every item of a paged listing, following `next` cursors."""
+        items: list[dict[str, Any]] = []
+        query = dict(params)
+        while True:
+            page = self.request("GET", path, params=query)
+            items.extend(page["items"])
+            if not page.get("next"):
+                return items
+            query["cursor"] = page["next"]

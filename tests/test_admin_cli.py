@@ -1,0 +1,115 @@
+"""The admin CLI (`paku-iot devices|cmd|config`) against a running `paku-iot dev`, with a
+real device answering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import DeviceClient, eventually
+from tests.test_processes import dev_environment, paku, read_until, stop
+
+
+@pytest.fixture
+async def dev_api(tmp_path: Path) -> AsyncIterator[tuple[dict[str, str], int]]:
+    env, _, mqtt_port = dev_environment(tmp_path)
+    server = paku("dev", env=env, cwd=tmp_path)
+    assert server.stdout is not None
+    try:
+        await asyncio.to_thread(read_until, server.stdout, "Press Ctrl-C")
+        yield env, mqtt_port
+    finally:
+        code, stderr = stop(server)
+        assert code == 0, stderr
+
+
+async def cli(
+    env: dict[str, str], cwd: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "paku_iot", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_devices_commands_and_config_from_the_command_line(
+    dev_api: tuple[dict[str, str], int], tmp_path: Path
+) -> None:
+    env, mqtt_port = dev_api
+    created = await cli(env, tmp_path, "devices", "create", "--model", "lamp", "--id", "lamp-1")
+    assert created.returncode == 0, created.stderr
+    assert "MQTT password:" in created.stdout
+    password = created.stdout.split("MQTT password:")[1].split()[0]
+
+    listed = await cli(env, tmp_path, "devices", "list", "--json")
+    assert [d["id"] for d in json.loads(listed.stdout)] == ["lamp-1"]
+
+    device = await DeviceClient("127.0.0.1", mqtt_port, "lamp-1", password).connect()
+    assert await device.subscribe("paku/lamp-1/cmd") == 1
+    await device.publish("paku/lamp-1/state", '{"online": true}', retain=True)
+
+    async def online() -> None:
+        shown = await cli(env, tmp_path, "devices", "show", "lamp-1", "--json")
+        assert json.loads(shown.stdout)["online"] is True
+
+    await eventually(online)
+
+    async def answer() -> None:
+        message = await asyncio.to_thread(device.messages.get, True, 20)
+        command = json.loads(message.payload)
+        assert command["params"] == {"times": 2}
+        ack = {"id": command["id"], "ok": True, "result": {"blinked": 2}}
+        await device.publish("paku/lamp-1/event/ack", json.dumps(ack))
+
+    answering = asyncio.create_task(answer())
+    sent = await cli(
+        env, tmp_path, "cmd", "send", "lamp-1", "blink", "--params", '{"times": 2}', "--wait"
+    )
+    await answering
+    assert sent.returncode == 0, sent.stderr
+    assert "acked" in sent.stdout
+    assert '{"blinked": 2}' in sent.stdout
+
+    unanswered = await cli(
+        env, tmp_path, "cmd", "send", "lamp-1", "noop", "--ttl", "1", "--wait", "--json"
+    )
+    assert unanswered.returncode == 1
+    assert json.loads(unanswered.stdout)["status"] == "expired"
+
+    config_file = tmp_path / "lamp.json"
+    config_file.write_text('{"brightness": 80}')
+    configured = await cli(env, tmp_path, "config", "set", "lamp-1", str(config_file))
+    assert configured.returncode == 0, configured.stderr
+    assert "version 1" in configured.stdout
+    from_stdin = await cli(env, tmp_path, "config", "set", "lamp-1", "-", stdin='{"b": 1}')
+    assert "version 2" in from_stdin.stdout
+    await device.disconnect()
+
+
+async def test_cli_errors_are_one_line(dev_api: tuple[dict[str, str], int], tmp_path: Path) -> None:
+    env, _ = dev_api
+    for args, expected in [
+        (("devices", "show", "ghost-1"), "no device 'ghost-1'"),
+        (("cmd", "send", "ghost-1", "x", "--params", "[1]"), "--params must be a JSON object"),
+        (("config", "set", "ghost-1", "/nonexistent.json"), "cannot read /nonexistent.json"),
+        (("devices", "list", "--url", "http://127.0.0.1:9"), "cannot reach the paku-iot API"),
+        (("devices", "list", "--token", "wrong"), "wrong admin token"),
+    ]:
+        result = await cli(env, tmp_path, *args)
+        assert result.returncode == 1, (args, result.stdout)
+        assert expected in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
