@@ -6,14 +6,8 @@ simulators drive it. `python -m paku_iot.device --help` runs one from the comman
 
 from __future__ import annotations
 
-from paku_iot.device.client import (
-    CommandError,
-    CommandHandler,
-    ConfigHandler,
-    DeviceConnectError,
-    ReceivedCommand,
-    ReferenceDevice,
-)
+from paku_iot.device.client import ConfigHandler, DeviceConnectError, ReferenceDevice
+from paku_iot.device.commands import CommandError, CommandHandler, ReceivedCommand
 from paku_iot.device.messages import Command, ConfigUpdate, DeviceTopics, encode_payload, now_ms
 
 __all__ = [

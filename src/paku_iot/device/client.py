@@ -7,99 +7,99 @@ A paku device's life on MQTT, in the order this class does it:
    session: QoS 1 commands sent while the device is offline wait in the broker), and the Last
    Will `{"online": false}` on `paku/<id>/state`, retained, QoS 1.
 2. After CONNACK, SUBSCRIBE to `paku/<id>/cmd` and `paku/<id>/config` at QoS 1. Again after
-   every reconnect: it is harmless with a kept session and required without one.
+   every reconnect: harmless with a kept session, required without one. The broker then sends
+   the retained config, if any.
 3. PUBLISH the full state, retained, QoS 1:
    `{"online": true, "rssi": -60, "fwVersion": "1.0.0", "configVersion": 0}`.
-   The retained copy is whatever was published last (maybe the Will), so it is sent in full
-   after every connect, and again whenever a value changes.
-4. Uplink at QoS 1 without retain: telemetry on `paku/<id>/telemetry` and events on
+   The broker keeps only the last retained message (maybe the Will), so the state goes out
+   in full after every connect, and again whenever a value changes.
+4. Uplink at QoS 1, never retained: telemetry on `paku/<id>/telemetry` and events on
    `paku/<id>/event/<name>`, each with its own `ts` in epoch milliseconds.
-5. Downlink: a `cmd` is answered on `paku/<id>/event/ack`; a `config` whose version differs
-   from the applied one is applied, and step 3 is repeated with the new `configVersion`.
+5. Downlink: a `cmd` is answered on `paku/<id>/event/ack` (commands.py); a `config` whose
+   version differs from the applied one is applied, then step 3 is repeated so the backend
+   sees the new `configVersion`.
 6. Before a deliberate disconnect, PUBLISH the full state with `"online": false` (retained),
    then DISCONNECT: a clean DISCONNECT does not fire the Will. Losing the network without
-   DISCONNECT makes the broker publish the Will after 1.5 x keepalive (at once if the socket
-   is seen closing).
+   DISCONNECT makes the broker publish the Will (at once when it sees the socket close, else
+   after 1.5 x keepalive of silence).
 
 Received QoS 1 messages are acknowledged (PUBACK) only after they have been handled: a
-command's ack event is already queued when the broker learns the command was delivered, and a
-command interrupted by a disconnect is delivered again with the next session.
+command's ack event is already on its way when the broker learns the command was delivered,
+and a command interrupted by a disconnect is delivered again in the next connection.
+
+A lost connection is retried with backoff (`reconnect_delay_s` doubling up to
+`max_reconnect_delay_s`, 5 s to 5 min by default, as section 2 asks), refusals included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from gmqtt import Client, Message, Subscription
-from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50
+from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.storage import PersistentStorage
 
+from paku_iot.device.commands import (
+    DEFAULT_REMEMBERED_COMMANDS,
+    CommandHandler,
+    CommandRunner,
+    GuardedTasks,
+    ReceivedCommand,
+)
 from paku_iot.device.messages import (
-    Command,
     DeviceTopics,
-    InvalidCommand,
     check_state_fields,
     check_ts_ms,
     encode_payload,
     now_ms,
-    parse_command,
     parse_config,
 )
 
 log = logging.getLogger("paku_iot.device")
 
-T = TypeVar("T")
-
-CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
-"""`async (params) -> result`: the result (any JSON value) becomes the ack's `result`."""
-
 ConfigHandler = Callable[[dict[str, Any], int], Awaitable[None]]
-"""`async (config, version) -> None`: raise to refuse the configuration (it is then not
-reported as applied, and the retained copy is offered again on the next connect)."""
+"""`async (config, version) -> None`. Raise to refuse the configuration: it is then not
+reported as applied, and the retained copy is offered again at the next connect."""
 
-# MQTT 5 reason codes this module looks at.
 PUBACK_SUCCESS = 0
-SESSION_TAKEN_OVER = 0x8E
-FIRST_FAILURE_CODE = 0x80
-
+FIRST_FAILURE_CODE = 0x80  # MQTT 5 reason codes from 0x80 up are failures
 DEFAULT_SESSION_EXPIRY_S = 3600
-DEFAULT_REMEMBERED_COMMANDS = 256
-
-
-class CommandError(Exception):
-    """Raised by a command handler to answer `{"ok": false, "error": <message>}`.
-
-    Any other exception is answered the same way (its message, or its type name when it has
-    none) but is also logged with its traceback, as a bug rather than a refusal."""
+CONNECT_TIMEOUT_S = 10.0
 
 
 class DeviceConnectError(ConnectionError):
     """The device could not connect. `reason_code` is the CONNACK reason when the broker
     answered (0x86 bad user name or password, 0x87 not authorised), else None (no broker,
-    timeout). Firmware retries with backoff: 5 s doubling to 5 min."""
+    timeout)."""
 
     def __init__(self, message: str, reason_code: int | None = None) -> None:
         super().__init__(message)
         self.reason_code = reason_code
 
 
-@dataclass(frozen=True, slots=True)
-class ReceivedCommand:
-    id: str
-    name: str
+class _Client(Client):  # type: ignore[misc]  # gmqtt has no type stubs
+    """gmqtt's Client without its automatic reconnect.
+
+    gmqtt reconnects from a task of its own that sleeps, then connects without checking
+    whether the application disconnected meanwhile; nothing can cancel it. The device runs
+    its own reconnect loop instead (`ReferenceDevice._reconnect`)."""
+
+    async def reconnect(self, delay: bool = False) -> None:
+        return None
 
 
-class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has no stubs
-    """gmqtt's store of unacknowledged outgoing QoS 1 messages, extended so that a publisher
-    can wait for the PUBACK of its own message. gmqtt keeps each message until PUBACK and
-    sends it again after a reconnect into the same session; the waiter then resolves on the
-    PUBACK of the resent copy. Each waiter resolves True when acknowledged, False when the
-    broker started a new session and gmqtt dropped what was pending."""
+class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has no type stubs
+    """gmqtt's store of outgoing QoS 1 messages awaiting PUBACK, extended so that a publisher
+    can wait for its own message's PUBACK.
+
+    gmqtt keeps each message until PUBACK and sends it again after a reconnect that resumes
+    the session; the waiter then resolves with the PUBACK of the resent copy. Each waiter
+    resolves True when acknowledged, False when the broker started a new session and gmqtt
+    dropped what was pending."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,7 +112,7 @@ class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has
 
     def waiter_for_last(self) -> asyncio.Future[bool]:
         """The PUBACK waiter of the message just published (gmqtt's publish does not return
-        its packet id, but stores the message synchronously, so the last id pushed is it)."""
+        its packet id, but stores the message before returning: the last id pushed is it)."""
         assert self._last_mid is not None
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters[self._last_mid] = waiter
@@ -148,13 +148,9 @@ class ReferenceDevice:
         await device.send_telemetry({"temp": 21.5})
         await device.disconnect()                # step 6
 
-    After a lost connection gmqtt reconnects every `reconnect_delay_s`, and each reconnect
-    repeats steps 2-3. A refused reconnect (credentials replaced or device deleted) stops the
-    retries; so does a session takeover (another client connected with this device id).
-
     For tests: `commands_received` lists every command delivery (redeliveries included),
-    `commands_executed` the handler runs, and `wait_for` awaits any condition on them or on
-    `config_version` without sleeping.
+    `commands_executed` every handler run, and `wait_for` awaits a condition on them, on
+    `config_version` or on `connected` without sleeping.
     """
 
     def __init__(
@@ -170,13 +166,14 @@ class ReferenceDevice:
         on_config: ConfigHandler | None = None,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         reconnect_delay_s: float = 5.0,
+        max_reconnect_delay_s: float = 300.0,
         ack_timeout_s: float = 10.0,
         remembered_commands: int = DEFAULT_REMEMBERED_COMMANDS,
     ) -> None:
         self.topics = DeviceTopics(device_id)
         check_state_fields(rssi, fw_version)
         if keepalive <= 0:
-            # 0 disables keepalive: a dead link would never be noticed and the Will never sent.
+            # 0 turns keepalive off: a dead link would go unnoticed and the Will never fire.
             raise ValueError("keepalive must be positive (30-60 s recommended)")
         if session_expiry_s <= 0:
             raise ValueError("session_expiry_s must be positive: 0 means no persistent session")
@@ -189,31 +186,32 @@ class ReferenceDevice:
         self.on_config = on_config
         self.config: dict[str, Any] = {}
         self.config_version = 0
-        self.commands_received: list[ReceivedCommand] = []
-        self.commands_executed: list[ReceivedCommand] = []
 
+        self._reconnect_delay_s = reconnect_delay_s
+        self._max_reconnect_delay_s = max_reconnect_delay_s
         self._ack_timeout_s = ack_timeout_s
-        self._handlers: dict[str, CommandHandler] = {}
-        # Recent command ids and their answer (the exact ack bytes; None while running or when
-        # interrupted), so a redelivered command is answered again without running again.
-        self._answers: OrderedDict[str, asyncio.Future[bytes | None]] = OrderedDict()
-        self._remembered_commands = remembered_commands
+        self._commands = CommandRunner(
+            device_id, remembered=remembered_commands, on_change=self._notify
+        )
+        self._config_code = GuardedTasks()
         self._config_lock = asyncio.Lock()
+        # Connected, subscribed and the online state acknowledged.
         self._ready = asyncio.Event()
-        self._closing = False
+        # True from a successful connect() to disconnect()/drop(): a lost link is retried.
+        self._stay_online = False
         self._last_telemetry_ts = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._after_connect_task: asyncio.Task[None] | None = None
-        self._user_tasks: set[asyncio.Task[Any]] = set()
+        self._reconnect_task: asyncio.Task[None] | None = None
         self._message_tasks: set[asyncio.Task[Any]] = set()
         self._suback_waiters: dict[int, asyncio.Future[list[int]]] = {}
 
         self._storage = _AckTrackingStorage()
-        self._client = Client(
+        self._client = _Client(
             device_id,
             # MQTT 5 "clean start = 0": resume the session the broker kept for this client id.
             clean_session=False,
-            # PUBACK only once our handler returned, not on receipt (see module docstring).
+            # PUBACK once our handler has returned, not on receipt (see the module docstring).
             optimistic_acknowledgement=False,
             will_message=Message(
                 self.topics.state, encode_payload({"online": False}), qos=1, retain=True
@@ -222,23 +220,29 @@ class ReferenceDevice:
             session_expiry_interval=session_expiry_s,
         )
         self._client.set_auth_credentials(device_id, password)
-        self._client.set_config(
-            {"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": reconnect_delay_s}
-        )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
-    # ---- registration and state -------------------------------------------------------
+    # ---- commands and state -----------------------------------------------------------
 
     def on_command(self, name: str, handler: CommandHandler) -> None:
-        """Run `handler(params)` for commands named `name`; replaces an earlier handler."""
-        self._handlers[name] = handler
+        """Run `handler(params)` for commands named `name` (replaces an earlier handler)."""
+        self._commands.register(name, handler)
+
+    @property
+    def commands_received(self) -> list[ReceivedCommand]:
+        """Every valid command delivered, in order, redeliveries included."""
+        return self._commands.received
+
+    @property
+    def commands_executed(self) -> list[ReceivedCommand]:
+        """Every handler run, in order."""
+        return self._commands.executed
 
     def state(self, *, online: bool = True) -> dict[str, Any]:
-        """The full state document (section 4): every key, every time, because the broker
-        keeps only the last retained message."""
+        """The full state document (section 4): every key, every time."""
         return {
             "online": online,
             "rssi": self.rssi,
@@ -252,7 +256,7 @@ class ReferenceDevice:
         return self._ready.is_set() and self._link_up()
 
     async def update_state(self, *, rssi: int | None = None, fw_version: str | None = None) -> None:
-        """Change rssi and/or fwVersion (None = unchanged) and publish the full state again."""
+        """Change rssi and/or fwVersion (None: unchanged) and publish the full state again."""
         check_state_fields(rssi, fw_version)
         if rssi is not None:
             self.rssi = rssi
@@ -262,15 +266,27 @@ class ReferenceDevice:
 
     # ---- connecting -----------------------------------------------------------------
 
-    async def connect(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:  # noqa: ASYNC109
         """Connect, subscribe to cmd and config, publish the online state (steps 1-3).
 
-        Returns once the broker has acknowledged the state. Raises DeviceConnectError when the
-        broker refuses the credentials, cannot be reached, or does not answer in `timeout`.
+        Returns once the broker has acknowledged the state; from then on a lost connection
+        is retried until `disconnect()` or `drop()`. Raises DeviceConnectError when the
+        broker refuses the credentials, cannot be reached, or does not answer in `timeout`
+        (the caller retries: 5 s doubling to 5 min).
         """
         if self.connected:
             return
-        self._closing = False
+        await self._stop_reconnecting()
+        try:
+            await self._connect_once(timeout)
+        except DeviceConnectError:
+            await self._close_link()
+            raise
+        self._stay_online = True
+        log.info("%s online at %s:%d", self.device_id, self.host, self.port)
+
+    async def _connect_once(self, timeout: float) -> None:  # noqa: ASYNC109
+        self._ready.clear()
         try:
             async with asyncio.timeout(timeout):
                 await self._client.connect(
@@ -278,32 +294,25 @@ class ReferenceDevice:
                 )
                 await self._ready.wait()
         except Exception as exc:  # OSError, gmqtt's MQTTConnectError, TimeoutError
-            self._closing = True
-            await self._close_link()
-            reason = getattr(exc, "_code", None)  # gmqtt's MQTTConnectError keeps it there
-            detail = str(exc) or type(exc).__name__
+            reason = getattr(exc, "_code", None)  # where gmqtt's MQTTConnectError keeps it
             raise DeviceConnectError(
-                f"{self.device_id} cannot connect to {self.host}:{self.port}: {detail}",
+                f"{self.device_id} cannot connect to {self.host}:{self.port}:"
+                f" {str(exc) or type(exc).__name__}",
                 reason if isinstance(reason, int) else None,
             ) from exc
-        log.info("%s online at %s:%d", self.device_id, self.host, self.port)
 
     def _on_connect(self, _client: Any, session_present: int, _rc: int, _props: Any) -> None:
-        log.info(
-            "%s: CONNACK (session present: %s); subscribing", self.device_id, bool(session_present)
-        )
+        log.info("%s: connected (session present: %s)", self.device_id, bool(session_present))
         if self._after_connect_task is not None:
             self._after_connect_task.cancel()
         # A task, not inline: when the session is resumed, gmqtt first resends the messages
-        # still waiting for PUBACK (scheduled just before this callback), and our state must
-        # follow them rather than overtake them.
-        self._after_connect_task = asyncio.create_task(
-            self._after_connect(), name=f"paku-device-{self.device_id}-connect"
-        )
+        # still waiting for PUBACK (scheduled just before this callback), and the new state
+        # must follow them, not overtake them.
+        self._after_connect_task = asyncio.create_task(self._after_connect())
 
     async def _after_connect(self) -> None:
-        # Step 2. gmqtt only ever appends to its subscription list; we subscribe afresh on each
-        # connect, so the list is reset to keep it from growing.
+        # Step 2. gmqtt only ever appends to its subscription list; we subscribe afresh on
+        # each connect, so reset the list rather than let it grow.
         self._client.subscriptions.clear()
         mid = self._client.subscribe(
             [Subscription(self.topics.cmd, qos=1), Subscription(self.topics.config, qos=1)]
@@ -320,9 +329,9 @@ class ReferenceDevice:
             self._suback_waiters.pop(mid, None)
         if any(code >= FIRST_FAILURE_CODE for code in granted):
             # Mosquitto grants every SUBSCRIBE and filters by ACL when delivering (section 5),
-            # so this only happens with another broker.
+            # so this means another broker or a broken ACL.
             log.error("%s: subscriptions refused (reason codes %s)", self.device_id, granted)
-        # Step 3: the retained state now says online, with everything else we know.
+        # Step 3.
         try:
             await self._publish_state(online=True)
         except (ConnectionError, TimeoutError) as exc:
@@ -336,75 +345,98 @@ class ReferenceDevice:
         if waiter is not None and not waiter.done():
             waiter.set_result([int(code) for code in granted])
 
-    def _on_disconnect(self, client: Any, packet: Any, _exc: Any = None) -> None:
+    def _on_disconnect(self, _client: Any, _packet: Any, _exc: Any = None) -> None:
         self._ready.clear()
         if self._after_connect_task is not None:
             self._after_connect_task.cancel()
-        if isinstance(packet, bytes | bytearray) and packet[:1] == bytes([SESSION_TAKEN_OVER]):
-            # Another connection with our client id replaced us. Reconnecting would take the
-            # session back and start a tug of war between the two; stop instead.
-            log.error(
-                "%s: another client connected with this client id; not reconnecting",
-                self.device_id,
-            )
-            client._is_active = False  # gmqtt checks this flag before every reconnect
-        elif self._closing:
+        if not self._stay_online:
             log.info("%s: disconnected", self.device_id)
-        else:
-            log.warning("%s: lost the connection to the broker; gmqtt reconnects", self.device_id)
+        elif self._reconnect_task is None or self._reconnect_task.done():
+            # Mosquitto 2.0 closes the socket without a reason code when another client
+            # connects with the same client id, so a session takeover looks like any lost
+            # link: two devices sharing an id take the session from each other at each retry.
+            log.warning("%s: lost the connection to the broker; reconnecting", self.device_id)
+            self._reconnect_task = asyncio.create_task(self._reconnect())
         self._notify()
+
+    async def _reconnect(self) -> None:
+        delay = self._reconnect_delay_s
+        while self._stay_online:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect_once(CONNECT_TIMEOUT_S)
+            except DeviceConnectError as exc:
+                log.warning(
+                    "%s; retrying in %.1f s", exc, min(delay * 2, self._max_reconnect_delay_s)
+                )
+                await self._close_connection()
+            else:
+                if self.connected:
+                    log.info("%s: reconnected", self.device_id)
+                    return
+            delay = min(delay * 2, self._max_reconnect_delay_s)
+
+    async def _stop_reconnecting(self) -> None:
+        task, self._reconnect_task = self._reconnect_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # ---- disconnecting --------------------------------------------------------------
 
     async def disconnect(self, *, graceful: bool = True) -> None:
         """Leave the broker (step 6). Safe to call when already disconnected.
 
-        graceful=True publishes the full state with `"online": false` (retained) and waits for
-        its PUBACK before DISCONNECT. graceful=False sends DISCONNECT alone, which leaves the
-        retained state saying `"online": true`: the mistake section 4 warns about. To simulate
-        a network loss (the broker then publishes the Will), use `drop()`.
+        graceful=True publishes the full state with `"online": false` (retained) and waits
+        for its PUBACK before DISCONNECT. graceful=False sends DISCONNECT alone, which leaves
+        the retained state saying `"online": true`: the mistake section 4 warns about. To
+        simulate a network loss (the broker then publishes the Will) use `drop()`.
         """
-        self._closing = True
+        self._stay_online = False
+        await self._stop_reconnecting()
         if self._link_up():
             if graceful:
                 try:
                     await self._publish_state(online=False)
                 except (ConnectionError, TimeoutError) as exc:
                     log.warning("%s: offline state not acknowledged: %s", self.device_id, exc)
-            # gmqtt's disconnect also stops its reconnects.
             await self._client.disconnect()
         await self._close_link()
 
     async def drop(self) -> None:
-        """Simulate losing the network: close the socket without DISCONNECT and do not
+        """Simulate losing the network: close the socket without DISCONNECT, and do not
         reconnect. The broker sees the socket close and publishes the Last Will. A later
-        `connect()` resumes the same session (queued commands are delivered then)."""
-        self._closing = True
-        self._client._is_active = False  # before the socket closes: no automatic reconnect
+        `connect()` resumes the same session (commands queued meanwhile arrive then)."""
+        self._stay_online = False
+        await self._stop_reconnecting()
         connection = self._client._connection
         if connection is not None and not connection.is_closing():
             log.info("%s: dropping the connection without DISCONNECT", self.device_id)
             connection._transport.abort()
         await self._close_link()
 
-    async def _close_link(self) -> None:
-        """Make sure the socket is closed and nothing of ours still runs for it.
-
-        Handlers still running are cancelled after the socket is closed, so no PUBACK can
-        reach the broker for their commands: the broker delivers them again next session.
-        """
-        self._client._is_active = False
+    async def _close_connection(self) -> None:
         connection = self._client._connection
         if connection is not None:
             # Also cancels gmqtt's keepalive timer; returns once the socket is closed.
             await connection.close()
+
+    async def _close_link(self) -> None:
+        """Close the socket and end everything of ours that served it.
+
+        Handlers still running are cancelled after the socket is closed, so no PUBACK can
+        reach the broker for their messages: the broker delivers them again next time.
+        """
+        self._stay_online = False
+        await self._stop_reconnecting()
+        await self._close_connection()
         self._ready.clear()
-        tasks: set[asyncio.Task[Any]] = set(self._user_tasks)
+        tasks = self._commands.cancel_running() | self._config_code.cancel_all()
         if self._after_connect_task is not None:
+            self._after_connect_task.cancel()
             tasks.add(self._after_connect_task)
             self._after_connect_task = None
-        for task in tasks:
-            task.cancel()
         pending = tasks | self._message_tasks
         if pending:
             await asyncio.wait(pending, timeout=self._ack_timeout_s)
@@ -415,12 +447,12 @@ class ReferenceDevice:
     async def send_telemetry(
         self, values: Mapping[str, Any], ts_ms: int | None = None
     ) -> dict[str, Any]:
-        """Publish telemetry (QoS 1, not retained) and wait for the broker's PUBACK.
+        """Publish telemetry (QoS 1, not retained); return the document sent once the broker
+        has acknowledged it.
 
         `ts` is `ts_ms`, else a `ts` already in `values` (e.g. an RFC 3339 string), else now.
-        Generated timestamps are strictly increasing: the backend keeps one telemetry row per
-        (device, ts), so two samples in one millisecond would lose the second.
-        Returns the document sent.
+        Generated timestamps strictly increase: the backend keeps one telemetry row per
+        (device, ts), so a second sample in the same millisecond would be lost.
         """
         document = dict(values)
         if ts_ms is None and "ts" not in document:
@@ -436,7 +468,8 @@ class ReferenceDevice:
         self, name: str, values: Mapping[str, Any] | None = None, ts_ms: int | None = None
     ) -> dict[str, Any]:
         """Publish an event on `paku/<id>/event/<name>` (QoS 1, not retained), `ts` as for
-        telemetry (events of one name with equal ts are kept if their payloads differ)."""
+        telemetry. (Events of one name with the same `ts` are all kept if their payloads
+        differ, so no uniqueness is needed here.)"""
         document = dict(values or {})
         if ts_ms is None and "ts" not in document:
             ts_ms = now_ms()
@@ -447,9 +480,9 @@ class ReferenceDevice:
         return document
 
     async def _publish_state(self, *, online: bool) -> None:
-        await self._publish(
-            self.topics.state, encode_payload(self.state(online=online)), retain=True
-        )
+        # Built when sent, so the last state published always carries the latest values.
+        payload = encode_payload(self.state(online=online))
+        await self._publish(self.topics.state, payload, retain=True)
 
     def _link_up(self) -> bool:
         return self._client._connection is not None and bool(self._client.is_connected)
@@ -463,11 +496,11 @@ class ReferenceDevice:
         return self._storage.waiter_for_last()
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish at QoS 1 and wait for the PUBACK. It means the broker has the message, not
-        that the backend accepted it (rejections are never reported to the device).
+        """Publish at QoS 1 and wait for the PUBACK. A PUBACK means the broker has the
+        message, not that the backend accepted it (rejections are never reported back).
 
         gmqtt does not report the PUBACK reason code, so a publish the ACL denies (0x87)
-        looks acknowledged here; this device only publishes to its own topics."""
+        would look acknowledged here; this device publishes only to its own topics."""
         waiter = self._publish_nowait(topic, payload, retain=retain)
         try:
             async with asyncio.timeout(self._ack_timeout_s):
@@ -475,23 +508,27 @@ class ReferenceDevice:
         except TimeoutError:
             self._storage.forget(waiter)
             raise TimeoutError(
-                f"no PUBACK for {topic} within {self._ack_timeout_s}s"
+                f"no PUBACK for {topic} within {self._ack_timeout_s} s"
                 " (gmqtt keeps the message and resends it after a reconnect)"
             ) from None
         if not acknowledged:
-            raise ConnectionError(f"the broker started a new session; {topic} message dropped")
+            raise ConnectionError(f"the broker started a new session: {topic} message dropped")
 
     # ---- downlink -------------------------------------------------------------------
 
     async def _on_message(
         self, _client: Any, topic: str, payload: bytes, _qos: int, properties: dict[str, Any]
     ) -> int:
+        # gmqtt runs each message in a task of its own and sends the PUBACK with the reason
+        # code this returns.
         task = asyncio.current_task()
         if task is not None:
             self._message_tasks.add(task)
         try:
             if topic == self.topics.cmd:
-                await self._handle_command(payload)
+                ack = await self._commands.handle(payload)
+                if ack is not None:
+                    self._send_ack(ack)
             elif topic == self.topics.config:
                 await self._handle_config(payload, retained=bool(properties.get("retain")))
             else:
@@ -502,162 +539,41 @@ class ReferenceDevice:
         finally:
             if task is not None:
                 self._message_tasks.discard(task)
-        return PUBACK_SUCCESS  # gmqtt sends the PUBACK now that the message is handled
+        return PUBACK_SUCCESS
 
-    async def _run_guarded(self, awaitable: Awaitable[T]) -> asyncio.Task[T]:
-        """Run user code in a task of its own and wait for it without propagating its
-        cancellation: `_close_link` cancels these, never gmqtt's message tasks (gmqtt would
-        then try to read a PUBACK code from a cancelled task)."""
-
-        async def run() -> T:
-            return await awaitable
-
-        task = asyncio.create_task(run())
-        self._user_tasks.add(task)
-        task.add_done_callback(self._user_tasks.discard)
-        await asyncio.wait({task})
-        return task
-
-    async def _handle_command(self, payload: bytes) -> None:
-        """Answer one `cmd` message on `paku/<id>/event/ack` (section 8).
-
-        - Not JSON, not an object, or no string `id`: ignored (there is nobody to answer).
-        - Already answered id (a redelivery or a retry by the backend): the same ack bytes
-          again, same `ts` included, so the backend stores the ack once; not run again.
-        - `expiresAt` in the past: `{"ok": false, "error": "expired"}`, not run.
-        - Unknown name: `{"ok": false, "error": "unknown command: <name>"}`.
-        - Otherwise the handler runs: `{"ok": true, "result": ...}` or the error message.
-        """
-        command: Command | None = None
+    def _send_ack(self, ack: bytes) -> None:
+        # Not waiting for its PUBACK: gmqtt keeps the ack and resends it after a reconnect,
+        # and the command's own PUBACK follows the ack on the same connection.
         try:
-            command = parse_command(payload)
-            command_id = command.id
-        except InvalidCommand as exc:
-            if exc.command_id is None:
-                log.warning("%s: ignoring a malformed command: %s", self.device_id, exc)
-                return
-            command_id = exc.command_id
-            invalid: InvalidCommand | None = exc
-        else:
-            invalid = None
-            self.commands_received.append(ReceivedCommand(command.id, command.name))
-            self._notify()
-
-        remembered = self._answers.get(command_id)
-        if remembered is not None:
-            self._answers.move_to_end(command_id)
-            log.info(
-                "%s: command %s delivered again; answering as before", self.device_id, command_id
-            )
-            previous = await remembered
-            if previous is not None:
-                self._send_ack(previous)
-            return
-
-        remembered = asyncio.get_running_loop().create_future()
-        self._answers[command_id] = remembered
-        while len(self._answers) > self._remembered_commands:
-            self._answers.popitem(last=False)
-        answer: bytes | None = None
-        try:
-            if invalid is not None:
-                log.warning("%s: command %s: %s", self.device_id, command_id, invalid)
-                answer = self._encode_ack({"id": command_id, "ok": False, "error": str(invalid)})
-            else:
-                assert command is not None
-                body = await self._execute(command)
-                answer = None if body is None else self._encode_ack(body)
-        finally:
-            if answer is None and self._answers.get(command_id) is remembered:
-                # Interrupted by a disconnect: forget the id, so that the redelivery (the
-                # PUBACK never left) runs the command.
-                del self._answers[command_id]
-            remembered.set_result(answer)
-        if answer is not None:
-            self._send_ack(answer)
-
-    async def _execute(self, command: Command) -> dict[str, Any] | None:
-        """The ack body for `command` (without `ts`), or None when interrupted."""
-        if command.expired():
-            log.info(
-                "%s: command %s (%s) expired; not run", self.device_id, command.id, command.name
-            )
-            return {"id": command.id, "ok": False, "error": "expired"}
-        handler = self._handlers.get(command.name)
-        if handler is None:
-            log.warning("%s: unknown command %r", self.device_id, command.name)
-            return {"id": command.id, "ok": False, "error": f"unknown command: {command.name}"}
-        log.info("%s: running command %s (%s)", self.device_id, command.id, command.name)
-        self.commands_executed.append(ReceivedCommand(command.id, command.name))
-        self._notify()
-        task = await self._run_guarded(handler(command.params))
-        if task.cancelled():
-            return None
-        error = task.exception()
-        if error is None:
-            return {"id": command.id, "ok": True, "result": task.result()}
-        if isinstance(error, CommandError):
-            log.info("%s: command %s failed: %s", self.device_id, command.id, error)
-        else:
-            log.error(
-                "%s: command %s (%s) raised",
-                self.device_id,
-                command.id,
-                command.name,
-                exc_info=error,
-            )
-        return {"id": command.id, "ok": False, "error": str(error) or type(error).__name__}
-
-    def _encode_ack(self, body: dict[str, Any]) -> bytes:
-        body = {**body, "ts": now_ms()}
-        try:
-            return encode_payload(body)
-        except ValueError as exc:  # a handler returned something JSON cannot carry
-            log.error("%s: command %s: result not sendable: %s", self.device_id, body["id"], exc)
-            return encode_payload(
-                {
-                    "id": body["id"],
-                    "ok": False,
-                    "error": f"result not sendable: {exc}",
-                    "ts": body["ts"],
-                }
-            )
-
-    def _send_ack(self, answer: bytes) -> None:
-        # Not waiting for the PUBACK: gmqtt keeps the ack and resends it after a reconnect, and
-        # the command's own PUBACK follows the ack on the same connection.
-        try:
-            self._publish_nowait(self.topics.ack, answer)
+            self._publish_nowait(self.topics.ack, ack)
         except ConnectionError:
             log.warning("%s: offline, ack not sent (the command comes again)", self.device_id)
 
     async def _handle_config(self, payload: bytes, *, retained: bool) -> None:
-        """Apply a `config` message when its version differs from the applied one (section 8),
-        then publish the full state with the new `configVersion`."""
+        """Apply a `config` message when its version differs from the applied one (section
+        8), then publish the full state with the new `configVersion`."""
         try:
             update = parse_config(payload)
         except ValueError as exc:
             log.warning("%s: ignoring an invalid config: %s", self.device_id, exc)
             return
         if update is None:
-            # The backend cleared the retained config; there is nothing to apply.
+            # The retained config was cleared: nothing to apply, keep what we run with.
             log.info("%s: config cleared; keeping version %d", self.device_id, self.config_version)
             return
-        # Configs are applied one at a time, in the order they arrived.
+        # One at a time, in the order they arrived (gmqtt handles messages concurrently).
         async with self._config_lock:
             if update.version == self.config_version:
                 log.debug("%s: config version %d already applied", self.device_id, update.version)
                 return
             if self.on_config is not None:
-                task = await self._run_guarded(self.on_config(update.config, update.version))
+                task = await self._config_code.run(self.on_config(update.config, update.version))
                 if task.cancelled():
                     return
-                if task.exception() is not None:
+                error = task.exception()
+                if error is not None:
                     log.error(
-                        "%s: config version %d refused: %s",
-                        self.device_id,
-                        update.version,
-                        task.exception(),
+                        "%s: config version %d refused: %s", self.device_id, update.version, error
                     )
                     return
             log.info(
@@ -672,7 +588,7 @@ class ReferenceDevice:
         try:
             await self._publish_state(online=True)
         except (ConnectionError, TimeoutError) as exc:
-            # The next connect publishes the state, with this configVersion, anyway.
+            # The state sent at the next connect carries this configVersion anyway.
             log.warning("%s: state after config not acknowledged: %s", self.device_id, exc)
 
     # ---- waiting (tests, simulators) ------------------------------------------------
@@ -683,8 +599,8 @@ class ReferenceDevice:
                 waiter.set_result(None)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-        """Wait until `predicate()` is true; it is checked after every change the device
-        sees (command received or run, config applied, connected, disconnected).
+        """Wait until `predicate()` is true. It is checked again after every change the
+        device sees: a command received or run, a config applied, connected, disconnected.
         Raises TimeoutError after `timeout` seconds."""
         try:
             async with asyncio.timeout(timeout):
@@ -696,9 +612,10 @@ class ReferenceDevice:
                     finally:
                         self._waiters.discard(waiter)
         except TimeoutError:
-            raise TimeoutError(f"{self.device_id}: condition not met within {timeout}s") from None
+            raise TimeoutError(f"{self.device_id}: condition not met within {timeout} s") from None
 
     async def wait_for_config(self, version: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until config `version` has been applied."""
         await self.wait_for(lambda: self.config_version == version, timeout)
 
     async def wait_for_command(self, command_id: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109

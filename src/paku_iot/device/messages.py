@@ -17,6 +17,8 @@ from paku_iot.registry.ids import is_valid_device_id
 
 TOPIC_ROOT = "paku"
 EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Command names follow the same rule as event names (section 8; the API enforces it too).
+COMMAND_NAME_RE = EVENT_NAME_RE
 ACK_EVENT = "ack"
 # The backend's default PAKU_MAX_PAYLOAD_BYTES. A device cannot learn the configured limit, so
 # it stays under the default; a larger message would be stored as rejected (`oversize`).
@@ -84,7 +86,7 @@ def encode_payload(
         text = json.dumps(document, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"payload is not valid JSON for paku: {exc}") from exc
-    if "\x00" in text:
+    if _has_nul(document):
         raise ValueError("payload contains a NUL character")
     try:
         data = text.encode("utf-8")
@@ -93,6 +95,19 @@ def encode_payload(
     if len(data) > max_bytes:
         raise ValueError(f"payload of {len(data)} bytes is over the limit of {max_bytes}")
     return data
+
+
+def _has_nul(value: Any) -> bool:
+    # Checked on the strings, not on the JSON text: json.dumps writes NUL as the escape
+    # `\u0000` (which the backend rejects just the same), and a raw-text search for that
+    # escape would also match a harmless literal backslash followed by "u0000".
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def check_ts_ms(ts: int) -> None:
@@ -159,8 +174,10 @@ def parse_command(payload: bytes) -> Command:
     if not isinstance(command_id, str) or not command_id:
         raise InvalidCommand("no command id (a non-empty string)")
     name = document.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidCommand("invalid command: no name", command_id)
+    if not isinstance(name, str) or not COMMAND_NAME_RE.fullmatch(name):
+        raise InvalidCommand(
+            f"invalid command: name {name!r} is not 1-64 of A-Z a-z 0-9 _ . -", command_id
+        )
     params = document.get("params")
     if params is None:
         params = {}
@@ -186,7 +203,8 @@ def parse_command(payload: bytes) -> Command:
 
 @dataclass(frozen=True, slots=True)
 class ConfigUpdate:
-    """A parsed `config` message: `{"version": n, "config": {...}}`."""
+    """A parsed `config` message: `{"version": n, "config": {...}}`. Versions count up from
+    1 with each change; 0 stands for "no configuration applied yet"."""
 
     version: int
     config: dict[str, Any]
@@ -199,8 +217,10 @@ def parse_config(payload: bytes) -> ConfigUpdate | None:
         return None
     document = _loads_object(payload)
     version = document.get("version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ValueError(f"version is not an integer: {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        # Reported back as `configVersion`, which the backend accepts only as a non-negative
+        # integer: applying anything else would get every later state message rejected.
+        raise ValueError(f"version is not a non-negative integer: {version!r}")
     config = document.get("config")
     if not isinstance(config, dict):
         raise ValueError("config is not an object")
