@@ -279,3 +279,25 @@ async def test_mosquitto_command_line_device_answers_a_command(
     assert await answer.wait() == 0
     done = await wait_status(api, "cli-1", command["id"], "acked")
     assert done["result"] == "beeped"
+
+
+async def test_command_list_pages_newest_first(api: httpx.AsyncClient) -> None:
+    await provision(api, "lamp-8")
+    made = [
+        (await api.post("/devices/lamp-8/commands", json={"name": f"n{n}"})).json()["id"]
+        for n in range(5)
+    ]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await api.get("/devices/lamp-8/commands", params=params)).json()
+        seen.extend(c["id"] for c in page["items"])
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(made))
+    bad = await api.get("/devices/lamp-8/commands", params={"cursor": "xyz"})
+    assert bad.status_code == 422
+    wrong_status = await api.get("/devices/lamp-8/commands", params={"status": "done"})
+    assert wrong_status.status_code == 422

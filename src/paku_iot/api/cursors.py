@@ -42,26 +42,29 @@ def decode_int_cursor(cursor: str) -> int:
     return value[0]
 
 
-def decode_time_cursor(cursor: str) -> tuple[datetime, int]:
-    value = _decode(cursor)
-    try:
-        ts_text, row_id = value
-        ts = datetime.fromisoformat(ts_text)
-    except (TypeError, ValueError):
-        raise InvalidInput("cursor is not one this API issued", code="invalid_cursor") from None
-    if not isinstance(row_id, int) or ts.tzinfo is None:
-        raise InvalidInput("cursor is not one this API issued", code="invalid_cursor")
-    return ts, row_id
-
-
-def decode_time_text_cursor(cursor: str) -> tuple[datetime, str]:
-    """A (time, text id) position, as in newest-first lists keyed by a string id."""
+def _decode_time_position(cursor: str) -> tuple[datetime, object]:
     value = _decode(cursor)
     try:
         ts_text, item_id = value
         ts = datetime.fromisoformat(ts_text)
     except (TypeError, ValueError):
         raise InvalidInput("cursor is not one this API issued", code="invalid_cursor") from None
-    if not isinstance(item_id, str) or ts.tzinfo is None:
+    if ts.tzinfo is None:
+        raise InvalidInput("cursor is not one this API issued", code="invalid_cursor")
+    return ts, item_id
+
+
+def decode_time_cursor(cursor: str) -> tuple[datetime, int]:
+    """A (time, row id) position in a newest-first listing (telemetry, events)."""
+    ts, row_id = _decode_time_position(cursor)
+    if not isinstance(row_id, int) or isinstance(row_id, bool):
+        raise InvalidInput("cursor is not one this API issued", code="invalid_cursor")
+    return ts, row_id
+
+
+def decode_time_text_cursor(cursor: str) -> tuple[datetime, str]:
+    """A (time, text id) position, as in newest-first lists keyed by a string id (commands)."""
+    ts, item_id = _decode_time_position(cursor)
+    if not isinstance(item_id, str):
         raise InvalidInput("cursor is not one this API issued", code="invalid_cursor")
     return ts, item_id
