@@ -1,4 +1,4 @@
-"""`paku-iot devices|cmd|config ...`: thin layers over the HTTP API for people and scripts.
+"""`paku-iot devices|cmd|config|ota ...`: thin layers over the HTTP API for people and scripts.
 
 Every command prints something readable, or the API's JSON with `--json`. The API address is
 `--url` or the settings' public/HTTP address; the admin token is `--token`, PAKU_ADMIN_TOKEN,
@@ -22,12 +22,18 @@ FINAL_STATUSES = ("acked", "failed", "expired")
 
 
 def add_parsers(commands: Any) -> None:
-    """Add the `devices`, `cmd` and `config` command groups to the top-level subparsers."""
+    """Add the `devices`, `cmd`, `ota` and `config` groups to the top-level subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="API base URL (default: PAKU_PUBLIC_URL or the HTTP address)")
     common.add_argument("--token", help="admin token (default: PAKU_ADMIN_TOKEN or the token file)")
     common.add_argument("--json", action="store_true", help="print the API's JSON")
+    _add_device_parsers(commands, common)
+    _add_command_parsers(commands, common)
+    _add_ota_parsers(commands, common)
+    _add_config_parsers(commands, common)
 
+
+def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     devices = commands.add_parser("devices", help="list, show, create, delete devices")
     dev = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = dev.add_parser("list", parents=[common], help="list devices")
@@ -45,6 +51,8 @@ def add_parsers(commands: Any) -> None:
         "device_id"
     )
 
+
+def _add_command_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd = commands.add_parser("cmd", help="send commands and follow their status")
     cmd_actions = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     send = cmd_actions.add_parser("send", parents=[common], help="send a command to a device")
@@ -62,6 +70,34 @@ def add_parsers(commands: Any) -> None:
     cmd_list.add_argument("device_id")
     cmd_list.add_argument("--status", choices=["queued", "sent", "acked", "failed", "expired"])
 
+
+def _add_ota_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    ota = commands.add_parser("ota", help="firmware releases and rollouts")
+    ota_actions = ota.add_subparsers(dest="action", required=True, metavar="ACTION")
+    publish = ota_actions.add_parser(
+        "publish", parents=[common], help="upload and release a firmware image (for CI)"
+    )
+    publish.add_argument("file", type=Path)
+    publish.add_argument("--model", required=True)
+    publish.add_argument("--version", required=True, help="semantic version, e.g. 1.4.2")
+    publish.add_argument("--rollout", type=int, default=100, help="percent of devices (100)")
+    publish.add_argument("--notes")
+    ota_actions.add_parser("list", parents=[common], help="releases").add_argument("--model")
+    ota_actions.add_parser(
+        "status", parents=[common], help="a release and its rollout"
+    ).add_argument("release_id")
+    rollout = ota_actions.add_parser("rollout", parents=[common], help="set the rollout percent")
+    rollout.add_argument("release_id")
+    rollout.add_argument("percent", type=int)
+    ota_actions.add_parser(
+        "pause", parents=[common], help="offer a release to nobody new"
+    ).add_argument("release_id")
+    ota_actions.add_parser("resume", parents=[common], help="resume a paused release").add_argument(
+        "release_id"
+    )
+
+
+def _add_config_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     config = commands.add_parser("config", help="desired configuration")
     config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     config_set = config_actions.add_parser(
@@ -226,7 +262,69 @@ def _config_get(api: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_line(r: dict[str, Any]) -> str:
+    state = "paused" if r["paused"] else f"{r['rolloutPercent']}%"
+    return (
+        f"{r['id']}  {r['model']:<16} {r['version']:<14} {state:<7} "
+        f"{r['size']:>10} B  {r['sha256'][:12]}"
+    )
+
+
+def _ota_publish(api: ApiClient, args: argparse.Namespace) -> int:
+    fields = {"model": args.model, "version": args.version, "rolloutPercent": str(args.rollout)}
+    if args.notes:
+        fields["notes"] = args.notes
+    try:
+        image = args.file.open("rb")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {args.file}: {exc.strerror}") from None
+    with image:
+        release = api.request(
+            "POST", "/ota/firmware", data=fields, files={"file": (args.file.name, image)}
+        )
+    _print(args, release, f"released {_release_line(release)}\n  {release['url']}")
+    return 0
+
+
+def _ota_list(api: ApiClient, args: argparse.Namespace) -> int:
+    params = {"model": args.model} if args.model else None
+    items = api.request("GET", "/ota/releases", params=params)["items"]
+    _print(args, items, "\n".join(_release_line(r) for r in items) or "no releases")
+    return 0
+
+
+def _ota_status(api: ApiClient, args: argparse.Namespace) -> int:
+    release = api.request("GET", f"/ota/releases/{args.release_id}")
+    counts = ", ".join(f"{k} {v}" for k, v in release["rollout"]["counts"].items())
+    _print(args, release, f"{_release_line(release)}\n  {counts}")
+    return 0
+
+
+def _ota_patch(api: ApiClient, args: argparse.Namespace, body: dict[str, Any]) -> int:
+    release = api.request("PATCH", f"/ota/releases/{args.release_id}", json=body)
+    _print(args, release, _release_line(release))
+    return 0
+
+
+def _ota_rollout(api: ApiClient, args: argparse.Namespace) -> int:
+    return _ota_patch(api, args, {"rolloutPercent": args.percent})
+
+
+def _ota_pause(api: ApiClient, args: argparse.Namespace) -> int:
+    return _ota_patch(api, args, {"paused": True})
+
+
+def _ota_resume(api: ApiClient, args: argparse.Namespace) -> int:
+    return _ota_patch(api, args, {"paused": False})
+
+
 _HANDLERS = {
+    ("ota", "publish"): _ota_publish,
+    ("ota", "list"): _ota_list,
+    ("ota", "status"): _ota_status,
+    ("ota", "rollout"): _ota_rollout,
+    ("ota", "pause"): _ota_pause,
+    ("ota", "resume"): _ota_resume,
     ("devices", "list"): _devices_list,
     ("devices", "show"): _devices_show,
     ("devices", "create"): _devices_create,

@@ -43,9 +43,13 @@ class ApiClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        data: dict[str, str] | None = None,
+        files: dict[str, Any] | None = None,
     ) -> Any:
         try:
-            response = self._http.request(method, path, json=json, params=params, headers=headers)
+            response = self._http.request(
+                method, path, json=json, params=params, headers=headers, data=data, files=files
+            )
         except httpx.TransportError as exc:
             raise Unavailable(f"cannot reach the paku-iot API at {self.base_url}: {exc}") from None
         if response.status_code == 204:

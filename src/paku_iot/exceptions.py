@@ -36,6 +36,7 @@ class InvalidInput(PakuError):
 class Unauthorized(PakuError):
     code = "unauthorized"
     http_status = 401
+    auth_scheme = "Bearer"  # what the WWW-Authenticate header asks for
 
 
 class NotFound(PakuError):

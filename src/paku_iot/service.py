@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paku_iot.broker.credentials import PasswordFileSync
@@ -26,6 +27,9 @@ from paku_iot.downlink.commands import CommandService
 from paku_iot.downlink.config import ConfigService
 from paku_iot.downlink.sweeper import sweep_forever
 from paku_iot.exceptions import PakuError, SettingsError
+from paku_iot.ota.files import FirmwareFiles
+from paku_iot.ota.releases import ReleaseService
+from paku_iot.ota.signing import load_or_create_signing_key
 from paku_iot.registry.devices import DeviceRegistry
 from paku_iot.registry.passwords import hash_password
 from paku_iot.secretfiles import read_or_create_secret
@@ -36,6 +40,7 @@ from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.engine import create_engine, ping
 from paku_iot.storage.messages import MessageStore
 from paku_iot.storage.migrate import require_current_schema
+from paku_iot.storage.releases import ReleaseStore
 from paku_iot.tasks import TaskSet
 
 log = logging.getLogger("paku_iot")
@@ -67,6 +72,8 @@ class Service:
     admin_token: str
     commands: CommandService
     configs: ConfigService
+    releases: ReleaseService
+    signing_key: Ed25519PrivateKey
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
 
@@ -179,6 +186,7 @@ async def running_service(
         if intake is not None:
             intake.flow = link
         commands = CommandService(CommandStore(engine), devices, link)
+        signing_key = load_or_create_signing_key(settings.signing_key_path)
         service = Service(
             settings=settings,
             engine=engine,
@@ -189,6 +197,13 @@ async def running_service(
             admin_token=admin_token(settings),
             commands=commands,
             configs=ConfigService(ConfigStore(engine), link),
+            releases=ReleaseService(
+                ReleaseStore(engine),
+                devices,
+                FirmwareFiles(settings.firmware_dir, settings.ota_max_firmware_bytes),
+                signing_key,
+            ),
+            signing_key=signing_key,
             stats=stats,
             writer=writer,
         )

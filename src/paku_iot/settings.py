@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     ingest_linger_ms: int = Field(default=10, ge=0)
     ingest_queue_size: int = Field(default=4000, ge=2)
 
+    # OTA: where firmware images are kept (default <data_dir>/firmware), the largest image
+    # accepted, the Ed25519 signing key (PEM; generated into <data_dir>/secrets when unset),
+    # and whether devices may fetch the manifest without their credentials.
+    ota_dir: Path | None = None
+    ota_max_firmware_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    ota_signing_key_file: Path | None = None
+    ota_allow_anonymous: bool = False
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -110,6 +118,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'paku.db').resolve()}"
+
+    @property
+    def firmware_dir(self) -> Path:
+        return self.ota_dir or self.data_dir / "firmware"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.ota_signing_key_file or self.data_dir / "secrets" / "ota-signing-key.pem"
 
     @property
     def broker_session_name(self) -> str:

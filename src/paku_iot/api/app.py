@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from paku_iot import __version__
 from paku_iot.api.errors import install_error_handlers
-from paku_iot.api.routes import commands, config, devices, health, messages
+from paku_iot.api.routes import commands, config, devices, health, messages, ota
 
 if TYPE_CHECKING:
     from paku_iot.service import Service
@@ -27,4 +27,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(messages.router)
     app.include_router(commands.router)
     app.include_router(config.router)
+    app.include_router(ota.admin)
+    app.include_router(ota.router)
     return app

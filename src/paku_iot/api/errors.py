@@ -41,7 +41,7 @@ async def _paku_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PakuError)
     if exc.http_status >= 500:
         log.warning("%s: %s", exc.code, exc.message)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers = {"WWW-Authenticate": exc.auth_scheme} if isinstance(exc, Unauthorized) else None
     return error_response(exc.http_status, exc.code, exc.message, headers)
 
 

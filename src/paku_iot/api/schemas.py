@@ -10,7 +10,13 @@ from pydantic.alias_generators import to_camel
 
 from paku_iot.downlink.config import ConfigView
 from paku_iot.registry.ids import DEVICE_ID_PATTERN
-from paku_iot.storage.records import CommandRecord, DeviceRecord, EventRecord, TelemetryRecord
+from paku_iot.storage.records import (
+    CommandRecord,
+    DeviceRecord,
+    EventRecord,
+    ReleaseRecord,
+    TelemetryRecord,
+)
 
 
 class ApiModel(BaseModel):
@@ -221,3 +227,67 @@ class DeviceConfig(ApiModel):
             in_sync=view.in_sync,
             updated_at=view.updated_at,
         )
+
+
+class Release(ApiModel):
+    id: str
+    model: str
+    version: str
+    sha256: str
+    size: int
+    url: str = Field(description="Absolute download URL (byte ranges supported).")
+    signature: str = Field(description="base64 Ed25519 signature of the SHA-256 digest.")
+    rollout_percent: int
+    paused: bool
+    notes: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: ReleaseRecord, url: str) -> Release:
+        return cls(
+            id=record.id,
+            model=record.model,
+            version=record.version,
+            sha256=record.sha256,
+            size=record.size,
+            url=url,
+            signature=record.signature,
+            rollout_percent=record.rollout_percent,
+            paused=record.paused,
+            notes=record.notes,
+            created_at=record.created_at,
+        )
+
+
+class ReleaseList(ApiModel):
+    items: list[Release]
+
+
+class RolloutView(ApiModel):
+    counts: dict[str, int]
+    devices: dict[str, list[str]]
+
+
+class ReleaseWithStatus(Release):
+    rollout: RolloutView
+
+
+class ReleaseUpdate(RequestModel):
+    rollout_percent: int | None = Field(default=None, ge=0, le=100)
+    paused: bool | None = None
+
+
+class ManifestEntry(BaseModel):
+    model: str
+    version: str
+    url: str
+    sha256: str
+    size: int
+    signature: str
+
+
+class PublicKey(ApiModel):
+    algorithm: Literal["Ed25519"] = "Ed25519"
+    public_key: str = Field(description="The raw 32-byte public key, base64.")
+    pem: str
+    signed_message: str = "the 32-byte SHA-256 digest of the image"

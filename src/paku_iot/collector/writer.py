@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paku_iot.collector.acks import settle_commands
+from paku_iot.collector.ota_reports import record_ota_reports
 from paku_iot.collector.parse import Parsed, RejectReason, rejected
 from paku_iot.collector.stats import IngestStats
 from paku_iot.storage.devices import existing_device_ids
@@ -216,6 +217,7 @@ class BatchWriter:
             await write_batch(conn, batch)
             if batch.events:
                 await settle_commands(conn, batch.events)
+                await record_ota_reports(conn, batch.events)
         self._count(batch)
         came_online = {
             s.device_id for s in batch.states if s.live and s.payload.get("online") is True

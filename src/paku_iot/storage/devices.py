@@ -127,7 +127,13 @@ class DeviceStore:
             result = await conn.execute(delete(_d).where(_d.c.id == device_id))
             if result.rowcount == 0:
                 return False
-            for table in (schema.telemetry, schema.events, schema.commands, schema.device_configs):
+            for table in (
+                schema.telemetry,
+                schema.events,
+                schema.commands,
+                schema.device_configs,
+                schema.ota_progress,
+            ):
                 await conn.execute(delete(table).where(table.c.device_id == device_id))
             return True
 

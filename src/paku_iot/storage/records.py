@@ -116,3 +116,26 @@ class DesiredConfig:
     version: int
     config: JsonObject
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRecord:
+    id: str
+    model: str
+    version: str
+    sha256: str
+    size: int
+    signature: str
+    rollout_percent: int
+    paused: bool
+    notes: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OtaProgress:
+    device_id: str
+    version: str
+    status: str
+    error: str | None
+    updated_at: datetime

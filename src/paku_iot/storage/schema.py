@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Index,
@@ -115,5 +116,33 @@ device_configs = Table(
     Column("device_id", String(64), primary_key=True),
     Column("version", Integer, nullable=False),
     Column("config", json_type(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+firmware_releases = Table(
+    "firmware_releases",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    # base64 Ed25519 signature of the image's SHA-256 digest (docs/protocol.md, OTA)
+    Column("signature", Text, nullable=False),
+    Column("rollout_percent", Integer, nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("notes", Text, nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("model", "version"),
+)
+
+ota_progress = Table(
+    "ota_progress",
+    metadata,
+    # The latest report of each device about each version it was updating to.
+    Column("device_id", String(64), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("error", Text, nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
 )

@@ -1,0 +1,1 @@
+"""OTA: firmware releases, the device manifest, signatures and staged rollouts."""

@@ -1,0 +1,165 @@
+"""Releases: publishing images, the manifest devices poll, rollout control and status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+import semver
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from paku_iot.exceptions import InvalidInput, NotFound
+from paku_iot.ota.files import FirmwareFiles
+from paku_iot.ota.rollout import in_rollout
+from paku_iot.ota.signing import sign_digest
+from paku_iot.ota.versions import parse_version
+from paku_iot.storage.devices import DeviceStore
+from paku_iot.storage.records import DeviceRecord, ReleaseRecord
+from paku_iot.storage.releases import ReleaseStore
+
+log = logging.getLogger("paku_iot.ota")
+
+# How a device stands with a release (GET /ota/releases/{id}). `updated` comes only from the
+# device's own state (fwVersion); the others from its `event/ota` reports.
+ROLLOUT_STATUSES = ("pending", "downloading", "installing", "installed", "failed", "updated")
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStatus:
+    counts: dict[str, int]
+    devices: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _newest_first(releases: list[ReleaseRecord]) -> list[ReleaseRecord]:
+    return sorted(releases, key=lambda r: semver.Version.parse(r.version), reverse=True)
+
+
+class ReleaseService:
+    def __init__(
+        self,
+        store: ReleaseStore,
+        devices: DeviceStore,
+        files: FirmwareFiles,
+        signing_key: Ed25519PrivateKey,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._devices = devices
+        self._files = files
+        self._key = signing_key
+        self._clock = clock
+
+    @property
+    def files(self) -> FirmwareFiles:
+        return self._files
+
+    async def publish(
+        self,
+        *,
+        model: str,
+        version: str,
+        image: BinaryIO,
+        notes: str | None = None,
+        rollout_percent: int = 100,
+    ) -> ReleaseRecord:
+        parse_version(version)
+        if not 1 <= len(model) <= 64:
+            raise InvalidInput("model must be 1-64 characters")
+        if not 0 <= rollout_percent <= 100:
+            raise InvalidInput("rolloutPercent must be between 0 and 100")
+        sha256, size = await asyncio.to_thread(self._files.store, image)
+        release = ReleaseRecord(
+            id="fw-" + secrets.token_hex(8),
+            model=model,
+            version=version,
+            sha256=sha256,
+            size=size,
+            signature=sign_digest(self._key, sha256),
+            rollout_percent=rollout_percent,
+            paused=False,
+            notes=notes,
+            created_at=self._clock(),
+        )
+        # A refused duplicate leaves its image in the store: it is content-addressed, so at
+        # worst it is the very file the existing release serves.
+        await self._store.insert(release)
+        log.info("released %s %s (%d bytes, %d%%)", model, version, size, rollout_percent)
+        return release
+
+    async def get(self, release_id: str) -> ReleaseRecord:
+        release = await self._store.get(release_id)
+        if release is None:
+            raise NotFound(f"no release {release_id!r}", code="release_not_found")
+        return release
+
+    async def releases(self, model: str | None = None) -> list[ReleaseRecord]:
+        return _newest_first(await self._store.of_model(model))
+
+    async def update(
+        self, release_id: str, *, rollout_percent: int | None = None, paused: bool | None = None
+    ) -> ReleaseRecord:
+        if rollout_percent is not None and not 0 <= rollout_percent <= 100:
+            raise InvalidInput("rolloutPercent must be between 0 and 100")
+        if not await self._store.update(release_id, rollout_percent=rollout_percent, paused=paused):
+            raise NotFound(f"no release {release_id!r}", code="release_not_found")
+        return await self.get(release_id)
+
+    async def manifest(
+        self, *, model: str | None, current: str | None, device: DeviceRecord | None, admin: bool
+    ) -> list[ReleaseRecord]:
+        """What a caller is offered, newest first: releases of `model` newer than `current`.
+        A device gets only releases whose rollout includes it and that are not paused (unless
+        it already started on one); an anonymous caller only unpaused 100% releases."""
+        floor = parse_version(current, "current") if current else None
+        candidates = [
+            r
+            for r in await self._store.of_model(model)
+            if floor is None or semver.Version.parse(r.version) > floor
+        ]
+        if admin:
+            return _newest_first(candidates)
+        if device is None:
+            return _newest_first(
+                [r for r in candidates if r.rollout_percent == 100 and not r.paused]
+            )
+        started = await self._started(device.id, candidates)
+        offered = [
+            r
+            for r in candidates
+            if r.version in started or (not r.paused and in_rollout(device.id, r.rollout_percent))
+        ]
+        return _newest_first(offered)
+
+    async def _started(self, device_id: str, releases: list[ReleaseRecord]) -> set[str]:
+        started: set[str] = set()
+        for release in releases:
+            if await self._store.progress(release.version, [device_id]):
+                started.add(release.version)
+        return started
+
+    async def rollout_status(self, release: ReleaseRecord) -> RolloutStatus:
+        devices: list[DeviceRecord] = []
+        after: str | None = None
+        while True:
+            page = await self._devices.page(limit=1000, after_id=after, model=release.model)
+            devices.extend(page)
+            if len(page) < 1000:
+                break
+            after = page[-1].id
+        progress = await self._store.progress(release.version, (d.id for d in devices))
+        by_status: dict[str, list[str]] = {status: [] for status in ROLLOUT_STATUSES}
+        for device in devices:
+            if device.fw_version == release.version:
+                by_status["updated"].append(device.id)
+            elif device.id in progress:
+                by_status[progress[device.id].status].append(device.id)
+            elif not release.paused and in_rollout(device.id, release.rollout_percent):
+                by_status["pending"].append(device.id)
+        return RolloutStatus(
+            counts={status: len(ids) for status, ids in by_status.items()}, devices=by_status
+        )

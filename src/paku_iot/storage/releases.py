@@ -1,0 +1,105 @@
+"""Queries on firmware releases and devices' update progress."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from paku_iot.exceptions import Conflict
+from paku_iot.storage import schema
+from paku_iot.storage.engine import transaction, translated_errors
+from paku_iot.storage.records import OtaProgress, ReleaseRecord
+
+_r = schema.firmware_releases
+_p = schema.ota_progress
+
+
+class ReleaseStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert(self, release: ReleaseRecord) -> None:
+        try:
+            async with transaction(self._engine) as conn:
+                await conn.execute(
+                    _r.insert().values(
+                        id=release.id,
+                        model=release.model,
+                        version=release.version,
+                        sha256=release.sha256,
+                        size=release.size,
+                        signature=release.signature,
+                        rollout_percent=release.rollout_percent,
+                        paused=release.paused,
+                        notes=release.notes,
+                        created_at=release.created_at,
+                    )
+                )
+        except IntegrityError:
+            raise Conflict(
+                f"{release.model} {release.version} is already released", code="release_exists"
+            ) from None
+
+    async def get(self, release_id: str) -> ReleaseRecord | None:
+        async with translated_errors(), self._engine.connect() as conn:
+            row = (await conn.execute(select(_r).where(_r.c.id == release_id))).mappings().first()
+        return ReleaseRecord(**row) if row else None
+
+    async def of_model(self, model: str | None) -> list[ReleaseRecord]:
+        query = select(_r).order_by(_r.c.model, _r.c.created_at)
+        if model is not None:
+            query = query.where(_r.c.model == model)
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [ReleaseRecord(**row) for row in rows]
+
+    async def update(
+        self, release_id: str, *, rollout_percent: int | None, paused: bool | None
+    ) -> bool:
+        values: dict[str, object] = {}
+        if rollout_percent is not None:
+            values["rollout_percent"] = rollout_percent
+        if paused is not None:
+            values["paused"] = paused
+        if not values:
+            return await self.get(release_id) is not None
+        async with transaction(self._engine) as conn:
+            result = await conn.execute(update(_r).where(_r.c.id == release_id).values(**values))
+        return bool(result.rowcount)
+
+    async def progress(self, version: str, device_ids: Iterable[str]) -> dict[str, OtaProgress]:
+        ids = list(device_ids)
+        if not ids:
+            return {}
+        query = select(_p).where(_p.c.version == version, _p.c.device_id.in_(ids))
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return {row["device_id"]: OtaProgress(**row) for row in rows}
+
+
+async def record_progress(conn: AsyncConnection, reports: list[OtaProgress]) -> None:
+    """Keep each device's latest report per version, in the caller's transaction."""
+    for report in reports:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(_p).values(
+            device_id=report.device_id,
+            version=report.version,
+            status=report.status,
+            error=report.error,
+            updated_at=report.updated_at,
+        )
+        await conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[_p.c.device_id, _p.c.version],
+                set_={
+                    "status": insert.excluded.status,
+                    "error": insert.excluded.error,
+                    "updated_at": insert.excluded.updated_at,
+                },
+                where=_p.c.updated_at <= insert.excluded.updated_at,
+            )
+        )
