@@ -172,5 +172,8 @@ class BrokerLink:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connector
-        if self.connected:
-            await self._client.disconnect()
+        # Also when not (yet) connected: a connect cut short by this stop may have opened a
+        # socket already, and only disconnect() closes it.
+        if getattr(self._client, "_connection", None) is not None:
+            with contextlib.suppress(Exception):
+                await self._client.disconnect()
