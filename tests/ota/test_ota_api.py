@@ -274,3 +274,19 @@ async def test_rollout_pause_and_status(
     assert bad.status_code == 422
     for client in (first, second, third):
         await client.disconnect()
+
+
+async def test_urls_use_the_public_url_when_set(settings: Settings, broker: Broker) -> None:
+    public = settings.model_copy(update={"public_url": "https://iot.example.com/"})
+    async with (
+        running_service(public) as service,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(service)),
+            base_url="http://internal:8000",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as api,
+    ):
+        release = (await publish(api, "1.0.0")).json()
+        assert release["url"] == f"https://iot.example.com/ota/firmware/{IMAGE_SHA}.bin"
+        entries = (await api.get("/ota/manifest.json", params={"model": "lamp"})).json()
+        assert entries[0]["url"] == release["url"]
