@@ -39,7 +39,7 @@ class PayloadTooLarge(PakuError):
 
 
 def firmware_url(request: Request, service: Service, sha256: str) -> str:
-    base = service.settings.public_url or str(request.base_url).rstrip("/")
+    base = (service.settings.public_url or str(request.base_url)).rstrip("/")
     return f"{base}/ota/firmware/{sha256}.bin"
 
 
