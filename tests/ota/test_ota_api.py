@@ -290,3 +290,32 @@ async def test_urls_use_the_public_url_when_set(settings: Settings, broker: Brok
         assert release["url"] == f"https://iot.example.com/ota/firmware/{IMAGE_SHA}.bin"
         entries = (await api.get("/ota/manifest.json", params={"model": "lamp"})).json()
         assert entries[0]["url"] == release["url"]
+
+
+async def test_manifest_and_status_use_what_the_device_runs(
+    api: httpx.AsyncClient, broker: Broker
+) -> None:
+    creds = {d: await provision(api, d) for d in ("ahead-1", "failed-1")}
+    release = (await publish(api, "1.1.0")).json()
+    await publish(api, "1.2.0", image=b"1.2.0 image")
+    ahead = await broker.device("ahead-1", creds["ahead-1"]).connect()
+    await ahead.publish("paku/ahead-1/state", '{"online": true, "fwVersion": "1.2.0"}')
+    failed = await broker.device("failed-1", creds["failed-1"]).connect()
+    await failed.publish(
+        "paku/failed-1/event/ota", '{"version": "1.1.0", "status": "failed", "error": "flash"}'
+    )
+
+    async def counted() -> None:
+        counts = (await api.get(f"/ota/releases/{release['id']}")).json()["rollout"]["counts"]
+        assert counts["updated"] == 1  # ahead-1 runs a newer version: past this release
+        assert counts["failed"] == 1
+
+    await eventually(counted)
+    # Without `current`, the device's reported fwVersion is the floor.
+    assert await manifest(api, as_device(api, "ahead-1", creds["ahead-1"])) == []
+    # A paused release is not retried by a device that failed on it.
+    await api.patch(f"/ota/releases/{release['id']}", json={"paused": True})
+    offered = await manifest(api, as_device(api, "failed-1", creds["failed-1"]), current="1.0.0")
+    assert [e["version"] for e in offered] == ["1.2.0"]
+    await ahead.disconnect()
+    await failed.disconnect()

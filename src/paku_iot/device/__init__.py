@@ -9,6 +9,14 @@ from __future__ import annotations
 from paku_iot.device.client import ConfigHandler, DeviceConnectError, ReferenceDevice
 from paku_iot.device.commands import CommandError, CommandHandler, ReceivedCommand
 from paku_iot.device.messages import Command, ConfigUpdate, DeviceTopics, encode_payload, now_ms
+from paku_iot.device.ota import (
+    ManifestEntry,
+    OtaError,
+    OtaInterrupted,
+    OtaUnauthorized,
+    OtaUpdater,
+    OtaVerificationError,
+)
 
 __all__ = [
     "Command",
@@ -18,6 +26,12 @@ __all__ = [
     "ConfigUpdate",
     "DeviceConnectError",
     "DeviceTopics",
+    "ManifestEntry",
+    "OtaError",
+    "OtaInterrupted",
+    "OtaUnauthorized",
+    "OtaUpdater",
+    "OtaVerificationError",
     "ReceivedCommand",
     "ReferenceDevice",
     "encode_payload",

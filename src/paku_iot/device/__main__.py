@@ -4,6 +4,10 @@ It publishes simulated telemetry every `--interval` seconds and answers the comm
 (`{"pong": true}`) and `reboot` (`{"rebooting": true}`, nothing actually restarts).
 Ctrl-C (or SIGTERM) disconnects gracefully: the retained state becomes `"online": false`.
 The password may come from the environment (PAKU_DEVICE_PASSWORD) to keep it out of `ps`.
+
+With `--api-url` and `--ota-public-key` (the `publicKey` of `GET /ota/public-key`, pinned as
+firmware would) it also checks for firmware updates at start and every `--ota-interval`
+seconds, and installs them (device/ota.py): the running `fwVersion` then changes.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import math
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from paku_iot.device.client import DeviceConnectError, ReferenceDevice
+from paku_iot.device.ota import OtaError, load_public_key
 
 log = logging.getLogger("paku_iot.device")
 
@@ -45,9 +51,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keepalive", type=int, default=30, help="MQTT keepalive in s (30)")
     parser.add_argument("--fw-version", default="1.0.0", help="reported fwVersion (1.0.0)")
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    parser.add_argument("--api-url", help="HTTP API for OTA updates, e.g. http://127.0.0.1:8000")
+    parser.add_argument(
+        "--ota-public-key", help="pinned OTA key: publicKey of GET /ota/public-key (base64)"
+    )
+    parser.add_argument(
+        "--ota-dir", type=Path, help="where firmware images are kept (default ./ota-<id>)"
+    )
+    parser.add_argument(
+        "--ota-interval", type=float, default=3600.0, help="seconds between OTA checks (3600)"
+    )
     args = parser.parse_args(argv)
     if not args.password:
         parser.error("--password (or PAKU_DEVICE_PASSWORD) is required")
+    if bool(args.api_url) != bool(args.ota_public_key):
+        parser.error("--api-url and --ota-public-key go together (OTA needs both)")
+    if args.ota_public_key:
+        try:
+            load_public_key(args.ota_public_key)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if args.ota_dir is None:
+        args.ota_dir = Path(f"ota-{args.device_id}")
     return args
 
 
@@ -91,6 +116,25 @@ async def connect_with_backoff(device: ReferenceDevice, stop: asyncio.Event) -> 
     return False
 
 
+async def check_for_update(device: ReferenceDevice, args: argparse.Namespace) -> bool:
+    """One OTA check; a failure is logged and retried at the next check (an interrupted
+    download resumes where it stopped). False when the restart into a new version could not
+    reconnect: the caller then connects as at start."""
+    try:
+        installed = await device.update_firmware(args.api_url, args.ota_public_key, args.ota_dir)
+    except OtaError as exc:
+        log.warning("firmware update: %s", exc)
+    except DeviceConnectError as exc:
+        log.warning("firmware update installed, but reconnecting failed: %s", exc)
+        return False
+    else:
+        if installed is None:
+            log.info("firmware %s is up to date", device.fw_version)
+        else:
+            log.info("now running firmware %s", installed)
+    return True
+
+
 async def run(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,10 +152,16 @@ async def run(args: argparse.Namespace) -> None:
     device.on_command("ping", ping)
     device.on_command("reboot", reboot)
     started = time.monotonic()
+    next_ota_check = time.monotonic()
     try:
         if not await connect_with_backoff(device, stop):
             return
         while not stop.is_set():
+            if args.api_url and time.monotonic() >= next_ota_check:
+                next_ota_check = time.monotonic() + args.ota_interval
+                reconnected = await check_for_update(device, args)
+                if not reconnected and not await connect_with_backoff(device, stop):
+                    return
             try:
                 sent = await device.send_telemetry(sample(started))
                 log.info("telemetry %s", sent)

@@ -22,6 +22,8 @@ A paku device's life on MQTT, in the order this class does it:
    then DISCONNECT: a clean DISCONNECT does not fire the Will. Losing the network without
    DISCONNECT makes the broker publish the Will (at once when it sees the socket close, else
    after 1.5 x keepalive of silence).
+7. Firmware updates over HTTP, reported on `paku/<id>/event/ota`, end with a restart whose
+   state carries the new `fwVersion`: `update_firmware` (the steps are in ota.py).
 
 Received QoS 1 messages are acknowledged (PUBACK) only after they have been handled: a
 command's ack event is already on its way when the broker learns the command was delivered,
@@ -37,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from gmqtt import Client, Message, Subscription
@@ -58,6 +61,7 @@ from paku_iot.device.messages import (
     now_ms,
     parse_config,
 )
+from paku_iot.device.ota import OtaUpdater
 
 log = logging.getLogger("paku_iot.device")
 
@@ -178,6 +182,7 @@ class ReferenceDevice:
         if session_expiry_s <= 0:
             raise ValueError("session_expiry_s must be positive: 0 means no persistent session")
         self.device_id = device_id
+        self._password = password
         self.host = host
         self.port = port
         self.fw_version = fw_version
@@ -249,6 +254,12 @@ class ReferenceDevice:
             "fwVersion": self.fw_version,
             "configVersion": self.config_version,
         }
+
+    @property
+    def credentials(self) -> tuple[str, str]:
+        """(username, password): the MQTT credentials, also the HTTP Basic credentials of
+        the OTA manifest."""
+        return self.device_id, self._password
 
     @property
     def connected(self) -> bool:
@@ -382,6 +393,28 @@ class ReferenceDevice:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def restart(self, *, fw_version: str | None = None) -> None:
+        """Simulate a reboot: leave gracefully (step 6), come back running `fw_version`
+        (None: the same version), connect again (steps 1-3), so the retained state reports
+        the version now running. Raises DeviceConnectError if the broker cannot be reached."""
+        check_state_fields(None, fw_version)
+        await self.disconnect(graceful=True)
+        if fw_version is not None:
+            self.fw_version = fw_version
+        log.info("%s: restarting with firmware %s", self.device_id, self.fw_version)
+        await self.connect()
+
+    async def update_firmware(
+        self, api_url: str, public_key_b64: str, workdir: Path | str
+    ) -> str | None:
+        """Update over the air (device/ota.py): check the manifest at `api_url`, download and
+        verify the newest image with the pinned `public_key_b64` (raw Ed25519, base64),
+        report progress on `event/ota`, install it under `workdir`, and restart running it.
+        Returns the version installed, or None when up to date. Raises an OtaError subclass
+        when the update cannot be completed (an interrupted download resumes next time)."""
+        async with OtaUpdater(self, public_key_b64) as updater:
+            return await updater.update(api_url, Path(workdir))
 
     # ---- disconnecting --------------------------------------------------------------
 

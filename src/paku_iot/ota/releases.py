@@ -35,6 +35,15 @@ class RolloutStatus:
     devices: dict[str, list[str]] = field(default_factory=dict)
 
 
+IN_PROGRESS = frozenset({"downloading", "installing", "installed"})
+
+
+def _semver_or_none(text: str | None) -> str | None:
+    if text is None or not semver.Version.is_valid(text):
+        return None
+    return text
+
+
 def _newest_first(releases: list[ReleaseRecord]) -> list[ReleaseRecord]:
     return sorted(releases, key=lambda r: semver.Version.parse(r.version), reverse=True)
 
@@ -115,6 +124,9 @@ class ReleaseService:
         """What a caller is offered, newest first: releases of `model` newer than `current`.
         A device gets only releases whose rollout includes it and that are not paused (unless
         it already started on one); an anonymous caller only unpaused 100% releases."""
+        if current is None and device is not None:
+            # A device that does not say what it runs is taken at its word from MQTT.
+            current = _semver_or_none(device.fw_version)
         floor = parse_version(current, "current") if current else None
         candidates = [
             r
@@ -136,9 +148,12 @@ class ReleaseService:
         return _newest_first(offered)
 
     async def _started(self, device_id: str, releases: list[ReleaseRecord]) -> set[str]:
+        """Versions this device is part-way through. A device that failed has not started:
+        pausing a broken release must stop its retries too."""
         started: set[str] = set()
         for release in releases:
-            if await self._store.progress(release.version, [device_id]):
+            progress = await self._store.progress(release.version, [device_id])
+            if device_id in progress and progress[device_id].status in IN_PROGRESS:
                 started.add(release.version)
         return started
 
@@ -153,9 +168,11 @@ class ReleaseService:
             after = page[-1].id
         progress = await self._store.progress(release.version, (d.id for d in devices))
         by_status: dict[str, list[str]] = {status: [] for status in ROLLOUT_STATUSES}
+        target = semver.Version.parse(release.version)
         for device in devices:
-            if device.fw_version == release.version:
-                by_status["updated"].append(device.id)
+            running = _semver_or_none(device.fw_version)
+            if running is not None and semver.Version.parse(running) >= target:
+                by_status["updated"].append(device.id)  # this version, or past it already
             elif device.id in progress:
                 by_status[progress[device.id].status].append(device.id)
             elif not release.paused and in_rollout(device.id, release.rollout_percent):
