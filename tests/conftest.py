@@ -175,6 +175,9 @@ def settings(tmp_path: Path, database_url: str, broker: Broker) -> Settings:
         admin_token=ADMIN_TOKEN,
         instance_id=f"test-{secrets.token_hex(4)}",
         ingest_linger_ms=2,
+        # Tests send samples from fixed past dates; retention is tested on its own.
+        telemetry_retention_days=0,
+        events_retention_days=0,
     )
 
 

@@ -4,6 +4,7 @@ a Mosquitto started from `paku-iot broker-config`, each in its own process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -105,12 +106,13 @@ async def stored_telemetry(base_url: str, device_id: str, token: str) -> list[di
 async def device_round_trip(base_url: str, mqtt_port: int, device_id: str, token: str) -> str:
     password = await provision(base_url, device_id, token)
     device = await DeviceClient("127.0.0.1", mqtt_port, device_id, password).connect()
-    assert await device.publish(f"paku/{device_id}/telemetry", '{"ts": 1780000000000, "v": 7}') == 0
+    sample = {"ts": int(time.time() * 1000), "v": 7}  # recent: within any retention
+    assert await device.publish(f"paku/{device_id}/telemetry", json.dumps(sample)) == 0
     await device.disconnect()
 
     async def stored() -> None:
         items = await stored_telemetry(base_url, device_id, token)
-        assert [i["payload"] for i in items] == [{"ts": 1780000000000, "v": 7}]
+        assert [i["payload"] for i in items] == [sample]
 
     await eventually(stored)
     return password

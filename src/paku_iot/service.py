@@ -41,6 +41,7 @@ from paku_iot.storage.engine import create_engine, ping
 from paku_iot.storage.messages import MessageStore
 from paku_iot.storage.migrate import require_current_schema
 from paku_iot.storage.releases import ReleaseStore
+from paku_iot.storage.retention import RetentionPolicy, maintain_forever
 from paku_iot.tasks import TaskSet
 
 log = logging.getLogger("paku_iot")
@@ -225,6 +226,14 @@ async def running_service(
             stack.push_async_callback(stop_writer)
         link.start()
         background.spawn(sweep_forever(commands), name="command-sweeper")
+        if writer is not None:
+            policy = RetentionPolicy(
+                settings.telemetry_retention_days, settings.events_retention_days
+            )
+            background.spawn(
+                maintain_forever(engine, policy, settings.maintenance_interval_s),
+                name="maintenance",
+            )
         stack.push_async_callback(background.cancel_all)  # first thing at shutdown
         # ...except that what is already queued is written (and acked) before we disconnect.
         if intake is not None:

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     ota_signing_key_file: Path | None = None
     ota_allow_anonymous: bool = False
 
+    # Retention, in days (0 keeps forever). Events also bound the rejected-message log.
+    telemetry_retention_days: int = Field(default=90, ge=0)
+    events_retention_days: int = Field(default=180, ge=0)
+    maintenance_interval_s: int = Field(default=3600, ge=10)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

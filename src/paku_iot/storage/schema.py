@@ -57,6 +57,7 @@ telemetry = Table(
     # One sample per device and time: a broker redelivery of the same message is stored once.
     # It is also the index every per-device time query uses.
     UniqueConstraint("device_id", "ts"),
+    Index(None, "ts"),  # retention finds old rows by time alone
 )
 
 events = Table(
