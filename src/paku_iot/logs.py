@@ -8,6 +8,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Literal
 
+from paku_iot.requestctx import RequestIdFilter
+
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
@@ -40,6 +42,7 @@ def configure_logging(level: str, fmt: Literal["text", "json"]) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -27,6 +27,7 @@ from paku_iot.downlink.commands import CommandService
 from paku_iot.downlink.config import ConfigService
 from paku_iot.downlink.sweeper import sweep_forever
 from paku_iot.exceptions import PakuError, SettingsError
+from paku_iot.metrics import Metrics
 from paku_iot.ota.files import FirmwareFiles
 from paku_iot.ota.releases import ReleaseService
 from paku_iot.ota.signing import load_or_create_signing_key
@@ -75,8 +76,21 @@ class Service:
     configs: ConfigService
     releases: ReleaseService
     signing_key: Ed25519PrivateKey
+    command_store: CommandStore
+    metrics: Metrics
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
+
+    async def refresh_metrics(self) -> None:
+        """Read the database-backed gauges just before a scrape."""
+        try:
+            total, online = await self.devices.counts()
+            by_status = await self.command_store.counts_by_status()
+        except PakuError:
+            return  # the last values stand; /health tells that the database is down
+        self.metrics.snapshot.devices_total = total
+        self.metrics.snapshot.devices_online = online
+        self.metrics.snapshot.commands_by_status = by_status
 
     async def health(self) -> HealthReport:
         components: dict[str, str] = {}
@@ -140,53 +154,25 @@ async def running_service(
 
         devices = DeviceStore(engine)
         password = backend_mqtt_password(settings)
-        broker_sync: PasswordFileSync | None = None
+        broker_sync = None
         if settings.broker_dir is not None and Role.API in roles:
-            paths = BrokerPaths(settings.broker_dir)
-            broker_sync = PasswordFileSync(
-                password_file=paths.password_file,
-                pid_file=paths.pid_file,
-                device_credentials=devices.credentials,
-                backend_entry=(settings.mqtt_username, hash_password(password)),
-            )
+            broker_sync = _password_file_sync(settings, devices, password)
             # Whatever changed while we were down, the broker sees the registry as it is now.
             await broker_sync.sync()
 
         stats = IngestStats()
-        writer: BatchWriter | None = None
-        intake: Intake | None = None
-        if Role.COLLECTOR in roles:
-            writer = BatchWriter(
-                engine,
-                stats,
-                batch_size=settings.ingest_batch_size,
-                linger_s=settings.ingest_linger_ms / 1000,
-                queue_size=settings.ingest_queue_size,
-            )
-            intake = Intake(
-                writer,
-                max_payload_bytes=settings.max_payload_bytes,
-                max_in_flight=settings.ingest_queue_size,
-            )
-
-        client_role = "collector" if intake is not None else "api"
-        link = BrokerLink(
-            LinkOptions(
-                host=settings.mqtt_host,
-                port=settings.mqtt_port,
-                username=settings.mqtt_username,
-                password=password,
-                client_id=f"paku-{client_role}-{settings.broker_session_name}",
-                persistent_session=intake is not None,
-                subscriptions=tuple(uplink_subscriptions()) if intake is not None else (),
-                shared_group=SHARED_GROUP,
-            ),
-            intake.handle if intake is not None else None,
-        )
-
+        writer, intake = _collector_parts(settings, engine, stats, roles)
+        link = _broker_link(settings, password, intake)
         if intake is not None:
             intake.flow = link
-        commands = CommandService(CommandStore(engine), devices, link)
+        command_store = CommandStore(engine)
+        commands = CommandService(command_store, devices, link)
+        metrics = Metrics()
+        metrics.watch(
+            stats, lambda: writer.queue_depth if writer is not None else 0, lambda: link.connected
+        )
+        if writer is not None:
+            writer.observe_batch = metrics.observe_batch
         signing_key = load_or_create_signing_key(settings.signing_key_path)
         service = Service(
             settings=settings,
@@ -205,6 +191,8 @@ async def running_service(
                 signing_key,
             ),
             signing_key=signing_key,
+            command_store=command_store,
+            metrics=metrics,
             stats=stats,
             writer=writer,
         )
@@ -234,7 +222,7 @@ async def running_service(
                 maintain_forever(engine, policy, settings.maintenance_interval_s),
                 name="maintenance",
             )
-        stack.push_async_callback(background.cancel_all)  # first thing at shutdown
+        stack.push_async_callback(background.cancel_all)
         # ...except that what is already queued is written (and acked) before we disconnect.
         if intake is not None:
             stack.callback(intake.connection_closed)
@@ -242,6 +230,58 @@ async def running_service(
         if writer is not None:
             stack.push_async_callback(_drain, writer)
         yield service
+
+
+def _password_file_sync(
+    settings: Settings, devices: DeviceStore, password: str
+) -> PasswordFileSync:
+    assert settings.broker_dir is not None
+    paths = BrokerPaths(settings.broker_dir)
+    return PasswordFileSync(
+        password_file=paths.password_file,
+        pid_file=paths.pid_file,
+        device_credentials=devices.credentials,
+        backend_entry=(settings.mqtt_username, hash_password(password)),
+    )
+
+
+def _collector_parts(
+    settings: Settings, engine: AsyncEngine, stats: IngestStats, roles: frozenset[Role]
+) -> tuple[BatchWriter | None, Intake | None]:
+    if Role.COLLECTOR not in roles:
+        return None, None
+    writer = BatchWriter(
+        engine,
+        stats,
+        batch_size=settings.ingest_batch_size,
+        linger_s=settings.ingest_linger_ms / 1000,
+        queue_size=settings.ingest_queue_size,
+    )
+    intake = Intake(
+        writer,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_in_flight=settings.ingest_queue_size,
+    )
+    return writer, intake
+
+
+def _broker_link(settings: Settings, password: str, intake: Intake | None) -> BrokerLink:
+    """The collector's link keeps a persistent session with the shared subscriptions; an
+    API-only process gets a plain one to publish downlink messages."""
+    client_role = "collector" if intake is not None else "api"
+    return BrokerLink(
+        LinkOptions(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            username=settings.mqtt_username,
+            password=password,
+            client_id=f"paku-{client_role}-{settings.broker_session_name}",
+            persistent_session=intake is not None,
+            subscriptions=tuple(uplink_subscriptions()) if intake is not None else (),
+            shared_group=SHARED_GROUP,
+        ),
+        intake.handle if intake is not None else None,
+    )
 
 
 async def _drain(writer: BatchWriter) -> None:

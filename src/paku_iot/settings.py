@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     broker_max_queued_messages: int = Field(default=100_000, ge=1000)
 
     admin_token: str | None = None
+    # Bearer token for GET /metrics. Unset: open in development, the admin token in production.
+    metrics_token: str | None = None
 
     instance_id: str | None = None
     max_payload_bytes: int = Field(default=65_536, ge=256)

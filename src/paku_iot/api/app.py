@@ -8,7 +8,8 @@ from fastapi import FastAPI
 
 from paku_iot import __version__
 from paku_iot.api.errors import install_error_handlers
-from paku_iot.api.routes import commands, config, devices, health, messages, ota
+from paku_iot.api.observability import install_observability
+from paku_iot.api.routes import commands, config, devices, health, messages, metrics, ota
 
 if TYPE_CHECKING:
     from paku_iot.service import Service
@@ -22,7 +23,9 @@ def create_app(service: Service) -> FastAPI:
     )
     app.state.service = service
     install_error_handlers(app)
+    install_observability(app, service.metrics)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(devices.router)
     app.include_router(messages.router)
     app.include_router(commands.router)

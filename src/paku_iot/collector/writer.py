@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -117,6 +118,8 @@ class BatchWriter:
         # Told (after commit) which devices just said they are online: their queued
         # commands can go out now.
         self.on_online: Callable[[set[str]], None] | None = None
+        # Told the size and write time of every committed batch (metrics).
+        self.observe_batch: Callable[[int, float], None] | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -212,6 +215,7 @@ class BatchWriter:
         self._stats.batches += 1
 
     async def _commit(self, records: list[Parsed]) -> None:
+        started = time.perf_counter()
         async with self._engine.begin() as conn:
             batch = build_batch(records, await existing_device_ids(conn, _device_ids(records)))
             await write_batch(conn, batch)
@@ -219,6 +223,8 @@ class BatchWriter:
                 await settle_commands(conn, batch.events)
                 await record_ota_reports(conn, batch.events)
         self._count(batch)
+        if self.observe_batch is not None:
+            self.observe_batch(len(records), time.perf_counter() - started)
         came_online = {
             s.device_id for s in batch.states if s.live and s.payload.get("online") is True
         }

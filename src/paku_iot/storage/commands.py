@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import RowMapping, and_, or_, select, update
+from sqlalchemy import RowMapping, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -137,6 +137,12 @@ class CommandStore:
                 .where(_c.c.id.in_(command_ids), _c.c.status == CommandStatus.SENT)
                 .values(status=CommandStatus.QUEUED, sent_at=None)
             )
+
+    async def counts_by_status(self) -> dict[str, int]:
+        query = select(_c.c.status, func.count()).group_by(_c.c.status)
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {status: int(count) for status, count in rows}
 
     async def expire_due(self, now: datetime) -> int:
         async with transaction(self._engine) as conn:

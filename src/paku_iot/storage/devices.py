@@ -117,9 +117,12 @@ class DeviceStore:
             )
         return [_device(row) for row in rows]
 
-    async def count(self) -> int:
+    async def counts(self) -> tuple[int, int]:
+        """(all devices, devices online)."""
+        query = select(func.count(), func.count().filter(_d.c.online.is_(True))).select_from(_d)
         async with translated_errors(), self._engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(_d))).scalar_one())
+            total, online = (await conn.execute(query)).one()
+        return int(total), int(online)
 
     async def delete(self, device_id: str) -> bool:
         """Remove the device and everything it sent. False if there was no such device."""

@@ -1,0 +1,127 @@
+"""Prometheus metrics of one paku-iot process (GET /metrics).
+
+Counters that the hot path already keeps (IngestStats) are read at scrape time rather than
+mirrored message by message; histograms are observed once per batch or request. Each
+service has its own registry: nothing global, nothing built at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from paku_iot.collector.stats import IngestStats
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Values read from the database just before a scrape."""
+
+    devices_online: int = 0
+    devices_total: int = 0
+    commands_by_status: dict[str, int] = field(default_factory=dict)
+
+
+class _StateCollector(Collector):
+    def __init__(
+        self,
+        stats: IngestStats,
+        snapshot: Callable[[], Snapshot],
+        queue_depth: Callable[[], int],
+        broker_connected: Callable[[], bool],
+    ) -> None:
+        self._stats = stats
+        self._snapshot = snapshot
+        self._queue_depth = queue_depth
+        self._broker_connected = broker_connected
+
+    def collect(self) -> Iterator[Metric]:
+        received = CounterMetricFamily(
+            "paku_messages_accepted", "Device messages stored, by kind.", labels=["kind"]
+        )
+        for kind, count in sorted(self._stats.accepted.items()):
+            received.add_metric([kind], count)
+        yield received
+        rejected = CounterMetricFamily(
+            "paku_messages_rejected", "Device messages set aside, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(self._stats.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "paku_ingest_write_failures",
+            "Batch writes that failed and were retried.",
+            value=self._stats.write_failures,
+        )
+        yield GaugeMetricFamily(
+            "paku_ingest_queue_depth",
+            "Messages waiting for the database writer.",
+            value=self._queue_depth(),
+        )
+        yield GaugeMetricFamily(
+            "paku_broker_connected",
+            "1 when this process's broker connection is up.",
+            value=1 if self._broker_connected() else 0,
+        )
+        snapshot = self._snapshot()
+        yield GaugeMetricFamily(
+            "paku_devices_online", "Devices whose state says online.", value=snapshot.devices_online
+        )
+        yield GaugeMetricFamily(
+            "paku_devices", "Devices in the registry.", value=snapshot.devices_total
+        )
+        commands = GaugeMetricFamily("paku_commands", "Commands by status.", labels=["status"])
+        for status, count in sorted(snapshot.commands_by_status.items()):
+            commands.add_metric([status], count)
+        yield commands
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.snapshot = Snapshot()
+        self.http_requests = Counter(
+            "paku_http_requests",
+            "HTTP requests, by method, route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "paku_http_request_duration_seconds",
+            "HTTP request durations.",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "paku_ingest_batch_size",
+            "Messages per database batch.",
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=self.registry,
+        )
+        self.write_seconds = Histogram(
+            "paku_ingest_write_seconds",
+            "Time to write and commit one batch.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+
+    def watch(
+        self,
+        stats: IngestStats,
+        queue_depth: Callable[[], int],
+        broker_connected: Callable[[], bool],
+    ) -> None:
+        self.registry.register(
+            _StateCollector(stats, lambda: self.snapshot, queue_depth, broker_connected)
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.write_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
