@@ -10,7 +10,8 @@ from pathlib import Path
 def write_private_file(path: Path, content: str) -> None:
     """Write `content` to `path` atomically with mode 0600, so a crash never leaves half a file
     and no other user ever sees the secret, not even for a moment."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A directory made here holds secrets: only its owner may even list it.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
