@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest install mosquitto clean
+.PHONY: dev test lint typecheck pytest install mosquitto compose-tools clean
 
 # Run paku-iot locally: Mosquitto child process, HTTP API and collector, SQLite in ./var.
 dev: $(STAMP) mosquitto
@@ -13,7 +13,7 @@ dev: $(STAMP) mosquitto
 # Everything CI checks: lint, types, and the whole test suite against real services.
 test: lint typecheck pytest
 
-pytest: $(STAMP) mosquitto
+pytest: $(STAMP) mosquitto compose-tools
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -37,6 +37,14 @@ $(STAMP): pyproject.toml
 
 mosquitto:
 	@scripts/ensure-mosquitto.sh
+
+# The compose tests check the files with Debian's docker-compose (no engine needed) and run
+# the broker container's scripts under busybox sh, as the eclipse-mosquitto image would.
+compose-tools:
+	@command -v docker-compose >/dev/null && command -v busybox >/dev/null || { \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$$sudo apt-get install -y -qq docker-compose busybox >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

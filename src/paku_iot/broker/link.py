@@ -24,6 +24,7 @@ SHARED_GROUP = "paku-collector"
 COLLECTOR_SESSION_EXPIRY_S = 24 * 3600
 # Matches the broker's max_inflight_messages: how many unacked messages may be in our hands.
 RECEIVE_MAXIMUM = 1000
+RECONNECT_DELAY_S = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,9 @@ class BrokerLink:
             **properties,
         )
         self._client.set_auth_credentials(options.username, options.password)
-        self._client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": 1})
+        self._client.set_config(
+            {"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": RECONNECT_DELAY_S}
+        )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -174,6 +177,12 @@ class BrokerLink:
                 await self._connector
         # Also when not (yet) connected: a connect cut short by this stop may have opened a
         # socket already, and only disconnect() closes it.
+        was_connected = self.connected
         if getattr(self._client, "_connection", None) is not None:
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
+        if not was_connected:
+            # gmqtt may be between two reconnect attempts (a task sleeping reconnect_delay);
+            # let it run out, now that the client is inactive, rather than cancel it at exit,
+            # which it reports as an error.
+            await asyncio.sleep(RECONNECT_DELAY_S + 0.2)

@@ -22,6 +22,12 @@ def reload_broker(pid_file: Path) -> bool:
     except (OSError, ValueError):
         log.warning("broker not reloaded: no readable pid file at %s", pid_file)
         return False
+    comm = Path(f"/proc/{pid}/comm")
+    if comm.exists() and comm.read_text(encoding="ascii", errors="replace").strip() != "mosquitto":
+        # In containers the pid file comes from the broker's own PID namespace: pid 1 there is
+        # not mosquitto here. Signalling it would hit whatever runs under that number.
+        log.warning("broker not reloaded: process %d is not mosquitto (a watcher reloads)", pid)
+        return False
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
