@@ -69,6 +69,7 @@ class BrokerLink:
         self._subscribed = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
         self._stopping = False
+        self._ever_lost = False
         self.last_error: str | None = None
 
     @property
@@ -142,6 +143,8 @@ class BrokerLink:
     def _on_disconnect(self, _client: Client, _packet: Any, _exc: Any = None) -> None:
         self._subscribed.clear()
         if not self._stopping:
+            self._ever_lost = True
+        if not self._stopping:
             log.warning("lost the broker connection, reconnecting")
 
     async def _on_message(
@@ -177,12 +180,24 @@ class BrokerLink:
                 await self._connector
         # Also when not (yet) connected: a connect cut short by this stop may have opened a
         # socket already, and only disconnect() closes it.
-        was_connected = self.connected
         if getattr(self._client, "_connection", None) is not None:
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
-        if not was_connected:
-            # gmqtt may be between two reconnect attempts (a task sleeping reconnect_delay);
-            # let it run out, now that the client is inactive, rather than cancel it at exit,
-            # which it reports as an error.
-            await asyncio.sleep(RECONNECT_DELAY_S + 0.2)
+        if self._ever_lost:
+            await self._outlast_reconnects()
+
+    async def _outlast_reconnects(self) -> None:
+        """gmqtt's reconnect tasks sleep `reconnect_delay` and then connect without checking
+        whether the client was stopped meanwhile. After a connection was lost, wait them out
+        and close whatever they open, rather than leave a socket behind or a task to cancel."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECONNECT_DELAY_S + 0.5
+        while loop.time() < deadline:
+            await asyncio.sleep(0.1)
+            self._close_stray_connection()
+
+    def _close_stray_connection(self) -> None:
+        connection = getattr(self._client, "_connection", None)
+        transport = getattr(connection, "_transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.close()
