@@ -71,7 +71,12 @@ class DeviceRegistry:
                     raise
                 continue
             await self._sync_broker()
-            log.info("provisioned device %s (model %s)", device.id, model)
+            log.info(
+                "provisioned device %s (model %s)",
+                device.id,
+                model,
+                extra={"device_id": device.id},
+            )
             return ProvisionedDevice(device, password)
         raise Conflict("could not find a free device id; try again", code="device_exists")
 
@@ -90,7 +95,7 @@ class DeviceRegistry:
             # this id must not be handed the old one's configuration or state.
             for topic in (config_topic(device_id), state_topic(device_id)):
                 self._publisher.publish(topic, b"", qos=1, retain=True)
-        log.info("deleted device %s", device_id)
+        log.info("deleted device %s", device_id, extra={"device_id": device_id})
 
     async def rotate_credentials(self, device_id: str) -> ProvisionedDevice:
         password = new_password()
@@ -99,7 +104,7 @@ class DeviceRegistry:
         ):
             raise NotFound(f"no device {device_id!r}", code="device_not_found")
         await self._sync_broker()
-        log.info("rotated the credentials of device %s", device_id)
+        log.info("rotated the credentials of device %s", device_id, extra={"device_id": device_id})
         return ProvisionedDevice(await self.get(device_id), password)
 
     async def _sync_broker(self) -> None:
