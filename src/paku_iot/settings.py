@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
     mqtt_username: str = BACKEND_MQTT_USERNAME
     mqtt_password: str | None = None
+    # MQTT over TLS: when a certificate and key are set, the generated broker config gets a
+    # TLS listener on mqtt_tls_port; mqtt_tls_ca_file is the CA devices (and we) verify with.
+    mqtt_tls_port: int = Field(default=8883, ge=0, le=65535)
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    mqtt_tls_ca_file: Path | None = None
+    # Production refuses a plain (non-TLS) MQTT listener on anything but loopback unless this
+    # says the network in front is trusted (a private network, a TLS-terminating proxy).
+    mqtt_allow_plain: bool = False
     broker_dir: Path | None = None
     mosquitto_bin: str | None = None
     broker_max_queued_messages: int = Field(default=100_000, ge=1000)
