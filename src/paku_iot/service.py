@@ -34,6 +34,10 @@ from paku_iot.ota.signing import load_or_create_signing_key
 from paku_iot.registry.devices import DeviceRegistry
 from paku_iot.registry.passwords import hash_password
 from paku_iot.secretfiles import read_or_create_secret
+from paku_iot.security.audit import AuditLog
+from paku_iot.security.claims import FailureLimiter
+from paku_iot.security.onboarding import Onboarding
+from paku_iot.security.tokens import AdminTokens
 from paku_iot.settings import Settings
 from paku_iot.storage.commands import CommandStore
 from paku_iot.storage.configs import ConfigStore
@@ -43,6 +47,7 @@ from paku_iot.storage.messages import MessageStore
 from paku_iot.storage.migrate import require_current_schema
 from paku_iot.storage.releases import ReleaseStore
 from paku_iot.storage.retention import RetentionPolicy, maintain_forever
+from paku_iot.storage.security import AuditStore, ClaimCodeStore, TokenStore
 from paku_iot.tasks import TaskSet
 
 log = logging.getLogger("paku_iot")
@@ -78,6 +83,11 @@ class Service:
     signing_key: Ed25519PrivateKey
     command_store: CommandStore
     metrics: Metrics
+    tokens: AdminTokens
+    audit: AuditLog
+    audit_store: AuditStore
+    onboarding: Onboarding
+    claim_limiter: FailureLimiter
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
 
@@ -174,14 +184,17 @@ async def running_service(
         if writer is not None:
             writer.observe_batch = metrics.observe_batch
         signing_key = load_or_create_signing_key(settings.signing_key_path)
+        bootstrap_token = admin_token(settings)
+        audit_store = AuditStore(engine)
+        registry = DeviceRegistry(devices, broker_sync, link)
         service = Service(
             settings=settings,
             engine=engine,
             devices=devices,
             messages=MessageStore(engine),
-            registry=DeviceRegistry(devices, broker_sync, link),
+            registry=registry,
             link=link,
-            admin_token=admin_token(settings),
+            admin_token=bootstrap_token,
             commands=commands,
             configs=ConfigService(ConfigStore(engine), link),
             releases=ReleaseService(
@@ -193,6 +206,11 @@ async def running_service(
             signing_key=signing_key,
             command_store=command_store,
             metrics=metrics,
+            tokens=AdminTokens(TokenStore(engine), bootstrap_token),
+            audit=AuditLog(audit_store),
+            audit_store=audit_store,
+            onboarding=Onboarding(devices, ClaimCodeStore(engine), registry),
+            claim_limiter=FailureLimiter(),
             stats=stats,
             writer=writer,
         )

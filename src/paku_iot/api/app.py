@@ -9,7 +9,16 @@ from fastapi import FastAPI
 from paku_iot import __version__
 from paku_iot.api.errors import install_error_handlers
 from paku_iot.api.observability import install_observability
-from paku_iot.api.routes import commands, config, devices, health, messages, metrics, ota
+from paku_iot.api.routes import (
+    commands,
+    config,
+    devices,
+    health,
+    messages,
+    metrics,
+    ota,
+    security,
+)
 
 if TYPE_CHECKING:
     from paku_iot.service import Service
@@ -32,4 +41,5 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(config.router)
     app.include_router(ota.admin)
     app.include_router(ota.router)
+    app.include_router(security.router)
     return app

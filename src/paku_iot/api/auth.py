@@ -1,8 +1,8 @@
-"""Admin authentication: `Authorization: Bearer <admin token>`, compared in constant time."""
+"""Admin authentication: `Authorization: Bearer <token>`, the bootstrap admin token or a named
+one, checked on every request (a revoked token is refused at once)."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,15 +11,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from paku_iot.api.deps import get_service
 from paku_iot.exceptions import Unauthorized
 
-_bearer = HTTPBearer(auto_error=False, description="The admin token.")
+_bearer = HTTPBearer(auto_error=False, description="An admin token.")
 
 
 async def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+) -> str:
+    """The acting admin's name (for the audit log)."""
     if credentials is None:
         raise Unauthorized("admin token required: send Authorization: Bearer <token>")
-    expected = get_service(request).admin_token.encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+    actor = await get_service(request).tokens.actor_for(credentials.credentials)
+    if actor is None:
         raise Unauthorized("wrong admin token", code="invalid_token")
+    return actor
+
+
+Actor = Annotated[str, Depends(require_admin)]

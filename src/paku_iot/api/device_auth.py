@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -34,7 +33,7 @@ async def identify_caller(request: Request) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() == "bearer":
-        if hmac.compare_digest(credentials.strip().encode(), service.admin_token.encode()):
+        if await service.tokens.actor_for(credentials.strip()) is not None:
             return Caller(admin=True)
         raise Unauthorized("wrong admin token", code="invalid_token")
     if scheme.lower() == "basic":

@@ -70,6 +70,27 @@ class DeviceStore:
         except IntegrityError:
             raise Conflict(f"device {device.id!r} already exists", code="device_exists") from None
 
+    async def insert_many(self, devices: list[NewDevice]) -> None:
+        """All or none; a taken id is a Conflict."""
+        rows = [
+            {
+                "id": d.id,
+                "model": d.model,
+                "notes": d.notes,
+                "metadata": d.metadata,
+                "created_at": d.created_at,
+                "password_hash": d.password_hash,
+                "credentials_updated_at": d.created_at if d.password_hash else None,
+                "online": False,
+            }
+            for d in devices
+        ]
+        try:
+            async with transaction(self._engine) as conn:
+                await conn.execute(_d.insert(), rows)
+        except IntegrityError:
+            raise Conflict("one of these device ids is taken", code="device_exists") from None
+
     async def get(self, device_id: str) -> DeviceRecord | None:
         async with translated_errors(), self._engine.connect() as conn:
             return await self._get(conn, device_id)
@@ -136,6 +157,7 @@ class DeviceStore:
                 schema.commands,
                 schema.device_configs,
                 schema.ota_progress,
+                schema.claim_codes,
             ):
                 await conn.execute(delete(table).where(table.c.device_id == device_id))
             return True

@@ -147,3 +147,38 @@ ota_progress = Table(
     Column("error", Text, nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
 )
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    # SHA-256 of the token: tokens are 256-bit random strings, so a fast hash is enough and
+    # every admin request can check one without a slow key derivation.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("actor", String(80), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("details", json_type(), nullable=False),
+    Index(None, "target"),
+)
+
+claim_codes = Table(
+    "claim_codes",
+    metadata,
+    # Only the SHA-256 of a code is kept: a stolen database does not claim devices.
+    Column("code_hash", String(64), primary_key=True),
+    Column("device_id", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("claimed_at", UtcDateTime(), nullable=True),
+    Index(None, "device_id"),
+)

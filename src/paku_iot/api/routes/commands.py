@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, status
 
-from paku_iot.api.auth import require_admin
+from paku_iot.api.auth import Actor, require_admin
 from paku_iot.api.cursors import decode_time_text_cursor, encode_cursor
 from paku_iot.api.deps import get_service
 from paku_iot.api.schemas import (
@@ -50,13 +50,20 @@ def _new(body: CommandCreate) -> NewCommand:
     responses=NOT_FOUND,
 )
 async def send_command(
-    device_id: str, body: CommandCreate, service: ServiceDep, idempotency_key: IdempotencyKey = None
+    device_id: str,
+    body: CommandCreate,
+    service: ServiceDep,
+    actor: Actor,
+    idempotency_key: IdempotencyKey = None,
 ) -> Command:
     """Send a command. It is `queued` while the device is offline and `sent` once published
     to it; the device's answer makes it `acked` or `failed`, and `expired` is what it becomes
     if `ttlSeconds` pass without one."""
     await service.registry.get(device_id)
     [command] = await service.commands.create([device_id], _new(body), idempotency_key)
+    await service.audit.record(
+        actor, "command.send", device_id, {"command": command.id, "name": body.name}
+    )
     return Command.of(command)
 
 
@@ -67,7 +74,10 @@ async def send_command(
     responses=NOT_FOUND,
 )
 async def send_bulk_command(
-    body: BulkCommandCreate, service: ServiceDep, idempotency_key: IdempotencyKey = None
+    body: BulkCommandCreate,
+    service: ServiceDep,
+    actor: Actor,
+    idempotency_key: IdempotencyKey = None,
 ) -> CommandBatch:
     """The same command to many devices: `deviceIds`, or every device of a `model`."""
     if (body.device_ids is None) == (body.model is None):
@@ -84,6 +94,10 @@ async def send_bulk_command(
     if not device_ids:
         return CommandBatch(items=[])
     commands = await service.commands.create(device_ids, _new(body), idempotency_key)
+    target = f"model:{body.model}" if body.model else f"{len(device_ids)} devices"
+    await service.audit.record(
+        actor, "command.send_bulk", target, {"name": body.name, "devices": len(device_ids)}
+    )
     return CommandBatch(items=[Command.of(c) for c in commands])
 
 

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from paku_iot.api.auth import require_admin
+from paku_iot.api.auth import Actor, require_admin
 from paku_iot.api.deps import get_service
 from paku_iot.api.schemas import ConfigPut, DeviceConfig, ErrorResponse
 from paku_iot.service import Service
@@ -22,11 +22,15 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.put("/devices/{device_id}/config", response_model=DeviceConfig, responses=RESPONSES)
-async def put_config(device_id: str, body: ConfigPut, service: ServiceDep) -> DeviceConfig:
+async def put_config(
+    device_id: str, body: ConfigPut, service: ServiceDep, actor: Actor
+) -> DeviceConfig:
     """Set the desired configuration. Each call makes a new version (one more than the last),
     published retained on paku/<id>/config, so the device gets it now or when it reconnects."""
     device = await service.registry.get(device_id)
-    return DeviceConfig.of(await service.configs.put(device, body.config))
+    view = await service.configs.put(device, body.config)
+    await service.audit.record(actor, "config.set", device_id, {"version": view.version})
+    return DeviceConfig.of(view)
 
 
 @router.get("/devices/{device_id}/config", response_model=DeviceConfig, responses=RESPONSES)

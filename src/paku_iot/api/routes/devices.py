@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from paku_iot.api.auth import require_admin
+from paku_iot.api.auth import Actor, require_admin
 from paku_iot.api.cursors import decode_id_cursor, encode_cursor
 from paku_iot.api.deps import get_service
 from paku_iot.api.schemas import (
@@ -40,12 +40,15 @@ def _provisioned(result: Provisioned) -> ProvisionedDevice:
     response_model=ProvisionedDevice,
     responses={409: {"model": ErrorResponse}},
 )
-async def provision_device(body: DeviceCreate, service: ServiceDep) -> ProvisionedDevice:
+async def provision_device(
+    body: DeviceCreate, service: ServiceDep, actor: Actor
+) -> ProvisionedDevice:
     """Register a device and create its MQTT credentials. The password is in this answer
     only: the server keeps a hash."""
     result = await service.registry.provision(
         model=body.model, device_id=body.id, notes=body.notes, metadata=body.metadata
     )
+    await service.audit.record(actor, "device.provision", result.device.id, {"model": body.model})
     return _provisioned(result)
 
 
@@ -70,16 +73,21 @@ async def get_device(device_id: str, service: ServiceDep) -> Device:
 
 
 @router.delete("/devices/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_device(device_id: str, service: ServiceDep) -> Response:
+async def delete_device(device_id: str, service: ServiceDep, actor: Actor) -> Response:
     """Remove the device with its data. Its credentials stop working at once and a live
     connection is dropped."""
     await service.registry.delete(device_id)
+    await service.audit.record(actor, "device.delete", device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
     "/devices/{device_id}/credentials", response_model=ProvisionedDevice, responses=NOT_FOUND
 )
-async def rotate_credentials(device_id: str, service: ServiceDep) -> ProvisionedDevice:
+async def rotate_credentials(
+    device_id: str, service: ServiceDep, actor: Actor
+) -> ProvisionedDevice:
     """Give the device a new password (shown once); the old one stops working at once."""
-    return _provisioned(await service.registry.rotate_credentials(device_id))
+    result = await service.registry.rotate_credentials(device_id)
+    await service.audit.record(actor, "device.rotate_credentials", device_id)
+    return _provisioned(result)

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse
 
-from paku_iot.api.auth import require_admin
+from paku_iot.api.auth import Actor, require_admin
 from paku_iot.api.deps import get_service
 from paku_iot.api.device_auth import Caller, identify_caller
 from paku_iot.api.schemas import (
@@ -56,6 +56,7 @@ def _release(request: Request, service: Service, record: ReleaseRecord) -> Relea
 async def publish_firmware(
     request: Request,
     service: ServiceDep,
+    actor: Actor,
     model: Annotated[str, Form(min_length=1, max_length=64)],
     version: Annotated[str, Form(min_length=1, max_length=64)],
     file: Annotated[UploadFile, File(description="The firmware image (firmware.bin).")],
@@ -80,6 +81,12 @@ async def publish_firmware(
         )
     finally:
         await file.close()
+    await service.audit.record(
+        actor,
+        "ota.publish",
+        record.id,
+        {"model": model, "version": version, "sha256": record.sha256, "rollout": rollout_percent},
+    )
     return _release(request, service, record)
 
 
@@ -107,12 +114,14 @@ async def get_release(request: Request, release_id: str, service: ServiceDep) ->
 
 @admin.patch("/ota/releases/{release_id}", response_model=Release, responses=NOT_FOUND)
 async def update_release(
-    request: Request, release_id: str, body: ReleaseUpdate, service: ServiceDep
+    request: Request, release_id: str, body: ReleaseUpdate, service: ServiceDep, actor: Actor
 ) -> Release:
     """Change the rollout percentage, or pause (`paused: true`) and resume the release."""
     record = await service.releases.update(
         release_id, rollout_percent=body.rollout_percent, paused=body.paused
     )
+    changes = body.model_dump(exclude_none=True, by_alias=True)
+    await service.audit.record(actor, "ota.update", release_id, changes)
     return _release(request, service, record)
 
 

@@ -1,0 +1,1 @@
+"""Accountability and onboarding: named admin tokens, the audit log, claim codes."""

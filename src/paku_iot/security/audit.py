@@ -1,0 +1,23 @@
+"""The audit log: who changed what, appended for every state-changing admin action."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from paku_iot.storage.security import AuditStore
+
+log = logging.getLogger("paku_iot.audit")
+
+
+class AuditLog:
+    def __init__(self, store: AuditStore) -> None:
+        self._store = store
+
+    async def record(
+        self, actor: str, action: str, target: str, details: dict[str, Any] | None = None
+    ) -> None:
+        # Never a secret in here: callers pass ids, names and settings, not credentials.
+        await self._store.append(datetime.now(UTC), actor, action, target, details or {})
+        log.info("%s %s %s", actor, action, target, extra={"actor": actor, "action": action})

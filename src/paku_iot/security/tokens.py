@@ -1,0 +1,43 @@
+"""Admin tokens: the bootstrap token from the settings, plus named tokens kept hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import UTC, datetime
+
+from paku_iot.exceptions import InvalidInput
+from paku_iot.storage.security import TokenStore
+
+BOOTSTRAP_ACTOR = "admin"  # the token from PAKU_ADMIN_TOKEN or the data dir's token file
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AdminTokens:
+    def __init__(self, store: TokenStore, bootstrap_token: str) -> None:
+        self._store = store
+        self._bootstrap = bootstrap_token.encode()
+
+    async def actor_for(self, token: str) -> str | None:
+        """Who this token belongs to, or None. A revoked token is refused from the next
+        request on: nothing is cached."""
+        if hmac.compare_digest(token.encode(), self._bootstrap):
+            return BOOTSTRAP_ACTOR
+        name = await self._store.name_for(token_hash(token))
+        return f"token:{name}" if name else None
+
+    async def create(self, name: str) -> str:
+        if not _NAME_RE.fullmatch(name) or name == BOOTSTRAP_ACTOR:
+            raise InvalidInput("token names are 1-64 characters of a-z 0-9 _ . - (and not 'admin')")
+        token = "pk_" + secrets.token_urlsafe(32)
+        await self._store.create(name, token_hash(token), datetime.now(UTC))
+        return token
+
+    async def revoke(self, name: str) -> bool:
+        return await self._store.revoke(name, datetime.now(UTC))

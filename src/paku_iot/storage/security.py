@@ -1,0 +1,107 @@
+"""Queries on admin tokens, the audit log and claim codes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paku_iot.exceptions import Conflict
+from paku_iot.storage import schema
+from paku_iot.storage.engine import transaction, translated_errors
+
+_t = schema.admin_tokens
+_a = schema.audit_log
+_c = schema.claim_codes
+
+
+class TokenStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, name: str, token_hash: str, now: datetime) -> None:
+        try:
+            async with transaction(self._engine) as conn:
+                await conn.execute(
+                    _t.insert().values(name=name, token_hash=token_hash, created_at=now)
+                )
+        except IntegrityError:
+            raise Conflict(f"a token named {name!r} exists", code="token_exists") from None
+
+    async def name_for(self, token_hash: str) -> str | None:
+        """The name of the live (unrevoked) token with this hash."""
+        query = select(_t.c.name).where(_t.c.token_hash == token_hash, _t.c.revoked_at.is_(None))
+        async with translated_errors(), self._engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def revoke(self, name: str, now: datetime) -> bool:
+        async with transaction(self._engine) as conn:
+            result = await conn.execute(
+                update(_t)
+                .where(_t.c.name == name, _t.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def all(self) -> list[dict[str, Any]]:
+        query = select(_t.c.name, _t.c.created_at, _t.c.revoked_at).order_by(_t.c.name)
+        async with translated_errors(), self._engine.connect() as conn:
+            return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+class AuditStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def append(
+        self, at: datetime, actor: str, action: str, target: str, details: dict[str, Any]
+    ) -> None:
+        async with transaction(self._engine) as conn:
+            await conn.execute(
+                _a.insert().values(
+                    at=at, actor=actor, action=action, target=target[:200], details=details
+                )
+            )
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        action: str | None = None,
+        target: str | None = None,
+    ) -> list[dict[str, Any]]:
+        query = select(_a).order_by(_a.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(_a.c.id < before_id)
+        if action is not None:
+            query = query.where(_a.c.action == action)
+        if target is not None:
+            query = query.where(_a.c.target == target)
+        async with translated_errors(), self._engine.connect() as conn:
+            return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+class ClaimCodeStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert(self, rows: list[dict[str, Any]]) -> None:
+        async with transaction(self._engine) as conn:
+            await conn.execute(_c.insert(), rows)
+
+    async def redeem(self, code_hash: str, now: datetime) -> str | None:
+        """Mark the code used and return its device, in one statement: of two concurrent
+        claims exactly one gets the device. None for unknown, used or expired codes alike."""
+        query = (
+            update(_c)
+            .where(_c.c.code_hash == code_hash, _c.c.claimed_at.is_(None), _c.c.expires_at > now)
+            .values(claimed_at=now)
+            .returning(_c.c.device_id)
+        )
+        async with transaction(self._engine) as conn:
+            device_id: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return device_id
