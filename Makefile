@@ -4,24 +4,28 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest install mosquitto compose-tools clean
+.PHONY: dev test lint typecheck secrets pytest install mosquitto compose-tools clean
 
 # Run paku-iot locally: Mosquitto child process, HTTP API and collector, SQLite in ./var.
 dev: $(STAMP) mosquitto
 	$(BIN)/paku-iot dev
 
 # Everything CI checks: lint, types, and the whole test suite against real services.
-test: lint typecheck pytest
+test: lint typecheck secrets pytest
 
 pytest: $(STAMP) mosquitto compose-tools
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# No secrets in the tree or anywhere in git history (allowed findings: .secrets.baseline).
+secrets: $(STAMP)
+	$(BIN)/python scripts/scan_secrets.py
 
 install: $(STAMP)
 
