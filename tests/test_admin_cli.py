@@ -113,3 +113,61 @@ async def test_cli_errors_are_one_line(dev_api: tuple[dict[str, str], int], tmp_
         assert result.returncode == 1, (args, result.stdout)
         assert expected in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+async def test_factory_batches_and_named_tokens_from_the_command_line(
+    dev_api: tuple[dict[str, str], int], tmp_path: Path
+) -> None:
+    env, _ = dev_api
+    codes_file = tmp_path / "codes.csv"
+    made = await cli(
+        env,
+        tmp_path,
+        "claim-codes",
+        "create",
+        "--model",
+        "lamp",
+        "--count",
+        "3",
+        "--out",
+        str(codes_file),
+    )
+    assert made.returncode == 0, made.stderr
+    assert oct(codes_file.stat().st_mode & 0o777) == "0o600"
+    rows = codes_file.read_text().splitlines()
+    assert rows[0] == "deviceId,claimCode,expiresAt"
+    assert len(rows) == 4
+    assert rows[1].split(",")[1] not in made.stdout + made.stderr  # never on the terminal
+
+    devices_csv = tmp_path / "devices.csv"
+    devices_csv.write_text("model,id,notes\nlamp,imp-1,first\nlamp,imp-2,\n")
+    creds_file = tmp_path / "creds.csv"
+    imported = await cli(
+        env, tmp_path, "devices", "import", str(devices_csv), "--out", str(creds_file)
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert oct(creds_file.stat().st_mode & 0o777) == "0o600"
+    assert [r.split(",")[0] for r in creds_file.read_text().splitlines()] == [
+        "deviceId",
+        "imp-1",
+        "imp-2",
+    ]
+    again = await cli(
+        env, tmp_path, "devices", "import", str(devices_csv), "--out", str(creds_file)
+    )
+    assert again.returncode == 1
+    assert "line 2" in again.stderr
+
+    created = await cli(env, tmp_path, "tokens", "create", "ci")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.split("token ci: ")[1].split()[0]
+    with_token = await cli(env, tmp_path, "devices", "list", "--token", token, "--json")
+    assert with_token.returncode == 0, with_token.stderr
+    listed = await cli(env, tmp_path, "tokens", "list")
+    assert "ci" in listed.stdout
+    assert "live" in listed.stdout
+    revoked = await cli(env, tmp_path, "tokens", "revoke", "ci")
+    assert revoked.returncode == 0
+    refused = await cli(env, tmp_path, "devices", "list", "--token", token)
+    assert refused.returncode == 1
+    assert "wrong admin token" in refused.stderr

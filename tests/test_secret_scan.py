@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 import shutil
 import subprocess
 import sys
@@ -34,7 +36,9 @@ def test_a_leaked_key_in_history_fails_the_scan(tmp_path: Path) -> None:
     assert clean.returncode == 0, clean.stdout + clean.stderr
 
     leak = clone / "deploy.sh"
-    leak.write_text('export AWS_SECRET_ACCESS_KEY="wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY9"\n')
+    # Made up at run time, so this file itself holds nothing that looks like a secret.
+    fake = base64.b64encode(secrets.token_bytes(30)).decode()
+    leak.write_text(f'export AWS_SECRET_ACCESS_KEY="{fake}"\n')
     git(clone, "add", "deploy.sh")
     git(clone, "commit", "-qm", "oops")
     git(clone, "rm", "-q", "deploy.sh")

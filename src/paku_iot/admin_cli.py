@@ -8,6 +8,8 @@ or the token file `paku-iot dev` generated.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
 import time
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from paku_iot.apiclient import ApiClient
-from paku_iot.exceptions import InvalidInput, SettingsError
+from paku_iot.exceptions import InvalidInput, PakuError, SettingsError
+from paku_iot.secretfiles import write_private_file
 from paku_iot.settings import Settings
 
 FINAL_STATUSES = ("acked", "failed", "expired")
@@ -49,6 +52,27 @@ def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     dev.add_parser("delete", parents=[common], help="delete a device").add_argument("device_id")
     dev.add_parser("rotate", parents=[common], help="give a device a new password").add_argument(
         "device_id"
+    )
+    importer = dev.add_parser(
+        "import",
+        parents=[common],
+        help="provision every device of a CSV (columns: model, id?, notes?)",
+    )
+    importer.add_argument("file", type=Path)
+    importer.add_argument(
+        "--out", type=Path, required=True, help="CSV for the credentials (written 0600)"
+    )
+
+    claim_codes = commands.add_parser("claim-codes", help="factory batches of claim codes")
+    claim_actions = claim_codes.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create_codes = claim_actions.add_parser(
+        "create", parents=[common], help="register devices with one-time claim codes"
+    )
+    create_codes.add_argument("--model", required=True)
+    create_codes.add_argument("--count", type=int, default=1)
+    create_codes.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds (30 days)")
+    create_codes.add_argument(
+        "--out", type=Path, required=True, help="CSV for the codes (written 0600)"
     )
 
 
@@ -318,7 +342,66 @@ def _ota_resume(api: ApiClient, args: argparse.Namespace) -> int:
     return _ota_patch(api, args, {"paused": False})
 
 
+def _write_private_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    # Credentials and codes go to a file only the user can read, never to the terminal log.
+    write_private_file(path, buffer.getvalue())
+
+
+def _devices_import(api: ApiClient, args: argparse.Namespace) -> int:
+    try:
+        with args.file.open(newline="", encoding="utf-8") as fh:
+            entries = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {args.file}: {exc.strerror}") from None
+    if not entries or "model" not in entries[0]:
+        raise InvalidInput(f"{args.file} needs a header row with at least a 'model' column")
+    rows: list[list[str]] = []
+    for number, entry in enumerate(entries, start=2):
+        body = {k: v for k, v in entry.items() if k in ("model", "id", "notes") and v}
+        try:
+            device = api.request("POST", "/devices", json=body)
+        except PakuError as exc:
+            # Whatever was made is saved; the message says where to pick up.
+            if rows:
+                _write_private_csv(args.out, ["deviceId", "username", "password"], rows)
+            raise InvalidInput(
+                f"{args.file} line {number}: {exc.message} ({len(rows)} devices made before it, "
+                f"their credentials are in {args.out})"
+            ) from None
+        creds = device["credentials"]
+        rows.append([device["id"], creds["username"], creds["password"]])
+    _write_private_csv(args.out, ["deviceId", "username", "password"], rows)
+    _print(
+        args,
+        {"imported": len(rows), "out": str(args.out)},
+        f"provisioned {len(rows)} devices; credentials in {args.out} (mode 0600)",
+    )
+    return 0
+
+
+def _claim_codes_create(api: ApiClient, args: argparse.Namespace) -> int:
+    body = {"model": args.model, "count": args.count, "ttlSeconds": args.ttl}
+    items = api.request("POST", "/claim-codes", json=body)["items"]
+    _write_private_csv(
+        args.out,
+        ["deviceId", "claimCode", "expiresAt"],
+        [[i["deviceId"], i["claimCode"], i["expiresAt"]] for i in items],
+    )
+    _print(
+        args,
+        {"created": len(items), "out": str(args.out)},
+        f"registered {len(items)} devices; claim codes in {args.out} (mode 0600)",
+    )
+    return 0
+
+
 _HANDLERS = {
+    ("devices", "import"): _devices_import,
+    ("claim-codes", "create"): _claim_codes_create,
     ("ota", "publish"): _ota_publish,
     ("ota", "list"): _ota_list,
     ("ota", "status"): _ota_status,

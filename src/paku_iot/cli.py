@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from paku_iot import __version__, admin_cli
+from paku_iot import __version__, admin_cli, hardening, tokens_cli
 from paku_iot.exceptions import PakuError
 from paku_iot.logs import configure_logging
 from paku_iot.settings import Settings, load_settings
@@ -28,11 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"paku-iot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser(
+    dev = commands.add_parser(
         "dev",
         help="run everything locally: a Mosquitto child, the API and the collector",
         description="Start a Mosquitto child process with a generated config, the HTTP API "
         "and the collector, storing under PAKU_DATA_DIR (default ./var). Ctrl-C stops all.",
+    )
+    dev.add_argument(
+        "--tls",
+        action="store_true",
+        help="also listen for MQTT over TLS on PAKU_MQTT_TLS_PORT (8883), with the certificate "
+        "in PAKU_MQTT_TLS_CERT_FILE/KEY_FILE or else a development CA and certificate made "
+        "in <data dir>/certs",
     )
 
     serve = commands.add_parser(
@@ -65,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-stdout", action="store_true", help="log to stdout instead of a file (containers)"
     )
     admin_cli.add_parsers(commands)
+    tokens_cli.add_parsers(commands)
     return parser
 
 
@@ -80,35 +88,48 @@ def _broker_config(settings: Settings, args: argparse.Namespace) -> None:
     from paku_iot.broker.files import BrokerOptions  # noqa: PLC0415
     from paku_iot.broker.setup import prepare_broker_dir  # noqa: PLC0415
 
-    paths = prepare_broker_dir(
-        args.out,
-        BrokerOptions(
-            listen_host=args.listen or settings.mqtt_host,
-            listen_port=settings.mqtt_port,
-            backend_username=settings.mqtt_username,
-            max_payload_bytes=settings.max_payload_bytes,
-            max_queued_messages=settings.broker_max_queued_messages,
-            run_as_user=args.user,
-            log_to_file=not args.log_stdout,
-        ),
+    listen_host = args.listen or settings.mqtt_host
+    hardening.check_plain_listener(settings, listen_host)
+    options = BrokerOptions(
+        listen_host=listen_host,
+        listen_port=settings.mqtt_port,
+        backend_username=settings.mqtt_username,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_queued_messages=settings.broker_max_queued_messages,
+        run_as_user=args.user,
+        log_to_file=not args.log_stdout,
+        tls_port=settings.mqtt_tls_port,
+        tls_cert_file=settings.mqtt_tls_cert_file,
+        tls_key_file=settings.mqtt_tls_key_file,
+        tls_ca_file=settings.mqtt_tls_ca_file,
+    )
+    paths = prepare_broker_dir(args.out, options)
+    tls_note = (
+        f"TLS listener on port {options.tls_port}, certificate and key copied into "
+        f"{paths.tls_dir}\n"
+        if options.tls
+        else ""
     )
     print(
         f"wrote {paths.config}, {paths.acl} and {paths.password_file}\n"
+        f"{tls_note}"
         f"the backend's broker password is in {paths.backend_password}\n"
         f"start the broker:  mosquitto -c {paths.config}\n"
         f"then run:          PAKU_BROKER_DIR={paths.root} paku-iot serve"
     )
 
 
-def _dev(settings: Settings) -> None:
+def _dev(settings: Settings, tls: bool) -> None:
     from paku_iot import runner  # noqa: PLC0415
 
+    hardening.check_admin_token(settings)
+    hardening.check_plain_listener(settings, settings.mqtt_host)
     token_note = (
         "(from PAKU_ADMIN_TOKEN)"
         if settings.admin_token
         else f"(kept in {settings.data_dir / 'secrets' / 'admin-token'})"
     )
-    asyncio.run(runner.dev(runner.prepare_dev(settings), token_note))
+    asyncio.run(runner.dev(runner.prepare_dev(settings, tls=tls), token_note))
 
 
 def _serve(settings: Settings, role: str) -> None:
@@ -116,6 +137,8 @@ def _serve(settings: Settings, role: str) -> None:
     from paku_iot.service import ALL_ROLES, Role  # noqa: PLC0415
 
     roles = ALL_ROLES if role == "all" else frozenset({Role(role)})
+    if Role.API in roles:  # the token guards the API; a collector alone never uses it
+        hardening.check_admin_token(settings)
     asyncio.run(runner.serve(settings, roles))
 
 
@@ -125,13 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
         if args.command == "dev":
-            _dev(settings)
+            _dev(settings, args.tls)
         elif args.command == "serve":
             _serve(settings, args.role)
         elif args.command == "migrate":
             _migrate(settings)
         elif args.command == "broker-config":
             _broker_config(settings, args)
+        elif args.command == "tokens":
+            return tokens_cli.run(settings, args)
         else:
             return admin_cli.run(settings, args)
     except PakuError as exc:

@@ -7,13 +7,16 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import uvicorn
 
 from paku_iot.api.app import create_app
+from paku_iot.broker.certs import ensure_dev_certs
 from paku_iot.broker.files import BrokerOptions, BrokerPaths
 from paku_iot.broker.process import MosquittoProcess, find_mosquitto
 from paku_iot.broker.setup import prepare_broker_dir
+from paku_iot.hardening import is_loopback
 from paku_iot.netcheck import ensure_port_free
 from paku_iot.secretfiles import read_or_create_secret
 from paku_iot.service import ALL_ROLES, Role, Service, running_service
@@ -81,10 +84,28 @@ async def serve(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> None:
     log.info("paku-iot stopped")
 
 
-def prepare_dev(settings: Settings) -> Settings:
-    """Everything `dev` needs on disk: data dir, broker files, secrets, migrated database.
-    Returns the settings `dev` runs with (the broker dir and admin token filled in)."""
+def _tls_update(settings: Settings, tls: bool) -> dict[str, Path | None]:
+    """The TLS files `dev`'s broker uses: the configured ones when set; with `--tls` and none
+    configured, a development CA and server certificate in <data dir>/certs (made once,
+    kept after). The backend itself keeps to the plain listener, from this same machine."""
+    if not tls or (settings.mqtt_tls_cert_file and settings.mqtt_tls_key_file):
+        return {}
+    host = settings.mqtt_host
+    extra = [] if host in ("", "0.0.0.0", "::") or is_loopback(host) else [host]
+    files = ensure_dev_certs(settings.data_dir / "certs", extra)
+    return {
+        "mqtt_tls_cert_file": files.server_cert.resolve(),
+        "mqtt_tls_key_file": files.server_key.resolve(),
+        "mqtt_tls_ca_file": files.ca_cert.resolve(),
+    }
+
+
+def prepare_dev(settings: Settings, *, tls: bool = False) -> Settings:
+    """Everything `dev` needs on disk: data dir, broker files, secrets, migrated database,
+    and with `tls` the certificates. Returns the settings `dev` runs with (the broker dir,
+    admin token and TLS files filled in)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings.model_copy(update=_tls_update(settings, tls))
     broker_dir = settings.broker_dir or settings.data_dir / "broker"
     prepare_broker_dir(
         broker_dir,
@@ -94,6 +115,10 @@ def prepare_dev(settings: Settings) -> Settings:
             backend_username=settings.mqtt_username,
             max_payload_bytes=settings.max_payload_bytes,
             max_queued_messages=settings.broker_max_queued_messages,
+            tls_port=settings.mqtt_tls_port,
+            tls_cert_file=settings.mqtt_tls_cert_file,
+            tls_key_file=settings.mqtt_tls_key_file,
+            tls_ca_file=settings.mqtt_tls_ca_file,
         ),
     )
     token = settings.admin_token or read_or_create_secret(
@@ -103,13 +128,24 @@ def prepare_dev(settings: Settings) -> Settings:
     return settings.model_copy(update={"broker_dir": broker_dir.resolve(), "admin_token": token})
 
 
+def _has_tls(settings: Settings) -> bool:
+    return settings.mqtt_tls_cert_file is not None and settings.mqtt_tls_key_file is not None
+
+
 def _banner(settings: Settings, token_note: str) -> str:
+    mqtt = [f"  MQTT         mqtt://{settings.mqtt_host}:{settings.mqtt_port}"]
+    if _has_tls(settings):
+        ca = settings.mqtt_tls_ca_file
+        mqtt.append(
+            f"  MQTT (TLS)   mqtts://{settings.mqtt_host}:{settings.mqtt_tls_port}   "
+            + (f"(CA: {ca})" if ca else "(verify with the CA of PAKU_MQTT_TLS_CERT_FILE)")
+        )
     return "\n".join(
         [
             "",
             "paku-iot dev is running",
             f"  API          {settings.http_base_url}   (docs: {settings.http_base_url}/docs)",
-            f"  MQTT         mqtt://{settings.mqtt_host}:{settings.mqtt_port}",
+            *mqtt,
             f"  Admin token  {settings.admin_token}   {token_note}",
             f"  Database     {describe(async_database_url(settings.resolved_database_url))}",
             f"  Data dir     {settings.data_dir.resolve()}",
@@ -122,6 +158,8 @@ def _banner(settings: Settings, token_note: str) -> str:
 async def dev(settings: Settings, token_note: str = "") -> None:
     ensure_port_free(settings.http_host, settings.http_port, "PAKU_HTTP_PORT")
     ensure_port_free(settings.mqtt_host, settings.mqtt_port, "PAKU_MQTT_PORT")
+    if _has_tls(settings):
+        ensure_port_free(settings.mqtt_host, settings.mqtt_tls_port, "PAKU_MQTT_TLS_PORT")
     assert settings.broker_dir is not None
     broker = MosquittoProcess(
         find_mosquitto(settings.mosquitto_bin),

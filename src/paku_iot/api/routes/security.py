@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from urllib.parse import urlparse
 from typing import Annotated, Any
+from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse

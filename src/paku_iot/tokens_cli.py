@@ -1,0 +1,57 @@
+"""`paku-iot tokens create|list|revoke`: named admin tokens, managed on the database directly
+(it works before any token exists, e.g. `docker compose exec paku-iot paku-iot tokens ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from paku_iot.exceptions import NotFound
+from paku_iot.settings import Settings
+
+
+def add_parsers(commands: Any) -> None:
+    tokens = commands.add_parser("tokens", help="named admin tokens (create, list, revoke)")
+    actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("create", help="make a token and print it (once)").add_argument("name")
+    actions.add_parser("list", help="names, creation and revocation times")
+    actions.add_parser("revoke", help="refuse a token from now on").add_argument("name")
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here: the admin CLI's other commands start without the database layer.
+    from paku_iot.security.tokens import AdminTokens  # noqa: PLC0415
+    from paku_iot.storage.engine import create_engine  # noqa: PLC0415
+    from paku_iot.storage.migrate import require_current_schema  # noqa: PLC0415
+    from paku_iot.storage.security import TokenStore  # noqa: PLC0415
+
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await require_current_schema(engine)
+        store = TokenStore(engine)
+        tokens = AdminTokens(store, bootstrap_token="")
+        if args.action == "create":
+            token = await tokens.create(args.name)
+            print(f"token {args.name}: {token}")
+            print("It is shown this once; only its hash is stored.")
+        elif args.action == "list":
+            rows = await store.all()
+            for row in rows:
+                state = (
+                    f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "live"
+                )
+                print(f"{row['name']:<24} created {row['created_at']:%Y-%m-%d %H:%M}  {state}")
+            if not rows:
+                print("no named tokens (the bootstrap token is PAKU_ADMIN_TOKEN)")
+        elif not await tokens.revoke(args.name):
+            raise NotFound(f"no live token named {args.name!r}")
+        else:
+            print(f"revoked {args.name}")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_run(settings, args))
