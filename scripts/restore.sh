@@ -83,58 +83,8 @@ python=$(find_python) || die "python3 not found on PATH (set PAKU_PYTHON to a Py
 echo "paku-iot must be stopped while restoring (paku-iot serve/dev and its broker); start it again afterwards."
 
 # --- the targets (the same defaults as paku_iot.settings) ----------------------------------
-data_dir=${PAKU_DATA_DIR:-var}
-firmware_dir=${PAKU_OTA_DIR:-$data_dir/firmware}
-secrets_dir=$data_dir/secrets
-broker_dir=${PAKU_BROKER_DIR:-$data_dir/broker}
-signing_key_file=${PAKU_OTA_SIGNING_KEY_FILE:-}
-database_url=${PAKU_DATABASE_URL:-sqlite:///$data_dir/paku.db}
-
-if [ -n "${PAKU_CONFIG_FILE:-}" ] || [ -f .env ] || [ -f config/config.yml ] || [ -f config.yml ]; then
-  warn "only PAKU_* environment variables are read; settings in .env or a config file are ignored"
-fi
-
-# Prints: kind, then the database (SQLite path, or a libpq URI without its password), then
-# the password (possibly empty), one per line. (The same as in backup.sh.)
-parse_database_url() {
-  "$python" - "$1" <<'PY'
-import sys
-import urllib.parse as up
-
-url = sys.argv[1]
-scheme, sep, rest = url.partition("://")
-backend = scheme.split("+", 1)[0].lower()
-if not sep:
-    sys.exit(f"PAKU_DATABASE_URL is not a database URL: {url!r}")
-if backend == "sqlite":
-    path = up.unquote(rest.split("?", 1)[0])
-    if not path.startswith("/") or path in ("/", "/:memory:"):
-        sys.exit("PAKU_DATABASE_URL: an SQLite URL must name a file: sqlite:///path/to/paku.db")
-    print("sqlite", path[1:], "", sep="\n")
-elif backend in ("postgresql", "postgres"):
-    parts = up.urlsplit("postgresql://" + rest)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    password = up.unquote(parts.password) if parts.password is not None else ""
-    netloc = f"{user}@{hostport}" if user else hostport
-    query = up.parse_qsl(parts.query, keep_blank_values=True)
-    # asyncpg spells libpq's sslmode "ssl"
-    if not any(k == "sslmode" for k, _ in query):
-        query = [("sslmode", "require" if v.lower() in ("true", "1") else v) if k == "ssl" else (k, v)
-                 for k, v in query]
-    plain = up.urlunsplit(("postgresql", netloc, parts.path, up.urlencode(query), ""))
-    print("postgresql", plain, password, sep="\n")
-else:
-    sys.exit(f"PAKU_DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {backend!r}")
-PY
-}
-
-parsed=$(parse_database_url "$database_url") || die "cannot use PAKU_DATABASE_URL"
-{
-  IFS= read -r db_kind
-  IFS= read -r db_target
-  IFS= read -r db_password || true
-} <<<"$parsed"
+# shellcheck source=scripts/paku-state.sh
+source "$(dirname "${BASH_SOURCE[0]}")/paku-state.sh"
 
 pg_env=(PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}")
 if [ -n "$db_password" ]; then pg_env+=(PGPASSWORD="$db_password"); fi
