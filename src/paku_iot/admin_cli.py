@@ -8,6 +8,7 @@ or the token file `paku-iot dev` generated.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import io
 import json
@@ -20,6 +21,7 @@ from paku_iot.apiclient import ApiClient
 from paku_iot.exceptions import InvalidInput, PakuError, SettingsError
 from paku_iot.secretfiles import write_private_file
 from paku_iot.settings import Settings
+from paku_iot.simulate import read_credentials, run_fleet
 
 FINAL_STATUSES = ("acked", "failed", "expired")
 
@@ -34,6 +36,7 @@ def add_parsers(commands: Any) -> None:
     _add_command_parsers(commands, common)
     _add_ota_parsers(commands, common)
     _add_config_parsers(commands, common)
+    _add_simulate_parser(commands, common)
 
 
 def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -121,6 +124,23 @@ def _add_ota_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_simulate_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    simulate = commands.add_parser(
+        "simulate",
+        parents=[common],
+        help="run a fleet of simulated devices (real MQTT clients) against paku-iot",
+    )
+    simulate.add_argument("--devices", type=int, default=10, help="how many (provisioned now)")
+    simulate.add_argument("--rate", type=float, default=10, help="telemetry msgs/s in total")
+    simulate.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
+    simulate.add_argument(
+        "--credentials", type=Path, help="CSV of existing devices (username,password) to use"
+    )
+    simulate.add_argument("--save", type=Path, help="write the provisioned credentials (0600)")
+    simulate.add_argument("--mqtt-host", help="broker address (default: PAKU_MQTT_HOST)")
+    simulate.add_argument("--mqtt-port", type=int, help="broker port (default: PAKU_MQTT_PORT)")
+
+
 def _add_config_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     config = commands.add_parser("config", help="desired configuration")
     config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -180,9 +200,39 @@ def _command_line(c: dict[str, Any]) -> str:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one admin command; returns the exit code."""
+    if args.command == "simulate":
+        return _simulate(settings, args)
     with _client(settings, args) as api:
         handler = _HANDLERS[(args.command, args.action)]
         return handler(api, args)
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    if args.credentials is not None:
+        creds = read_credentials(args.credentials)
+    else:
+        if not 1 <= args.devices <= 10_000:
+            raise InvalidInput("--devices must be between 1 and 10000")
+        with _client(settings, args) as api:
+            creds = []
+            for _ in range(args.devices):
+                device = api.request("POST", "/devices", json={"model": "simulated"})
+                creds.append((device["id"], device["credentials"]["password"]))
+        if args.save is not None:
+            _write_private_csv(args.save, ["username", "password"], [list(c) for c in creds])
+    print(f"simulating {len(creds)} devices at {args.rate:g} msgs/s; Ctrl-C stops", flush=True)
+    stats = asyncio.run(
+        run_fleet(
+            args.mqtt_host or settings.mqtt_host,
+            args.mqtt_port or settings.mqtt_port,
+            creds,
+            rate=args.rate,
+            duration_s=args.duration,
+            progress=lambda s: print(s.line(), flush=True),
+        )
+    )
+    print(f"done: {stats.line()}", flush=True)
+    return 0 if stats.connected == len(creds) and not stats.errors else 1
 
 
 def _devices_list(api: ApiClient, args: argparse.Namespace) -> int:

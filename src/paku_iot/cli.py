@@ -41,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
         "in PAKU_MQTT_TLS_CERT_FILE/KEY_FILE or else a development CA and certificate made "
         "in <data dir>/certs",
     )
+    dev.add_argument(
+        "--simulate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run a demo fleet of N simulated devices (model 'simulated')",
+    )
+    dev.add_argument(
+        "--simulate-rate", type=float, default=2.0, help="their telemetry msgs/s in total (2)"
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -119,7 +129,7 @@ def _broker_config(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
-def _dev(settings: Settings, tls: bool) -> None:
+def _dev(settings: Settings, tls: bool, simulate: int = 0, simulate_rate: float = 2.0) -> None:
     from paku_iot import runner  # noqa: PLC0415
 
     hardening.check_admin_token(settings)
@@ -129,7 +139,14 @@ def _dev(settings: Settings, tls: bool) -> None:
         if settings.admin_token
         else f"(kept in {settings.data_dir / 'secrets' / 'admin-token'})"
     )
-    asyncio.run(runner.dev(runner.prepare_dev(settings, tls=tls), token_note))
+    asyncio.run(
+        runner.dev(
+            runner.prepare_dev(settings, tls=tls),
+            token_note,
+            simulate=simulate,
+            simulate_rate=simulate_rate,
+        )
+    )
 
 
 def _serve(settings: Settings, role: str) -> None:
@@ -148,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
         if args.command == "dev":
-            _dev(settings, args.tls)
+            _dev(settings, args.tls, args.simulate, args.simulate_rate)
         elif args.command == "serve":
             _serve(settings, args.role)
         elif args.command == "migrate":

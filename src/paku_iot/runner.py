@@ -155,7 +155,24 @@ def _banner(settings: Settings, token_note: str) -> str:
     )
 
 
-async def dev(settings: Settings, token_note: str = "") -> None:
+async def _demo_fleet(service: Service, count: int, rate: float, stop: asyncio.Event) -> None:
+    """`dev --simulate N`: provision N devices and run them until dev stops."""
+    from paku_iot.simulate import run_fleet  # noqa: PLC0415 - only the demo needs the devices
+
+    creds = []
+    for _ in range(count):
+        made = await service.registry.provision(model="simulated")
+        creds.append((made.device.id, made.password))
+    log.info("demo fleet: %d simulated devices at %g msgs/s", count, rate)
+    settings = service.settings
+    await run_fleet(
+        settings.mqtt_host, settings.mqtt_port, creds, rate=rate, duration_s=None, stop=stop
+    )
+
+
+async def dev(
+    settings: Settings, token_note: str = "", *, simulate: int = 0, simulate_rate: float = 2.0
+) -> None:
     ensure_port_free(settings.http_host, settings.http_port, "PAKU_HTTP_PORT")
     ensure_port_free(settings.mqtt_host, settings.mqtt_port, "PAKU_MQTT_PORT")
     if _has_tls(settings):
@@ -171,9 +188,18 @@ async def dev(settings: Settings, token_note: str = "") -> None:
     try:
         async with running_service(settings) as service:
             print(_banner(settings, token_note), flush=True)
+            stop_fleet = asyncio.Event()
+            fleet = (
+                asyncio.create_task(_demo_fleet(service, simulate, simulate_rate, stop_fleet))
+                if simulate > 0
+                else None
+            )
             watch = asyncio.create_task(broker.wait())
             run = asyncio.create_task(_run_until_stopped(service, ALL_ROLES))
             done, _ = await asyncio.wait({watch, run}, return_when=asyncio.FIRST_COMPLETED)
+            if fleet is not None:
+                stop_fleet.set()
+                await asyncio.gather(fleet, return_exceptions=True)
             if watch in done:
                 run.cancel()
                 raise SystemExit(
