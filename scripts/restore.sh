@@ -61,24 +61,8 @@ done
 [ -n "$archive" ] || { printf '%s: which archive?\n' "$prog" >&2; usage >&2; exit 2; }
 [ -f "$archive" ] || die "no such archive: $archive"
 
-script_dir=$(cd "$(dirname "$0")" && pwd)
-
-need() {
-  command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH: $2"
-}
-need tar "install tar"
-need gzip "install gzip"
-
-find_python() {
-  if [ -n "${PAKU_PYTHON:-}" ]; then printf '%s\n' "$PAKU_PYTHON"; return; fi
-  if command -v python3 >/dev/null 2>&1; then command -v python3; return; fi
-  local bin
-  bin=$(command -v paku-iot 2>/dev/null || true)
-  if [ -n "$bin" ] && [ -x "$(dirname "$bin")/python" ]; then printf '%s\n' "$(dirname "$bin")/python"; return; fi
-  if [ -x "$script_dir/../.venv/bin/python" ]; then printf '%s\n' "$script_dir/../.venv/bin/python"; return; fi
-  return 1
-}
-python=$(find_python) || die "python3 not found on PATH (set PAKU_PYTHON to a Python 3 interpreter)"
+# shellcheck source=scripts/paku-tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/paku-tools.sh"
 
 echo "paku-iot must be stopped while restoring (paku-iot serve/dev and its broker); start it again afterwards."
 
