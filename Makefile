@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck secrets pytest install mosquitto compose-tools clean
+.PHONY: dev test lint typecheck secrets pytest install mosquitto compose-tools browser-tools soak bench clean
 
 # Run paku-iot locally: Mosquitto child process, HTTP API and collector, SQLite in ./var.
 dev: $(STAMP) mosquitto
@@ -13,7 +13,7 @@ dev: $(STAMP) mosquitto
 # Everything CI checks: lint, types, and the whole test suite against real services.
 test: lint typecheck secrets pytest
 
-pytest: $(STAMP) mosquitto compose-tools
+pytest: $(STAMP) mosquitto compose-tools browser-tools
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -49,6 +49,13 @@ compose-tools:
 		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		$$sudo apt-get install -y -qq docker-compose busybox >/dev/null; }
+
+# The dashboard's browser tests drive Debian's Chromium through Playwright (no browser download).
+browser-tools:
+	@command -v chromium >/dev/null || { \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$$sudo apt-get install -y -qq chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
