@@ -39,6 +39,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The long reliability runs: 30 s load, long fuzzing, fault injection (pytest marker `soak`).
+soak: $(STAMP) mosquitto compose-tools browser-tools
+	$(BIN)/pytest -m soak
+
 mosquitto:
 	@scripts/ensure-mosquitto.sh
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from paku_iot.broker.topics import TopicError, UplinkKind, parse_uplink_topic
 from paku_iot.collector.timestamps import TimestampError, parse_device_ts
+from paku_iot.jsonlimits import MAX_JSON_DEPTH, too_deep
 from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
 
 # How much of a rejected payload is kept: enough to debug a device, never enough to fill a
@@ -60,6 +61,18 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def _storable_text(text: str) -> str:
+    """`text` as both databases can keep it: no NUL, no unpaired surrogate. Mosquitto
+    refuses such topics, but a rejection must be storable whatever the broker lets through."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def rejected(
     topic: str,
     payload: bytes,
@@ -70,7 +83,7 @@ def rejected(
 ) -> RejectedRecord:
     return RejectedRecord(
         received_at=received_at,
-        topic=topic,
+        topic=_storable_text(topic),
         device_id=device_id,
         reason=reason,
         detail=detail,
@@ -91,6 +104,9 @@ def _json_object(payload: bytes) -> dict[str, Any] | tuple[RejectReason, str]:
         value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         return RejectReason.INVALID_JSON, f"payload is not JSON: {str(exc)[:200]}"
+    # Counting brackets is cheap and rules out deep nesting for nearly every message.
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and too_deep(value):
+        return RejectReason.INVALID_JSON, f"payload nests deeper than {MAX_JSON_DEPTH} levels"
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
         return RejectReason.INVALID_JSON, "payload has an unpaired UTF-16 surrogate escape"
     if not isinstance(value, dict):

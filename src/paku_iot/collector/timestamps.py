@@ -19,7 +19,8 @@ def parse_device_ts(value: object) -> datetime:
     if isinstance(value, bool):
         raise TimestampError("ts must be epoch milliseconds or an RFC 3339 string, not a boolean")
     if isinstance(value, int | float):
-        if math.isnan(value):
+        # isnan on an int converts it to a float, which overflows for a huge one.
+        if isinstance(value, float) and math.isnan(value):
             raise TimestampError("ts is not a number")
         try:
             ts = datetime.fromtimestamp(value / 1000, tz=UTC)
