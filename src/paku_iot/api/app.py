@@ -19,6 +19,7 @@ from paku_iot.api.routes import (
     ota,
     security,
 )
+from paku_iot.ui import router as dashboard
 
 if TYPE_CHECKING:
     from paku_iot.service import Service
@@ -42,4 +43,5 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(ota.admin)
     app.include_router(ota.router)
     app.include_router(security.router)
+    app.include_router(dashboard)  # the admin dashboard under /ui (paku_iot/ui)
     return app

@@ -116,18 +116,40 @@ class DeviceStore:
         after_id: str | None = None,
         model: str | None = None,
         online: bool | None = None,
+        id_prefix: str | None = None,
+        before_id: str | None = None,
     ) -> list[DeviceRecord]:
-        """Devices in id order (stable for paging), starting after `after_id`."""
-        query = select(*_DEVICE_COLUMNS).order_by(_d.c.id).limit(limit)
+        """Devices in id order (stable for paging), starting after `after_id`; or, with
+        `before_id`, the `limit` devices just before it (still in id order: a page back)."""
+        query = select(*_DEVICE_COLUMNS).where(*_filters(model, online, id_prefix)).limit(limit)
         if after_id is not None:
             query = query.where(_d.c.id > after_id)
-        if model is not None:
-            query = query.where(_d.c.model == model)
-        if online is not None:
-            query = query.where(_d.c.online == online)
+        if before_id is not None:
+            query = query.where(_d.c.id < before_id).order_by(_d.c.id.desc())
+        else:
+            query = query.order_by(_d.c.id)
         async with translated_errors(), self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [_device(row) for row in rows]
+        devices = [_device(row) for row in rows]
+        return devices[::-1] if before_id is not None else devices
+
+    async def count_matching(
+        self,
+        *,
+        model: str | None = None,
+        online: bool | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        """How many devices `page` would walk through with these filters."""
+        query = select(func.count()).select_from(_d).where(*_filters(model, online, id_prefix))
+        async with translated_errors(), self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def models(self) -> list[str]:
+        """Every model that has at least one device, in order (the (model, id) index)."""
+        query = select(_d.c.model).distinct().order_by(_d.c.model)
+        async with translated_errors(), self._engine.connect() as conn:
+            return [row[0] for row in await conn.execute(query)]
 
     async def many(self, device_ids: list[str]) -> list[DeviceRecord]:
         async with translated_errors(), self._engine.connect() as conn:
@@ -181,6 +203,19 @@ class DeviceStore:
         async with translated_errors(), self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [(row[0], row[1]) for row in rows]
+
+
+def _filters(model: str | None, online: bool | None, id_prefix: str | None) -> list[Any]:
+    conditions: list[Any] = []
+    if model is not None:
+        conditions.append(_d.c.model == model)
+    if online is not None:
+        conditions.append(_d.c.online == online)
+    if id_prefix:
+        # Case-insensitive on both databases (SQLite's LIKE is, PostgreSQL's is not), and
+        # `_` in an id is a literal, not LIKE's one-character wildcard.
+        conditions.append(_d.c.id.istartswith(id_prefix, autoescape=True))
+    return conditions
 
 
 async def existing_device_ids(conn: AsyncConnection, ids: Iterable[str]) -> set[str]:

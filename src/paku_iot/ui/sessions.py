@@ -1,0 +1,113 @@
+"""Dashboard sessions: an HMAC-signed cookie, checked against the admin tokens on every request.
+
+The cookie holds who signed in (the token's actor), the SHA-256 of the token they signed in
+with, an expiry and a random nonce, signed with a key generated on first run into
+`<data dir>/secrets/ui-session-key` (0600). Nothing is kept per session on the server, so any
+number of API processes sharing the data dir accept the same cookie. A revoked named token
+ends its sessions at the next request: the hash in the cookie must still name a live token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from paku_iot.secretfiles import read_or_create_secret
+from paku_iot.security.tokens import BOOTSTRAP_ACTOR, token_hash
+from paku_iot.storage.security import TokenStore
+
+COOKIE_NAME = "paku_ui_session"
+COOKIE_PATH = "/ui"
+SESSION_TTL_S = 12 * 3600
+_VERSION = "v1"
+
+
+def session_key_path(data_dir: Path) -> Path:
+    return data_dir / "secrets" / "ui-session-key"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    actor: str  # as in the audit log: "admin" or "token:<name>"
+    token_hash: str
+    expires_at: int  # epoch seconds
+    nonce: str
+    csrf_token: str  # for the forms of this session; see `SessionCodec.csrf_for`
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class SessionCodec:
+    """Makes and checks session cookie values with one secret key."""
+
+    def __init__(self, key: bytes, ttl_s: int = SESSION_TTL_S) -> None:
+        self._key = key
+        self._ttl_s = ttl_s
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path) -> SessionCodec:
+        return cls(read_or_create_secret(session_key_path(data_dir)).encode())
+
+    def _mac(self, purpose: str, body: str) -> str:
+        return _b64(hmac.new(self._key, f"{purpose}|{body}".encode(), hashlib.sha256).digest())
+
+    def issue(self, actor: str, token: str, now: float | None = None) -> str:
+        claims = {
+            "a": actor,
+            "t": token_hash(token),
+            "e": int(now if now is not None else time.time()) + self._ttl_s,
+            "n": secrets.token_urlsafe(12),
+        }
+        body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        return f"{_VERSION}.{body}.{self._mac('session', body)}"
+
+    def decode(self, value: str, now: float | None = None) -> Session | None:
+        """The session in a cookie value if it is ours, intact and not expired; else None.
+        Whether its token still works is `SessionVerifier`'s question."""
+        try:
+            version, body, mac = value.split(".")
+        except ValueError:
+            return None
+        if version != _VERSION or not hmac.compare_digest(mac, self._mac("session", body)):
+            return None
+        try:
+            claims = json.loads(_unb64(body))
+            session = Session(
+                actor=str(claims["a"]),
+                token_hash=str(claims["t"]),
+                expires_at=int(claims["e"]),
+                nonce=str(claims["n"]),
+                csrf_token=self._mac("csrf", body),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        if session.expires_at <= (now if now is not None else time.time()):
+            return None
+        return session
+
+
+class SessionVerifier:
+    """Checks that a session's admin token is still good: nothing is cached, as for the API."""
+
+    def __init__(self, tokens: TokenStore, bootstrap_token: str) -> None:
+        self._tokens = tokens
+        self._bootstrap_hash = token_hash(bootstrap_token)
+
+    async def still_valid(self, session: Session) -> bool:
+        if session.actor == BOOTSTRAP_ACTOR:
+            # A changed PAKU_ADMIN_TOKEN signs out everyone who signed in with the old one.
+            return hmac.compare_digest(session.token_hash, self._bootstrap_hash)
+        name = await self._tokens.name_for(session.token_hash)
+        return name is not None and session.actor == f"token:{name}"
