@@ -49,9 +49,19 @@ def make_deployment(tmp_path: Path, broker: Broker) -> Iterator[MakeDeployment]:
 
 
 def sqlite_url(path: Path) -> str:
+    """A migrated SQLite database at `path` (call it from a thread in async code)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{path}"
     upgrade(url)
     return url
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Path:
+    """A migrated SQLite database in the test's data dir."""
+    path = tmp_path / "data" / "paku.db"
+    sqlite_url(path)
+    return path
 
 
 # ---- a PostgreSQL cluster of our own --------------------------------------------------------
