@@ -30,6 +30,7 @@ NOTICES = {
     "config": "Configuration saved and published (retained) to the device.",
 }
 Window = Literal["1h", "24h", "7d"]
+LivePart = Literal["state", "activity"]
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -58,14 +59,19 @@ async def _device_or_404(
         )
 
 
-async def _live_context(service: Service, device: DeviceRecord) -> dict[str, Any]:
+async def _live_context(
+    service: Service, device: DeviceRecord, part: LivePart | None = None
+) -> dict[str, Any]:
+    """What the page's live regions show: `state` (the device row), `activity` (the rest),
+    or both for the whole page."""
+    if part == "state":
+        return {"device": device}
     return {
         "device": device,
         "telemetry": await service.messages.telemetry(device.id, limit=RECENT),
         "events": await service.messages.events(device.id, limit=RECENT),
         "commands": await service.commands.page(device.id, limit=RECENT),
         "config": await service.configs.get(device),
-        "now": datetime.now(UTC),
     }
 
 
@@ -110,11 +116,16 @@ async def device_page(
 
 @router.get("/ui/devices/{device_id}/live", response_class=HTMLResponse)
 async def device_live(
-    request: Request, device_id: str, session: DataSession, service: ServiceDep
+    request: Request,
+    device_id: str,
+    session: DataSession,
+    service: ServiceDep,
+    part: LivePart = "state",
 ) -> Response:
+    """A live region of the device page, rendered again for the page's script."""
     device = await service.registry.get(device_id)
-    context = await _live_context(service, device)
-    return render(request, "_device_live.html", session, **context)
+    context = await _live_context(service, device, part)
+    return render(request, f"_device_{part}.html", session, **context)
 
 
 @router.get("/ui/devices/{device_id}/telemetry.json")
