@@ -17,7 +17,7 @@ from playwright.async_api import BrowserContext, Locator, Page, expect
 from paku_iot.device import ReferenceDevice
 from paku_iot.service import Service
 from paku_iot.storage.messages import write_batch
-from paku_iot.storage.records import IngestBatch, NewDevice, StateReport
+from paku_iot.storage.records import IngestBatch, NewDevice, StateReport, TelemetryRecord
 from tests.conftest import Broker
 from tests.support import ADMIN_TOKEN, eventually
 from tests.ui.conftest import ARTIFACTS
@@ -45,8 +45,13 @@ async def seed_fleet(service: Service) -> None:
         )
         for i, d in enumerate(devices)
     ]
+    # A reading from each, so the offline ones were seen too, some while ago.
+    readings = [
+        TelemetryRecord(d.id, s.received_at, s.received_at, {"temp": 20.0})
+        for d, s in zip(devices, states, strict=True)
+    ]
     async with service.engine.begin() as conn:
-        await write_batch(conn, IngestBatch(states=states))
+        await write_batch(conn, IngestBatch(telemetry=readings, states=states))
 
 
 def watch_for_errors(page: Page) -> list[str]:
