@@ -227,7 +227,9 @@ class FleetDevice:
     """One device: a paho MQTT v5 client on its own network thread. paho queues what is
     published while the link is down and (re)sends it, and reconnects by itself."""
 
-    def __init__(self, host: str, port: int, device_id: str, password: str) -> None:
+    def __init__(
+        self, host: str, port: int, device_id: str, password: str, reconnect_s: float = 1
+    ) -> None:
         self.device_id = device_id
         self.topic = f"paku/{device_id}/telemetry"
         self.sent: dict[int, int] = {}  # mid -> ts
@@ -236,7 +238,8 @@ class FleetDevice:
         self.refusals: list[str] = []
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=paho.MQTTv5)
         client.username_pw_set(device_id, password)
-        client.reconnect_delay_set(min_delay=1, max_delay=2)
+        # paho declares int delays; it sleeps whatever it is given.
+        client.reconnect_delay_set(min_delay=reconnect_s, max_delay=2)
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -279,8 +282,10 @@ class Fleet:
     """Many devices publishing QoS 1 telemetry with a device `ts`, round robin at a total
     rate. Remembers, per message, whether the broker acknowledged it (PUBACK < 0x80)."""
 
-    def __init__(self, host: str, port: int, creds: list[tuple[str, str]]) -> None:
-        self.devices = [FleetDevice(host, port, d, p) for d, p in creds]
+    def __init__(
+        self, host: str, port: int, creds: list[tuple[str, str]], reconnect_s: float = 1
+    ) -> None:
+        self.devices = [FleetDevice(host, port, d, p, reconnect_s) for d, p in creds]
         # Recent, distinct per message: (device, base + n) is unique.
         self.base_ts = int(time.time() * 1000) - 3_600_000
         self.published = 0
