@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from paku_iot import __version__
 from paku_iot.api.errors import install_error_handlers
+from paku_iot.api.inputs import RefuseNulInUrl
 from paku_iot.api.observability import install_observability
 from paku_iot.api.routes import (
     commands,
@@ -34,6 +35,7 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     install_observability(app, service.metrics)
+    app.add_middleware(RefuseNulInUrl)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(devices.router)

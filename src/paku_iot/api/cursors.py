@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from paku_iot.api.inputs import has_nul
 from paku_iot.exceptions import InvalidInput
 
 
@@ -21,9 +22,9 @@ def _decode(cursor: str) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidInput("cursor is not one this API issued", code="invalid_cursor") from None
-    if not isinstance(value, list):
+    if not isinstance(value, list) or has_nul(value):
         raise InvalidInput("cursor is not one this API issued", code="invalid_cursor")
     return value
 

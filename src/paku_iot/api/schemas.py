@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from paku_iot.api.inputs import check_json_input
 from paku_iot.downlink.config import ConfigView
 from paku_iot.registry.ids import DEVICE_ID_PATTERN
 from paku_iot.storage.records import (
@@ -26,6 +27,11 @@ class ApiModel(BaseModel):
 class RequestModel(ApiModel):
     # A misspelt field is a mistake worth hearing about, not something to ignore silently.
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        return check_json_input(data)
 
 
 class ErrorBody(ApiModel):

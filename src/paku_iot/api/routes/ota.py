@@ -31,6 +31,7 @@ admin = APIRouter(
 )
 ServiceDep = Annotated[Service, Depends(get_service)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL cannot store NUL in text
 
 
 class PayloadTooLarge(PakuError):
@@ -51,16 +52,20 @@ def _release(request: Request, service: Service, record: ReleaseRecord) -> Relea
     "/ota/firmware",
     status_code=status.HTTP_201_CREATED,
     response_model=Release,
-    responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
+    responses={
+        400: {"model": ErrorResponse, "description": "The multipart body is malformed."},
+        409: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+    },
 )
 async def publish_firmware(
     request: Request,
     service: ServiceDep,
     actor: Actor,
-    model: Annotated[str, Form(min_length=1, max_length=64)],
-    version: Annotated[str, Form(min_length=1, max_length=64)],
+    model: Annotated[str, Form(min_length=1, max_length=64, pattern=NO_NUL)],
+    version: Annotated[str, Form(min_length=1, max_length=64, pattern=NO_NUL)],
     file: Annotated[UploadFile, File(description="The firmware image (firmware.bin).")],
-    notes: Annotated[str | None, Form(max_length=4000)] = None,
+    notes: Annotated[str | None, Form(max_length=4000, pattern=NO_NUL)] = None,
     rollout_percent: Annotated[int, Form(alias="rolloutPercent", ge=0, le=100)] = 100,
 ) -> Release:
     """Publish a firmware image. It is stored by its SHA-256 and signed; `rolloutPercent`
