@@ -186,12 +186,14 @@ class SmallDisk:
     def fill(self) -> Path:
         """Write a file until the filesystem has no space left; return it."""
         filler = self.path / "filler"
-        with filler.open("ab") as out:
-            for chunk in (1 << 20, 1 << 12, 1 << 9, 1):
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (1 << 20, 1 << 12, 1):
                 with contextlib.suppress(OSError):
-                    while True:
-                        out.write(b"\0" * chunk)
-                        out.flush()
+                    while os.write(fd, b"\0" * chunk):
+                        pass
+        finally:
+            os.close(fd)
         return filler
 
 

@@ -289,6 +289,7 @@ class Fleet:
         # Recent, distinct per message: (device, base + n) is unique.
         self.base_ts = int(time.time() * 1000) - 3_600_000
         self.published = 0
+        self.rounds = 0
 
     async def connect(self, timeout: float = 30) -> None:
         for device in self.devices:
@@ -331,11 +332,13 @@ class Fleet:
         in total. Blocking: run it in a thread."""
         started = time.monotonic()
         count = 0
-        for n in range(per_device):
+        for _ in range(per_device):
             if stop is not None and stop.is_set():
                 return
+            n = self.rounds  # a later stream carries on with new timestamps
             for device in self.devices:
                 device.publish(self.base_ts + n, n)
+            self.rounds += 1
             count += len(self.devices)
             self.published += len(self.devices)
             if on_round is not None:

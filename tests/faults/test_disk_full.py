@@ -1,0 +1,96 @@
+"""The disk holding the data dir (SQLite) fills up mid-stream: ingest stops cleanly (the
+collector retries, acknowledges nothing it could not store, `/health` says degraded, nothing
+is set aside as bad input, the database stays intact), and once space returns every message
+the broker acknowledged is stored exactly once.
+
+The disk is a small tmpfs mounted for the test (root, as in CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import MakeDeployment, SmallDisk, sqlite_url
+from tests.faults.harness import Fleet, check_exactly_once
+from tests.support import eventually
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(180)
+async def test_a_full_disk_stops_ingest_cleanly_and_it_resumes_when_space_returns(
+    make_deployment: MakeDeployment, small_disk: SmallDisk
+) -> None:
+    data_dir = small_disk.path / "data"
+    database = data_dir / "paku.db"
+    deployment = make_deployment(await asyncio.to_thread(sqlite_url, database), data_dir=data_dir)
+    serve = deployment.process("all").start()
+    await deployment.wait_healthy()
+    fleet = Fleet(deployment.broker.host, deployment.broker.port, await deployment.provision(10))
+    try:
+        await fleet.connect()
+        await fleet.wait_for_subscriber()
+
+        # Before: the disk has room.
+        await asyncio.to_thread(fleet.stream, 100, 2000)
+        await fleet.wait_answered()
+
+        async def stored(expected: int) -> None:
+            count = await deployment.stored_count()
+            assert count >= expected, f"{count} of {expected} stored"
+
+        await eventually(lambda: stored(fleet.published))
+
+        # The disk fills up; devices keep sending.
+        filler = await asyncio.to_thread(small_disk.fill)
+        assert small_disk.free_bytes() == 0
+        stream = asyncio.create_task(asyncio.to_thread(fleet.stream, 300, 1000))
+
+        async def degraded() -> None:
+            code, body = await deployment.health()
+            assert code == 200, body  # the API still answers
+            assert body["components"]["collector"] == "degraded", body
+            assert body["details"]["collector"].startswith("database unavailable"), body
+
+        try:
+            await eventually(degraded, timeout=15)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{deployment.logs()}") from None
+        await stream
+        await fleet.wait_answered()  # the broker took them all; the collector has not
+        stuck_at = await deployment.stored_count()
+        await asyncio.sleep(2)
+        assert await deployment.stored_count() == stuck_at < fleet.published
+        assert await deployment.rejected() == []  # nothing was taken for bad input
+        assert await asyncio.to_thread(integrity, database) == "ok"
+
+        # Space returns: ingest resumes by itself with everything the broker kept.
+        filler.unlink()
+        resumed = time.monotonic()
+        acked = fleet.acked()
+        assert len(acked) == fleet.published, fleet.codes()
+        try:
+            await eventually(lambda: stored(len(acked)), timeout=60)
+            await deployment.wait_healthy(timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{deployment.logs()}") from None
+        print(
+            f"disk full: {fleet.published - stuck_at} messages held while full, all stored "
+            f"{time.monotonic() - resumed:.1f} s after space returned"
+        )
+        check_exactly_once(acked, fleet.sent(), await deployment.stored_keys())
+        assert await deployment.rejected() == []
+        assert await asyncio.to_thread(integrity, database) == "ok"
+        assert "Traceback" not in serve.log(), serve.tail()
+    finally:
+        fleet.close()
