@@ -19,7 +19,6 @@ from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Form, HTTPException, Request, Response
 
-from paku_iot.api.deps import get_service
 from paku_iot.exceptions import PakuError, Unauthorized
 from paku_iot.service import Service
 from paku_iot.storage.security import TokenStore
@@ -33,6 +32,12 @@ from paku_iot.ui.sessions import (
 )
 
 SIGNIN_PATH = "/ui/signin"
+
+
+def get_service(request: Request) -> Service:
+    # As api.deps does; not imported from there, because the API package imports this one.
+    service: Service = request.app.state.service
+    return service
 
 
 class Forbidden(PakuError):

@@ -9,10 +9,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from paku_iot.api.schemas import CommandCreate
-from paku_iot.downlink.commands import NewCommand
+from paku_iot.downlink.commands import DEFAULT_TTL_S, MAX_TTL_S, NewCommand
 from paku_iot.exceptions import NotFound, PakuError
 from paku_iot.service import Service
 from paku_iot.storage.records import DeviceRecord
@@ -31,6 +30,15 @@ NOTICES = {
 }
 Window = Literal["1h", "24h", "7d"]
 LivePart = Literal["state", "activity"]
+
+
+class CommandForm(BaseModel):
+    """The rules of the API's CommandCreate (api/schemas.py). Not imported from there: the
+    API package imports the dashboard, so the dashboard must not import the API back."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    params: dict[str, Any]
+    ttl_seconds: int = Field(default=DEFAULT_TTL_S, ge=1, le=MAX_TTL_S)
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -153,11 +161,11 @@ async def send_command(
 ) -> Response:
     device = await service.registry.get(device_id)
     try:
-        body = CommandCreate.model_validate(
+        body = CommandForm.model_validate(
             {
                 "name": name.strip(),
                 "params": _json_object(params, "Parameters"),
-                **({"ttlSeconds": ttl.strip()} if ttl.strip() else {}),
+                **({"ttl_seconds": ttl.strip()} if ttl.strip() else {}),
             }
         )
     except (ValueError, ValidationError) as exc:
