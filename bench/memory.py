@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.ingest import PG_ADMIN, free_port, pg
+from bench.common import PG_ADMIN, free_port, pg
 
 TOKEN = "bench-token-" + "x" * 20
 

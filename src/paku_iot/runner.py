@@ -42,10 +42,15 @@ def _install_stop_signals(on_stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, on_stop)
 
 
-async def _run_until_stopped(service: Service, roles: frozenset[Role]) -> None:
+async def _run_until_stopped(
+    service: Service, roles: frozenset[Role], on_ready: Callable[[], None] | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM; `on_ready` runs once the HTTP server is listening."""
     stop = asyncio.Event()
     _install_stop_signals(stop.set)
     if Role.API not in roles:
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
         return
     settings = service.settings
@@ -60,6 +65,11 @@ async def _run_until_stopped(service: Service, roles: frozenset[Role]) -> None:
         )
     )
     serving = asyncio.create_task(server.serve())
+    # uvicorn offers a flag, not an event, for "listening".
+    while not server.started and not serving.done() and not stop.is_set():  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    if server.started and on_ready is not None:
+        on_ready()
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
@@ -187,7 +197,10 @@ async def dev(
     await broker.start()
     try:
         async with running_service(settings) as service:
-            print(_banner(settings, token_note), flush=True)
+            # The banner says "running" only once the API answers: scripts wait for it.
+            def announce() -> None:
+                print(_banner(settings, token_note), flush=True)
+
             stop_fleet = asyncio.Event()
             fleet = (
                 asyncio.create_task(_demo_fleet(service, simulate, simulate_rate, stop_fleet))
@@ -195,7 +208,7 @@ async def dev(
                 else None
             )
             watch = asyncio.create_task(broker.wait())
-            run = asyncio.create_task(_run_until_stopped(service, ALL_ROLES))
+            run = asyncio.create_task(_run_until_stopped(service, ALL_ROLES, announce))
             done, _ = await asyncio.wait({watch, run}, return_when=asyncio.FIRST_COMPLETED)
             if fleet is not None:
                 stop_fleet.set()

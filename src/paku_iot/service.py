@@ -174,12 +174,12 @@ async def running_service(
         writer, intake = _collector_parts(settings, engine, stats, roles)
         link = _broker_link(settings, password, intake)
         if intake is not None:
-            intake.flow = link
+            intake.broker = link
         command_store = CommandStore(engine)
         commands = CommandService(command_store, devices, link)
         metrics = Metrics()
         metrics.watch(
-            stats, lambda: writer.queue_depth if writer is not None else 0, lambda: link.connected
+            stats, lambda: writer.backlog if writer is not None else 0, lambda: link.connected
         )
         if writer is not None:
             writer.observe_batch = metrics.observe_batch
@@ -242,8 +242,6 @@ async def running_service(
             )
         stack.push_async_callback(background.cancel_all)
         # ...except that what is already queued is written (and acked) before we disconnect.
-        if intake is not None:
-            stack.callback(intake.connection_closed)
         stack.push_async_callback(link.stop)
         if writer is not None:
             stack.push_async_callback(_drain, writer)
@@ -273,7 +271,6 @@ def _collector_parts(
         stats,
         batch_size=settings.ingest_batch_size,
         linger_s=settings.ingest_linger_ms / 1000,
-        queue_size=settings.ingest_queue_size,
     )
     intake = Intake(
         writer,
@@ -284,8 +281,9 @@ def _collector_parts(
 
 
 def _broker_link(settings: Settings, password: str, intake: Intake | None) -> BrokerLink:
-    """The collector's link keeps a persistent session with the shared subscriptions; an
-    API-only process gets a plain one to publish downlink messages."""
+    """The collector's link keeps a persistent session with the uplink subscriptions (shared
+    between replicas when configured); an API-only process gets a plain one to publish
+    downlink messages."""
     client_role = "collector" if intake is not None else "api"
     return BrokerLink(
         LinkOptions(
@@ -296,7 +294,7 @@ def _broker_link(settings: Settings, password: str, intake: Intake | None) -> Br
             client_id=f"paku-{client_role}-{settings.broker_session_name}",
             persistent_session=intake is not None,
             subscriptions=tuple(uplink_subscriptions()) if intake is not None else (),
-            shared_group=SHARED_GROUP,
+            shared_group=SHARED_GROUP if settings.collector_shared_subscription else None,
         ),
         intake.handle if intake is not None else None,
     )
@@ -305,5 +303,5 @@ def _broker_link(settings: Settings, password: str, intake: Intake | None) -> Br
 async def _drain(writer: BatchWriter) -> None:
     """Give queued messages a moment to commit so their acks go out on this connection."""
     deadline = asyncio.get_running_loop().time() + 5
-    while writer.queue_depth and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+    while writer.backlog and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_linger_ms: int = Field(default=10, ge=0)
     ingest_queue_size: int = Field(default=4000, ge=2)
+    # One collector (the default) subscribes plainly: Mosquitto keeps a plain subscription of
+    # a persistent session across its own restart. Collector replicas must share the load
+    # (`$share/paku-collector/...`), but Mosquitto 2.0.11 forgets shared subscriptions when it
+    # restarts, so until they resubscribe (about a second) devices' messages find no
+    # subscriber. See docs/scaling.md.
+    collector_shared_subscription: bool = False
 
     # OTA: where firmware images are kept (default <data_dir>/firmware), the largest image
     # accepted, the Ed25519 signing key (PEM; generated into <data_dir>/secrets when unset),

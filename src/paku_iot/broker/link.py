@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,13 @@ from paku_iot.broker.topics import UplinkFilter
 
 log = logging.getLogger("paku_iot.broker")
 
-MessageHandler = Callable[[str, bytes, int, dict[str, Any]], Awaitable[int]]
-"""(topic, payload, qos, properties) -> PUBACK reason code, awaited before the ack is sent."""
+DeliveryHandler = Callable[[str, bytes, bool, int | None], None]
+"""(topic, payload, retained, ack token or None for QoS 0). The handler keeps the token and
+passes it to `BrokerLink.acknowledge` once the message is safely stored."""
+
+# A v5 PUBACK with reason "success" and no properties may leave out the reason code.
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_TYPE = 0x40
 
 SHARED_GROUP = "paku-collector"
 # A day: the broker keeps the collector's queue through any outage shorter than this.
@@ -44,7 +50,7 @@ class BrokerLink:
     """One MQTT v5 client: connects in the background, retries until the broker is there,
     resubscribes on reconnect, and calls the handler for every message it receives."""
 
-    def __init__(self, options: LinkOptions, handler: MessageHandler | None = None) -> None:
+    def __init__(self, options: LinkOptions, handler: DeliveryHandler | None = None) -> None:
         self._options = options
         self._handler = handler
         properties: dict[str, Any] = {"receive_maximum": RECEIVE_MAXIMUM}
@@ -64,12 +70,22 @@ class BrokerLink:
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        if handler is not None:
+            self._client.on_message = self._on_unacknowledged_message
+            # gmqtt acknowledges a QoS 1 message when its (async) handler returns: one task and
+            # one socket write per message. We take QoS 1 delivery over instead, so that a
+            # whole committed batch is acknowledged in a single write (see `acknowledge`).
+            package_handler = self._client._package_handler
+            package_handler._handle_qos_1_publish_packet = self._on_qos1_publish
         self._client.on_subscribe = self._on_subscribe
         self._subscribed = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
         self._stopping = False
         self._ever_lost = False
+        # Bumped on every connect and disconnect. A packet id names a message only on the
+        # connection that delivered it: an ack for an older connection must never be sent on
+        # a newer one, where the same id may name a message not yet stored.
+        self._generation = 0
         self.last_error: str | None = None
 
     @property
@@ -113,6 +129,7 @@ class BrokerLink:
                 delay = min(delay * 2, 5.0)
 
     def _on_connect(self, client: Client, _flags: int, _rc: int, _props: Any) -> None:
+        self._generation += 1
         self.last_error = None
         log.info(
             "connected to the broker at %s:%d as %s",
@@ -122,6 +139,9 @@ class BrokerLink:
         )
         if self._options.subscriptions:
             client.subscribe([self._subscription(f) for f in self._options.subscriptions])
+            # A persistent session remembers the other form from before a change of
+            # `collector_shared_subscription`; keeping both would deliver everything twice.
+            client.unsubscribe([self._other_form(f) for f in self._options.subscriptions])
 
     def _subscription(self, uplink: UplinkFilter) -> Subscription:
         topic = uplink.topic_filter
@@ -134,6 +154,11 @@ class BrokerLink:
             retain_handling_options=0 if uplink.replay_retained else 2,
         )
 
+    def _other_form(self, uplink: UplinkFilter) -> str:
+        if self._options.shared_group:
+            return uplink.topic_filter
+        return f"$share/{SHARED_GROUP}/{uplink.topic_filter}"
+
     def _on_subscribe(self, _client: Client, _mid: int, granted: Any, _props: Any) -> None:
         if any(code >= 0x80 for code in granted):
             log.error("the broker refused a subscription (reason codes %s)", list(granted))
@@ -141,33 +166,76 @@ class BrokerLink:
         self._subscribed.set()
 
     def _on_disconnect(self, _client: Client, _packet: Any, _exc: Any = None) -> None:
+        self._generation += 1
         self._subscribed.clear()
         if not self._stopping:
             self._ever_lost = True
         if not self._stopping:
             log.warning("lost the broker connection, reconnecting")
 
-    async def _on_message(
-        self, _client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
-    ) -> int:
-        if self._handler is None:
-            return 0
-        return await self._handler(topic, payload, qos, properties)
+    def _on_unacknowledged_message(
+        self, _client: Client, topic: str, payload: bytes, _qos: int, properties: dict[str, Any]
+    ) -> None:
+        """QoS 0 (state may come that way): nothing to acknowledge."""
+        assert self._handler is not None
+        self._handler(topic, payload, bool(properties.get("retain")), None)
+
+    def _on_qos1_publish(
+        self, mid: int, payload: bytes, topic: str, properties: dict[str, Any]
+    ) -> None:
+        assert self._handler is not None
+        self._handler(topic, payload, bool(properties.get("retain")), self._generation << 16 | mid)
+
+    def acknowledge(self, tokens: Iterable[int]) -> None:
+        """Send the PUBACKs for stored messages, all in one write. Tokens from an earlier
+        connection are dropped: the broker delivers those messages again, and the duplicate
+        is absorbed by the database (the device `ts` is the key)."""
+        transport = self._transport()
+        if transport is None or transport.is_closing():
+            return
+        generation = self._generation
+        packets = b"".join(
+            _PUBACK.pack(_PUBACK_TYPE, 2, token & 0xFFFF)
+            for token in tokens
+            if token >> 16 == generation
+        )
+        if packets:
+            transport.write(packets)
 
     def _transport(self) -> Any:
         connection = getattr(self._client, "_connection", None)
         return getattr(connection, "_transport", None)
 
+    def _reader(self) -> Any:
+        connection = getattr(self._client, "_connection", None)
+        protocol = getattr(connection, "_protocol", None)
+        return getattr(protocol, "_hard_reader", None)
+
     def pause_reading(self) -> None:
         """Stop taking packets from the broker (TCP backpressure) until `resume_reading`."""
         transport = self._transport()
-        if transport is not None and not transport.is_closing():
-            transport.pause_reading()
+        if transport is None or transport.is_closing():
+            return
+        # gmqtt reads through an asyncio.StreamReader, which pauses the transport when its
+        # buffer is full and resumes it when drained (in `_maybe_resume_transport`, and in
+        # `_wait_for_data` if it believes it paused). Take its pause over and make its resume
+        # a no-op while we hold ours, or it resumes under us.
+        reader = self._reader()
+        if reader is not None:
+            reader._maybe_resume_transport = _hold_paused
+            reader._paused = False
+        transport.pause_reading()
 
     def resume_reading(self) -> None:
+        reader = self._reader()
+        if reader is not None and "_maybe_resume_transport" in vars(reader):
+            del reader._maybe_resume_transport
         transport = self._transport()
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        if transport is None or transport.is_closing():
+            return
+        if reader is not None and reader._paused:
+            return  # the reader paused for its own buffer and resumes once that drains
+        transport.resume_reading()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -201,3 +269,7 @@ class BrokerLink:
         transport = getattr(connection, "_transport", None)
         if transport is not None and not transport.is_closing():
             transport.close()
+
+
+def _hold_paused() -> None:
+    """Stands in for StreamReader._maybe_resume_transport while the intake holds a pause."""

@@ -9,11 +9,11 @@ broker stops sending (its in-flight window is full) and keeps the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,14 +37,9 @@ log = logging.getLogger("paku_iot.collector")
 _MAX_BACKOFF_S = 5.0
 
 
-class WriterStopped(Exception):
-    """The writer stopped before this message was stored: it must not be acknowledged."""
-
-
-@dataclass(slots=True)
-class _Pending:
-    record: Parsed
-    done: asyncio.Future[None]
+AckToken = int
+"""Opaque to the writer: what the intake needs to acknowledge one message once it is stored
+(QoS 0 messages have none)."""
 
 
 def _topic_of(record: Parsed) -> str:
@@ -100,6 +95,14 @@ def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
 
 
 class BatchWriter:
+    """Collects parsed messages and commits them in batches of up to `batch_size`, waiting at
+    most `linger_s` for a batch to fill. After each commit it hands the batch's ack tokens to
+    `on_committed`; nothing that was not committed is ever handed over.
+
+    Deliberately no task, future or queue entry per message: at tens of thousands of messages
+    a second that bookkeeping, not the database, is what limits a Python collector.
+    """
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -107,75 +110,88 @@ class BatchWriter:
         *,
         batch_size: int,
         linger_s: float,
-        queue_size: int,
     ) -> None:
         self._engine = engine
         self._stats = stats
         self._batch_size = batch_size
         self._linger_s = linger_s
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
+        self._records: list[Parsed] = []
+        # One entry per record, None for QoS 0 messages, which are never acknowledged.
+        self._acks: list[AckToken | None] = []
+        # The most messages ever waiting here at once: flow control keeps it near the intake's
+        # limit (operators and tests can see that it does).
+        self.peak_backlog = 0
+        self._arrived = asyncio.Event()
+        self._batch_full = asyncio.Event()
         self._stopping = False
+        # Told the ack tokens of every committed batch (the intake acknowledges them).
+        self.on_committed: Callable[[list[AckToken]], None] | None = None
         # Told (after commit) which devices just said they are online: their queued
         # commands can go out now.
         self.on_online: Callable[[set[str]], None] | None = None
         # Told the size and write time of every committed batch (metrics).
         self.observe_batch: Callable[[int, float], None] | None = None
+        # Told every committed batch and when it committed (benchmarks measure latency).
+        self.observe_commit: Callable[[IngestBatch, float], None] | None = None
 
     @property
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
+    def backlog(self) -> int:
+        """Messages received and not yet committed."""
+        return len(self._records)
 
-    async def submit(self, record: Parsed) -> None:
-        """Queue `record` and return once it is committed. Raises `WriterStopped` if it never
-        will be (shutdown), so the caller does not acknowledge it."""
-        if self._stopping:
-            raise WriterStopped
-        pending = _Pending(record, asyncio.get_running_loop().create_future())
-        await self._queue.put(pending)
-        await pending.done
+    def offer(self, record: Parsed, ack: AckToken | None) -> None:
+        """Take one message; its ack token comes back through `on_committed` once stored."""
+        self._records.append(record)
+        self._acks.append(ack)
+        waiting = len(self._records)
+        if waiting == 1:
+            self._arrived.set()
+        if waiting >= self._batch_size:
+            self._batch_full.set()
+        self.peak_backlog = max(self.peak_backlog, waiting)
 
     async def run(self) -> None:
-        """Write batches until `stop()`; then write what is queued and return."""
+        """Write batches until `stop()`; then write what is waiting and return."""
         while True:
-            if self._stopping and self._queue.empty():
-                return
-            try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=0.2)
-            except TimeoutError:
+            if not self._records:
+                if self._stopping:
+                    return
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), timeout=0.2)
                 continue
-            items = await self._gather(first)
+            if len(self._records) < self._batch_size and not self._stopping:
+                self._batch_full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_full.wait(), timeout=self._linger_s)
+            records, acks = self._take()
             try:
-                await self._write_with_retry(items)
+                committed = await self._write_with_retry(records)
             except Exception:
                 # A bug, not bad input (that is set aside) nor an outage (that is retried):
-                # leave these messages unacknowledged and keep ingesting the rest.
-                log.exception("writing a batch of %d failed", len(items))
-                self._fail(items)
-
-    async def _gather(self, first: _Pending) -> list[_Pending]:
-        items = [first]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._linger_s
-        while len(items) < self._batch_size:
-            try:
-                items.append(self._queue.get_nowait())
+                # leave these messages unacknowledged (the broker redelivers them on the next
+                # connection) and keep ingesting the rest.
+                log.exception("writing a batch of %d failed", len(records))
                 continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - loop.time()
-            if remaining <= 0 or self._stopping:
-                break
-            try:
-                items.append(await asyncio.wait_for(self._queue.get(), timeout=remaining))
-            except TimeoutError:
-                break
-        return items
+            if committed and self.on_committed is not None:
+                self.on_committed([ack for ack in acks if ack is not None])
 
-    async def _write_with_retry(self, items: list[_Pending]) -> None:
+    def _take(self) -> tuple[list[Parsed], list[AckToken | None]]:
+        if len(self._records) <= self._batch_size:
+            records, acks = self._records, self._acks
+            self._records, self._acks = [], []
+            return records, acks
+        size = self._batch_size
+        records, acks = self._records[:size], self._acks[:size]
+        del self._records[:size], self._acks[:size]
+        return records, acks
+
+    async def _write_with_retry(self, records: list[Parsed]) -> bool:
+        """True once committed; False if given up at shutdown (left to the broker)."""
         delay = 0.1
         while True:
             try:
-                await self._write(items)
+                await self._write(records)
             except Exception as exc:
                 if not is_unavailable_error(exc):
                     raise
@@ -184,23 +200,19 @@ class BatchWriter:
                 if self._stopping:
                     log.error(
                         "database unavailable at shutdown: %d messages left to the broker",
-                        len(items) + self._queue.qsize(),
+                        len(records) + len(self._records),
                     )
-                    self._fail(items)
-                    self._fail_queued()
-                    return
+                    self._records.clear()
+                    self._acks.clear()
+                    return False
                 log.warning("database write failed (%s), retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
                 continue
             self._stats.degraded_reason = None
-            for item in items:
-                if not item.done.done():
-                    item.done.set_result(None)
-            return
+            return True
 
-    async def _write(self, items: list[_Pending]) -> None:
-        records = [item.record for item in items]
+    async def _write(self, records: list[Parsed]) -> None:
         try:
             await self._commit(records)
         except Exception as exc:
@@ -225,6 +237,8 @@ class BatchWriter:
         self._count(batch)
         if self.observe_batch is not None:
             self.observe_batch(len(records), time.perf_counter() - started)
+        if self.observe_commit is not None:
+            self.observe_commit(batch, time.time())
         came_online = {
             s.device_id for s in batch.states if s.live and s.payload.get("online") is True
         }
@@ -250,17 +264,10 @@ class BatchWriter:
         for record in batch.rejected:
             self._stats.rejected[record.reason] += 1
 
-    def _fail(self, items: list[_Pending]) -> None:
-        for item in items:
-            if not item.done.done():
-                item.done.set_exception(WriterStopped())
-
-    def _fail_queued(self) -> None:
-        while not self._queue.empty():
-            self._fail([self._queue.get_nowait()])
-
     def stop(self) -> None:
         self._stopping = True
+        self._arrived.set()
+        self._batch_full.set()
 
 
 def _device_ids(records: list[Parsed]) -> set[str]:
