@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -99,6 +100,18 @@ class PakuProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
+
+    def unexpected_errors(self) -> list[str]:
+        """ERROR/CRITICAL log lines, and tracebacks other than the one gmqtt attaches to its
+        warning about a lost connection (which the fault tests cause on purpose)."""
+        found = []
+        lines = self.log().splitlines()
+        for n, line in enumerate(lines):
+            if re.match(r"^\S+ (ERROR|CRITICAL) ", line):
+                found.append(line)
+            elif line.startswith("Traceback") and not (n and "[EXC: CONN LOST]" in lines[n - 1]):
+                found.append("\n".join(lines[n - 1 : n + 12]))
+        return found
 
 
 @dataclass

@@ -155,7 +155,7 @@ async def outage_mid_stream(
             failures = await metric(deployment, "paku_ingest_write_failures") - failures_before
             assert 1 <= failures <= 6 + outage_s / 5, f"{failures} failed writes"
             result["failed_writes"] = failures
-        assert "Traceback" not in serve.log(), serve.tail()
+        assert not (errors := serve.unexpected_errors()), "\n".join(errors)
         print(f"{outage.name} {outage_s:g} s: {result}")
         return result
     finally:
