@@ -15,13 +15,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from paku_iot.apiclient import ApiClient
 from paku_iot.exceptions import InvalidInput, PakuError, SettingsError
 from paku_iot.secretfiles import write_private_file
 from paku_iot.settings import Settings
-from paku_iot.simulate import read_credentials, run_fleet
+
+if TYPE_CHECKING:
+    from paku_iot.apiclient import ApiClient
 
 FINAL_STATUSES = ("acked", "failed", "expired")
 
@@ -155,6 +156,10 @@ def _add_config_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _client(settings: Settings, args: argparse.Namespace) -> ApiClient:
+    # Imported here, as in _simulate: `paku-iot serve` builds this parser too, and a collector
+    # process should not carry an HTTP client or the simulated fleet in its memory.
+    from paku_iot.apiclient import ApiClient  # noqa: PLC0415
+
     token = args.token or settings.admin_token
     if not token:
         token_file = settings.data_dir / "secrets" / "admin-token"
@@ -208,6 +213,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from paku_iot.simulate import read_credentials, run_fleet  # noqa: PLC0415
+
     if args.credentials is not None:
         creds = read_credentials(args.credentials)
     else:

@@ -9,10 +9,6 @@ import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import uvicorn
-
-from paku_iot.api.app import create_app
-from paku_iot.broker.certs import ensure_dev_certs
 from paku_iot.broker.files import BrokerOptions, BrokerPaths
 from paku_iot.broker.process import MosquittoProcess, find_mosquitto
 from paku_iot.broker.setup import prepare_broker_dir
@@ -21,19 +17,9 @@ from paku_iot.netcheck import ensure_port_free
 from paku_iot.secretfiles import read_or_create_secret
 from paku_iot.service import ALL_ROLES, Role, Service, running_service
 from paku_iot.settings import Settings
-from paku_iot.storage.migrate import upgrade
 from paku_iot.storage.urls import async_database_url, describe
 
 log = logging.getLogger("paku_iot")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: we own SIGINT/SIGTERM, so shutdown runs our
-    teardown in order instead of re-raising the signal after the HTTP server stops."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _install_stop_signals(on_stop: Callable[[], None]) -> None:
@@ -53,6 +39,19 @@ async def _run_until_stopped(
             on_ready()
         await stop.wait()
         return
+    # Imported only for the API role: a collector-only process stays small without them.
+    import uvicorn  # noqa: PLC0415
+
+    from paku_iot.api.app import create_app  # noqa: PLC0415
+
+    class _Server(uvicorn.Server):
+        """uvicorn without its own signal handling: we own SIGINT/SIGTERM, so shutdown runs
+        our teardown in order instead of re-raising the signal after the server stops."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     settings = service.settings
     server = _Server(
         uvicorn.Config(
@@ -102,6 +101,8 @@ def _tls_update(settings: Settings, tls: bool) -> dict[str, Path | None]:
         return {}
     host = settings.mqtt_host
     extra = [] if host in ("", "0.0.0.0", "::") or is_loopback(host) else [host]
+    from paku_iot.broker.certs import ensure_dev_certs  # noqa: PLC0415 - dev --tls only
+
     files = ensure_dev_certs(settings.data_dir / "certs", extra)
     return {
         "mqtt_tls_cert_file": files.server_cert.resolve(),
@@ -134,6 +135,8 @@ def prepare_dev(settings: Settings, *, tls: bool = False) -> Settings:
     token = settings.admin_token or read_or_create_secret(
         settings.data_dir / "secrets" / "admin-token"
     )
+    from paku_iot.storage.migrate import upgrade  # noqa: PLC0415 - Alembic only for dev
+
     upgrade(settings.resolved_database_url)
     return settings.model_copy(update={"broker_dir": broker_dir.resolve(), "admin_token": token})
 

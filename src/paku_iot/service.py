@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paku_iot.broker.credentials import PasswordFileSync
@@ -28,9 +28,7 @@ from paku_iot.downlink.config import ConfigService
 from paku_iot.downlink.sweeper import sweep_forever
 from paku_iot.exceptions import PakuError, SettingsError
 from paku_iot.metrics import Metrics
-from paku_iot.ota.files import FirmwareFiles
-from paku_iot.ota.releases import ReleaseService
-from paku_iot.ota.signing import load_or_create_signing_key
+from paku_iot.ota.parts import OtaParts
 from paku_iot.registry.devices import DeviceRegistry
 from paku_iot.registry.passwords import hash_password
 from paku_iot.secretfiles import read_or_create_secret
@@ -44,11 +42,15 @@ from paku_iot.storage.configs import ConfigStore
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.engine import create_engine, ping
 from paku_iot.storage.messages import MessageStore
-from paku_iot.storage.migrate import require_current_schema
-from paku_iot.storage.releases import ReleaseStore
 from paku_iot.storage.retention import RetentionPolicy, maintain_forever
+from paku_iot.storage.schema_version import require_current_schema
 from paku_iot.storage.security import AuditStore, ClaimCodeStore, TokenStore
 from paku_iot.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from paku_iot.ota.releases import ReleaseService
 
 log = logging.getLogger("paku_iot")
 
@@ -79,8 +81,7 @@ class Service:
     admin_token: str
     commands: CommandService
     configs: ConfigService
-    releases: ReleaseService
-    signing_key: Ed25519PrivateKey
+    ota: OtaParts
     command_store: CommandStore
     metrics: Metrics
     tokens: AdminTokens
@@ -90,6 +91,14 @@ class Service:
     claim_limiter: FailureLimiter
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
+
+    @property
+    def releases(self) -> ReleaseService:
+        return self.ota.releases()
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return self.ota.signing_key()
 
     async def refresh_metrics(self) -> None:
         """Read the database-backed gauges just before a scrape."""
@@ -183,7 +192,9 @@ async def running_service(
         )
         if writer is not None:
             writer.observe_batch = metrics.observe_batch
-        signing_key = load_or_create_signing_key(settings.signing_key_path)
+        ota = OtaParts(settings, engine, devices)
+        if Role.API in roles:
+            ota.releases()  # the signing key exists (or fails) at start, not at first use
         bootstrap_token = admin_token(settings)
         audit_store = AuditStore(engine)
         registry = DeviceRegistry(devices, broker_sync, link)
@@ -197,13 +208,7 @@ async def running_service(
             admin_token=bootstrap_token,
             commands=commands,
             configs=ConfigService(ConfigStore(engine), link),
-            releases=ReleaseService(
-                ReleaseStore(engine),
-                devices,
-                FirmwareFiles(settings.firmware_dir, settings.ota_max_firmware_bytes),
-                signing_key,
-            ),
-            signing_key=signing_key,
+            ota=ota,
             command_store=command_store,
             metrics=metrics,
             tokens=AdminTokens(TokenStore(engine), bootstrap_token),

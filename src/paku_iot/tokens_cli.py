@@ -23,7 +23,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     # Imported here: the admin CLI's other commands start without the database layer.
     from paku_iot.security.tokens import AdminTokens  # noqa: PLC0415
     from paku_iot.storage.engine import create_engine  # noqa: PLC0415
-    from paku_iot.storage.migrate import require_current_schema  # noqa: PLC0415
+    from paku_iot.storage.schema_version import require_current_schema  # noqa: PLC0415
     from paku_iot.storage.security import TokenStore  # noqa: PLC0415
 
     engine = create_engine(settings.resolved_database_url)

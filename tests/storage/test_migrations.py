@@ -9,12 +9,16 @@ import pytest
 
 from paku_iot.exceptions import SettingsError
 from paku_iot.storage.engine import create_engine
-from paku_iot.storage.migrate import (
+from paku_iot.storage.migrate import head_revision, upgrade
+from paku_iot.storage.schema_version import (
+    SCHEMA_HEAD,
     current_revision,
-    head_revision,
     require_current_schema,
-    upgrade,
 )
+
+
+def test_the_schema_head_constant_is_alembics_head() -> None:
+    assert head_revision() == SCHEMA_HEAD
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

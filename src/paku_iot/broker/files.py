@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from paku_iot.broker.certs import check_server_pair
 from paku_iot.broker.topics import TOPIC_ROOT
 from paku_iot.exceptions import SettingsError
 from paku_iot.secretfiles import write_private_file
@@ -187,6 +186,9 @@ def _check_tls_options(options: BrokerOptions) -> None:
             f"PAKU_MQTT_TLS_PORT={options.tls_port} is also PAKU_MQTT_PORT: the TLS listener "
             "needs a port of its own"
         )
+    # Only with TLS: the collector and API processes need no X.509 code otherwise.
+    from paku_iot.broker.certs import check_server_pair  # noqa: PLC0415
+
     check_server_pair(
         cert, key, cert_setting="PAKU_MQTT_TLS_CERT_FILE", key_setting="PAKU_MQTT_TLS_KEY_FILE"
     )

@@ -174,17 +174,23 @@ class BrokerLink:
             log.warning("lost the broker connection, reconnecting")
 
     def _on_unacknowledged_message(
-        self, _client: Client, topic: str, payload: bytes, _qos: int, properties: dict[str, Any]
+        self,
+        _client: Client,
+        topic: str | bytes,
+        payload: bytes,
+        _qos: int,
+        properties: dict[str, Any],
     ) -> None:
         """QoS 0 (state may come that way): nothing to acknowledge."""
         assert self._handler is not None
-        self._handler(topic, payload, bool(properties.get("retain")), None)
+        self._handler(_text(topic), payload, bool(properties.get("retain")), None)
 
     def _on_qos1_publish(
-        self, mid: int, payload: bytes, topic: str, properties: dict[str, Any]
+        self, mid: int, payload: bytes, topic: str | bytes, properties: dict[str, Any]
     ) -> None:
         assert self._handler is not None
-        self._handler(topic, payload, bool(properties.get("retain")), self._generation << 16 | mid)
+        token = self._generation << 16 | mid
+        self._handler(_text(topic), payload, bool(properties.get("retain")), token)
 
     def acknowledge(self, tokens: Iterable[int]) -> None:
         """Send the PUBACKs for stored messages, all in one write. Tokens from an earlier
@@ -273,3 +279,11 @@ class BrokerLink:
 
 def _hold_paused() -> None:
     """Stands in for StreamReader._maybe_resume_transport while the intake holds a pause."""
+
+
+def _text(topic: str | bytes) -> str:
+    """gmqtt hands over a topic that is not UTF-8 as bytes (Mosquitto refuses those, but the
+    parser must get text whatever the broker lets through): it is then rejected as invalid."""
+    if isinstance(topic, bytes):
+        return topic.decode("utf-8", "replace")
+    return topic

@@ -1,9 +1,9 @@
-"""Persistence: SQLite (embedded default) or PostgreSQL, through SQLAlchemy Core and Alembic."""
+"""Persistence: SQLite (embedded default) or PostgreSQL, through SQLAlchemy Core; schema
+migrations with Alembic live in `storage.migrate`, imported only where they run."""
 
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.engine import create_engine, ping, transaction
 from paku_iot.storage.messages import MessageStore, write_batch
-from paku_iot.storage.migrate import require_current_schema, upgrade
 from paku_iot.storage.records import (
     DeviceRecord,
     EventRecord,
@@ -13,6 +13,7 @@ from paku_iot.storage.records import (
     StateReport,
     TelemetryRecord,
 )
+from paku_iot.storage.schema_version import require_current_schema
 
 __all__ = [
     "DeviceRecord",
@@ -28,6 +29,5 @@ __all__ = [
     "ping",
     "require_current_schema",
     "transaction",
-    "upgrade",
     "write_batch",
 ]

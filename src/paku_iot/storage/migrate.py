@@ -7,12 +7,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paku_iot.exceptions import SettingsError, Unavailable
+from paku_iot.exceptions import Unavailable
 from paku_iot.storage.engine import is_unavailable_error
 from paku_iot.storage.urls import async_database_url, describe
 
@@ -49,30 +46,6 @@ def head_revision() -> str:
     head = script.get_current_head()
     assert head is not None
     return head
-
-
-async def current_revision(engine: AsyncEngine) -> str | None:
-    def read(conn: Connection) -> str | None:
-        return MigrationContext.configure(conn).get_current_revision()
-
-    try:
-        async with engine.connect() as conn:
-            return await conn.run_sync(read)
-    except Exception as exc:
-        if is_unavailable_error(exc):
-            raise _unreachable(engine.url.render_as_string(hide_password=False), exc) from None
-        raise
-
-
-async def require_current_schema(engine: AsyncEngine) -> None:
-    """Refuse to run against a database whose schema is not at the newest migration."""
-    current = await current_revision(engine)
-    head = head_revision()
-    if current != head:
-        raise SettingsError(
-            f"the database schema is at {current or 'nothing'}, this version needs {head}: "
-            "run `paku-iot migrate` first"
-        )
 
 
 def upgrade_in_thread(database_url: str) -> asyncio.Future[None]:
