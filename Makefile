@@ -39,6 +39,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The benchmarks (docs/performance.md): Mosquitto, PostgreSQL, the collector and a load
+# generator on this machine; results in bench/results/, the plot in docs/img/ingest.png.
+bench: $(STAMP) mosquitto
+	$(BIN)/python -m bench all
+
 # The long reliability runs: 30 s load, long fuzzing, fault injection (pytest marker `soak`).
 soak: $(STAMP) mosquitto compose-tools browser-tools
 	$(BIN)/pytest -m soak
