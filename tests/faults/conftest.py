@@ -22,8 +22,8 @@ import pytest
 
 from paku_iot.storage.migrate import upgrade
 from tests.conftest import Broker
-from tests.faults.harness import Deployment
-from tests.support import free_port, require
+from tests.faults.harness import Deployment, listening_port
+from tests.support import require
 
 MakeDeployment = Callable[..., Deployment]
 
@@ -145,7 +145,7 @@ def _pg_cluster() -> Iterator[PrivateCluster]:
     root = Path(tempfile.mkdtemp(prefix="paku-faults-pg-"))
     if user is not None:
         shutil.chown(root, user, user)
-    cluster = PrivateCluster(bin_dir, root, free_port(), user)
+    cluster = PrivateCluster(bin_dir, root, listening_port(), user)
     cluster.init()
     cluster.start()
     yield cluster

@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ from typing import Any
 
 import httpx
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import func, select
@@ -36,6 +39,24 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FIRST_FAILURE_CODE = 0x80  # MQTT 5 reason codes from 0x80 up are failures
 
 Key = tuple[str, int]  # (device id, ts in epoch ms)
+
+
+def listening_port() -> int:
+    """A free port below the ephemeral range, for a server that is killed and started again
+    on it. A port from `free_port()` (ephemeral) may meanwhile become the local end of some
+    outgoing connection on this busy machine, and the restart then finds it in use."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def epoch_ms(ts: datetime) -> int:
@@ -54,6 +75,7 @@ class PakuProcess:
     cwd: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    wanted: bool = False  # started by the test and not yet killed or stopped by it
 
     def start(self) -> PakuProcess:
         assert self.process is None or self.process.poll() is not None
@@ -68,6 +90,7 @@ class PakuProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        self.wanted = True
         return self
 
     @property
@@ -77,12 +100,14 @@ class PakuProcess:
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, nothing is flushed or acknowledged on the way out."""
         assert self.process is not None
+        self.wanted = False
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
     def stop(self) -> int:
         """SIGTERM and wait for a clean exit; the exit code."""
         assert self.process is not None
+        self.wanted = False
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -123,7 +148,7 @@ class Deployment:
     broker: Broker
     database_url: str
     data_dir: Path
-    http_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=listening_port)
     instance_id: str = field(default_factory=lambda: f"fault-{secrets.token_hex(4)}")
     processes: list[PakuProcess] = field(default_factory=list)
 
@@ -155,6 +180,12 @@ class Deployment:
     def logs(self) -> str:
         return "\n".join(f"== {p.log_path.name}\n{p.tail()}" for p in self.processes)
 
+    def ensure_running(self) -> None:
+        """Fail at once (not retried by `eventually`) when a process exited by itself."""
+        for made in self.processes:
+            if made.wanted and not made.running:
+                pytest.fail(f"paku-iot serve --role {made.role} exited:\n{made.tail()}")
+
     def stop_all(self) -> None:
         for made in self.processes:
             if made.running:
@@ -169,6 +200,7 @@ class Deployment:
         )
 
     async def health(self) -> tuple[int, dict[str, Any]]:
+        self.ensure_running()
         async with self.client() as client:
             response = await client.get("/health")
             return response.status_code, response.json()
@@ -224,6 +256,7 @@ class Deployment:
             await engine.dispose()
 
     async def stored_count(self) -> int:
+        self.ensure_running()
         engine = create_engine(self.database_url)
         try:
             async with engine.connect() as conn:

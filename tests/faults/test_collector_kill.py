@@ -71,7 +71,9 @@ async def kill_collector_mid_stream(
         assert await deployment.rejected() == []
         await deployment.wait_healthy(timeout=10)
         assert not (errors := collector.unexpected_errors()), "\n".join(errors)
-        return {"messages": len(acked), "published_s": published_s, "stored_s": stored_s}
+        result = {"messages": len(acked), "published_s": published_s, "stored_s": stored_s}
+        print(f"collector killed {kills}x: {result}")
+        return result
     finally:
         fleet.close()
 
