@@ -130,8 +130,9 @@ class PrivateCluster:
         return self.dsn(name)
 
 
-@pytest.fixture(scope="session")
-def _pg_cluster() -> Iterator[PrivateCluster]:
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[PrivateCluster]:
+    """A new cluster in `root` (an empty or missing directory), started; stopped after."""
     bin_dir = _pg_bin_dir()
     require(bin_dir is not None, "PostgreSQL server binaries (initdb, pg_ctl) not found")
     assert bin_dir is not None
@@ -142,17 +143,29 @@ def _pg_cluster() -> Iterator[PrivateCluster]:
         except KeyError:
             require(False, "running as root, but there is no `postgres` user to run PostgreSQL")
         user = "postgres"
-    root = Path(tempfile.mkdtemp(prefix="paku-faults-pg-"))
+    root.mkdir(exist_ok=True)
     if user is not None:
         shutil.chown(root, user, user)
     cluster = PrivateCluster(bin_dir, root, listening_port(), user)
     cluster.init()
     cluster.start()
-    yield cluster
-    if cluster.running:
-        with contextlib.suppress(AssertionError):
-            cluster.stop("immediate")
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        yield cluster
+    finally:
+        if cluster.running:
+            with contextlib.suppress(AssertionError):
+                cluster.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def _pg_cluster() -> Iterator[PrivateCluster]:
+    # Not under tmp_path: the postgres user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="paku-faults-pg-"))
+    try:
+        with running_cluster(root) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -198,17 +211,19 @@ class SmallDisk:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    """A tmpfs of 24 MiB mounted for the test (needs root, as in CI)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    size = 24 << 20
+def small_disk() -> Iterator[SmallDisk]:
+    """A tmpfs of 64 MiB mounted for the test (needs root, as in CI). A PostgreSQL cluster
+    takes ~40 MiB of it. Mounted outside tmp_path, where the postgres user can reach it."""
+    mount_point = Path(tempfile.mkdtemp(prefix="paku-faults-disk-"))
+    size = 64 << 20
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
         check=False,
     )
+    if result.returncode != 0:
+        mount_point.rmdir()
     require(result.returncode == 0, f"cannot mount a small filesystem: {result.stderr.strip()}")
     try:
         yield SmallDisk(mount_point, size)
@@ -216,3 +231,12 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         unmounted = subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
         if unmounted.returncode != 0:
             subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        with contextlib.suppress(OSError):
+            mount_point.rmdir()
+
+
+@pytest.fixture
+def pg_on_small_disk(small_disk: SmallDisk) -> Iterator[PrivateCluster]:
+    """A PostgreSQL cluster of its own whose data lives on the small disk."""
+    with running_cluster(small_disk.path / "pg") as cluster:
+        yield cluster

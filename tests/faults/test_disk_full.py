@@ -1,7 +1,8 @@
-"""The disk holding the data dir (SQLite) fills up mid-stream: ingest stops cleanly (the
-collector retries, acknowledges nothing it could not store, `/health` says degraded, nothing
-is set aside as bad input, the database stays intact), and once space returns every message
-the broker acknowledged is stored exactly once.
+"""The disk holding the database fills up mid-stream: the data dir with SQLite, or
+PostgreSQL's data directory. Ingest stops cleanly (the collector retries, acknowledges nothing
+it could not store, `/health` says degraded, nothing is set aside as bad input, the database
+stays intact), and once space returns every message the broker acknowledged is stored
+exactly once.
 
 The disk is a small tmpfs mounted for the test (root, as in CI)."""
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import MakeDeployment, SmallDisk, sqlite_url
+from paku_iot.storage.migrate import upgrade
+from tests.faults.conftest import MakeDeployment, PrivateCluster, SmallDisk, sqlite_url
 from tests.faults.harness import Fleet, check_exactly_once
 from tests.support import eventually
 
@@ -28,12 +30,24 @@ def integrity(path: Path) -> str:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 async def test_a_full_disk_stops_ingest_cleanly_and_it_resumes_when_space_returns(
-    make_deployment: MakeDeployment, small_disk: SmallDisk
+    make_deployment: MakeDeployment,
+    small_disk: SmallDisk,
+    request: pytest.FixtureRequest,
+    kind: str,
 ) -> None:
-    data_dir = small_disk.path / "data"
-    database = data_dir / "paku.db"
-    deployment = make_deployment(await asyncio.to_thread(sqlite_url, database), data_dir=data_dir)
+    database: Path | None = None
+    if kind == "sqlite":
+        data_dir = small_disk.path / "data"
+        database = data_dir / "paku.db"
+        url = await asyncio.to_thread(sqlite_url, database)
+        deployment = make_deployment(url, data_dir=data_dir)
+    else:
+        cluster: PrivateCluster = request.getfixturevalue("pg_on_small_disk")
+        url = await cluster.create_database()
+        await asyncio.to_thread(upgrade, url)
+        deployment = make_deployment(url)
     serve = deployment.process("all").start()
     await deployment.wait_healthy()
     fleet = Fleet(deployment.broker.host, deployment.broker.port, await deployment.provision(10))
@@ -72,7 +86,8 @@ async def test_a_full_disk_stops_ingest_cleanly_and_it_resumes_when_space_return
         await asyncio.sleep(2)
         assert await deployment.stored_count() == stuck_at < fleet.published
         assert await deployment.rejected() == []  # nothing was taken for bad input
-        assert await asyncio.to_thread(integrity, database) == "ok"
+        if database is not None:
+            assert await asyncio.to_thread(integrity, database) == "ok"
 
         # Space returns: ingest resumes by itself with everything the broker kept.
         filler.unlink()
@@ -85,12 +100,13 @@ async def test_a_full_disk_stops_ingest_cleanly_and_it_resumes_when_space_return
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{deployment.logs()}") from None
         print(
-            f"disk full: {fleet.published - stuck_at} messages held while full, all stored "
-            f"{time.monotonic() - resumed:.1f} s after space returned"
+            f"disk full ({kind}): {fleet.published - stuck_at} messages held while full, "
+            f"all stored {time.monotonic() - resumed:.1f} s after space returned"
         )
         check_exactly_once(acked, fleet.sent(), await deployment.stored_keys())
         assert await deployment.rejected() == []
-        assert await asyncio.to_thread(integrity, database) == "ok"
+        if database is not None:
+            assert await asyncio.to_thread(integrity, database) == "ok"
         assert not (errors := serve.unexpected_errors()), "\n".join(errors)
     finally:
         fleet.close()
