@@ -6,6 +6,7 @@ because device input must never stop ingest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -47,6 +48,26 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise ValueError(f"number {text[:40]} is out of range")
     return value
+
+
+# Built once: json.loads with options builds a new decoder for every call.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_PLAIN_DECODER = json.JSONDecoder()
+# The strict decoder calls back into Python for every float. Only a number with an exponent
+# or hundreds of digits can overflow to infinity, and only the words NaN and Infinity are
+# non-standard constants: text without any of them parses the same with the plain decoder.
+_EXPONENT = re.compile(r"[0-9][eE]")
+_LONG_DIGITS = re.compile(r"[0-9]{300}")
+
+
+def _needs_strict(text: str) -> bool:
+    # Substring tests first: they are plain C scans, and most payloads end there.
+    return (
+        "NaN" in text
+        or "Infinity" in text
+        or _EXPONENT.search(text) is not None
+        or (len(text) >= 300 and _LONG_DIGITS.search(text) is not None)
+    )
 
 
 # A \uD800-\uDFFF escape: fine in a proper pair (an emoji), an unpaired one is not text.
@@ -101,7 +122,8 @@ def _json_object(payload: bytes) -> dict[str, Any] | tuple[RejectReason, str]:
         # PostgreSQL's jsonb cannot hold NUL characters; refuse them on every database alike.
         return RejectReason.INVALID_JSON, "NUL characters are not accepted"
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        decoder = _STRICT_DECODER if _needs_strict(text) else _PLAIN_DECODER
+        value = decoder.decode(text)
     except (ValueError, RecursionError) as exc:
         return RejectReason.INVALID_JSON, f"payload is not JSON: {str(exc)[:200]}"
     # Counting brackets is cheap and rules out deep nesting for nearly every message.
@@ -114,11 +136,16 @@ def _json_object(payload: bytes) -> dict[str, Any] | tuple[RejectReason, str]:
     return value
 
 
+# A fleet sends on a few topics per device, over and over: remember what they parse to (a
+# frozen value). A bad topic raises and is not remembered, so junk cannot fill the cache.
+_uplink_topic = functools.lru_cache(maxsize=8192)(parse_uplink_topic)
+
+
 def parse_message(
     topic: str, payload: bytes, received_at: datetime, *, retained: bool, max_payload_bytes: int
 ) -> Parsed:
     try:
-        uplink = parse_uplink_topic(topic)
+        uplink = _uplink_topic(topic)
     except TopicError as exc:
         return rejected(
             topic, payload, received_at, RejectReason.INVALID_TOPIC, str(exc), exc.device_id
@@ -153,7 +180,7 @@ def parse_message(
         except TimestampError as exc:
             return reject(RejectReason.INVALID_TS, str(exc))
     if uplink.kind is UplinkKind.TELEMETRY:
-        return TelemetryRecord(device_id, ts, received_at, body)
+        return TelemetryRecord(device_id, ts, received_at, body, text=payload.decode())
     assert uplink.event_name is not None
     digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
     return EventRecord(device_id, uplink.event_name, ts, received_at, body, digest)

@@ -18,7 +18,7 @@ class TimestampError(ValueError):
 def parse_device_ts(value: object) -> datetime:
     if isinstance(value, bool):
         raise TimestampError("ts must be epoch milliseconds or an RFC 3339 string, not a boolean")
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):  # a tuple: faster than int | float on this hot path
         # isnan on an int converts it to a float, which overflows for a huge one.
         if isinstance(value, float) and math.isnan(value):
             raise TimestampError("ts is not a number")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Table, and_, bindparam, or_, select, update
+from sqlalchemy import Insert, Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -71,12 +72,37 @@ def _rejected_rows(records: Sequence[RejectedRecord]) -> list[dict[str, Any]]:
     ]
 
 
+# PostgreSQL: the whole batch as one statement over arrays (one Bind/Execute, not one per
+# row), with the payloads as the JSON text the devices sent.
+_PG_INSERT_TELEMETRY = text(
+    "INSERT INTO telemetry (device_id, ts, received_at, payload) "
+    "SELECT * FROM unnest(CAST(:device_ids AS text[]), CAST(:ts AS timestamptz[]), "
+    "CAST(:received_at AS timestamptz[]), CAST(:payloads AS text[])::jsonb[]) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+async def _insert_telemetry(conn: AsyncConnection, records: Sequence[TelemetryRecord]) -> None:
+    if conn.dialect.name != "postgresql":
+        await conn.execute(
+            _insert_ignoring_duplicates(conn, schema.telemetry), _telemetry_rows(records)
+        )
+        return
+    await conn.execute(
+        _PG_INSERT_TELEMETRY,
+        {
+            "device_ids": [r.device_id for r in records],
+            "ts": [r.ts for r in records],
+            "received_at": [r.received_at for r in records],
+            "payloads": [r.text if r.text is not None else json.dumps(r.payload) for r in records],
+        },
+    )
+
+
 async def write_batch(conn: AsyncConnection, batch: IngestBatch) -> None:
     """Write one batch inside the caller's transaction, set-based where the data allows."""
     if batch.telemetry:
-        await conn.execute(
-            _insert_ignoring_duplicates(conn, schema.telemetry), _telemetry_rows(batch.telemetry)
-        )
+        await _insert_telemetry(conn, batch.telemetry)
     if batch.events:
         await conn.execute(
             _insert_ignoring_duplicates(conn, schema.events), _event_rows(batch.events)
