@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -367,37 +366,21 @@ class Fleet:
             assert time.monotonic() < deadline, "the collector never subscribed"
             await asyncio.sleep(0.1)
 
-    def stream(
-        self,
-        per_device: int,
-        rate: float,
-        stop: threading.Event | None = None,
-        on_round: Callable[[int], None] | None = None,
-    ) -> None:
+    def stream(self, per_device: int, rate: float) -> None:
         """Publish `per_device` messages from every device, round robin, at `rate` msgs/s
         in total. Blocking: run it in a thread."""
         started = time.monotonic()
         count = 0
         for _ in range(per_device):
-            if stop is not None and stop.is_set():
-                return
             n = self.rounds  # a later stream carries on with new timestamps
             for device in self.devices:
                 device.publish(self.base_ts + n, n)
             self.rounds += 1
             count += len(self.devices)
             self.published += len(self.devices)
-            if on_round is not None:
-                on_round(n)
             delay = started + count / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-
-    @property
-    def acked_count(self) -> int:
-        return sum(
-            1 for d in self.devices for code in list(d.acks.values()) if code < FIRST_FAILURE_CODE
-        )
 
     @property
     def answered_count(self) -> int:
