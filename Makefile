@@ -41,8 +41,12 @@ $(STAMP): pyproject.toml
 
 # The benchmarks (docs/performance.md): Mosquitto, PostgreSQL, the collector and a load
 # generator on this machine; results in bench/results/, the plot in docs/img/ingest.png.
+# paku-iot serve runs from .venv-runtime (runtime dependencies only, like the image), so that
+# memory figures count what production loads.
 bench: $(STAMP) mosquitto
-	$(BIN)/python -m bench all
+	@test -x .venv-runtime/bin/python || $(PYTHON) -m venv .venv-runtime
+	.venv-runtime/bin/python -m pip install --quiet .
+	PAKU_BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python -m bench all
 
 # The long reliability runs: 30 s load, long fuzzing, fault injection (pytest marker `soak`).
 soak: $(STAMP) mosquitto compose-tools browser-tools

@@ -5,6 +5,7 @@
     python -m bench paced          # 1k, 5k, 10k, 20k msgs/s and flat out
     python -m bench ceiling        # a bare subscriber on the same load
     python -m bench replicas       # two collector processes on the shared subscription
+    python -m bench memory         # serve --role collector, then serve, under 10k msgs/s
     python -m bench idle           # 10,000 devices provisioned, 5,000 connected at rest
     python -m bench bigtable       # one device's day from a 10-million-row table
 
@@ -103,13 +104,17 @@ def plot(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "scenario", choices=["all", "ingest", "paced", "ceiling", "replicas", "idle", "bigtable"]
+        "scenario",
+        choices=["all", "ingest", "paced", "ceiling", "replicas", "memory", "idle", "bigtable"],
     )
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--rate", type=float, default=0, help="msgs/s; 0 = flat out")
     parser.add_argument("--duration", type=float, default=20, help="seconds of load")
-    parser.add_argument("--sustained", type=float, default=60, help="flat-out run, seconds")
+    parser.add_argument("--sustained", type=float, default=60, help="seconds of the long run")
+    parser.add_argument(
+        "--sustained-rate", type=float, default=20000, help="msgs/s offered in the long run"
+    )
     parser.add_argument("--rows", type=int, default=10_000_000, help="bigtable size")
     args = parser.parse_args()
     d, n = args.duration, args.devices
@@ -121,6 +126,9 @@ def main() -> None:
         fresh(lambda w: scenarios.ceiling(w, n, d))
     elif args.scenario == "replicas":
         fresh(lambda w: scenarios.replicas(w, n, d))
+    elif args.scenario == "memory":
+        for role in ("collector", "all"):
+            fresh(lambda w, r=role: scenarios.memory_under_load(w, r, n, 10000, d))  # type: ignore[misc]
     elif args.scenario == "idle":
         fresh(lambda w: scenarios.idle_fleet(w, 10_000, 5_000, 30))
     elif args.scenario == "bigtable":
@@ -130,13 +138,18 @@ def main() -> None:
         results["paced_postgresql"] = paced("postgresql", n, d)
         results["ceiling"] = fresh(lambda w: scenarios.ceiling(w, n, d))
         results["sustained_postgresql"] = fresh(
-            lambda w: scenarios.ingest("postgresql", w, n, 0, args.sustained)
+            lambda w: scenarios.ingest("postgresql", w, n, args.sustained_rate, args.sustained)
         )
-        results["sqlite"] = fresh(lambda w: scenarios.ingest("sqlite", w, n, 0, d))
+        results["sqlite_flat_out"] = fresh(lambda w: scenarios.ingest("sqlite", w, n, 0, d))
+        results["sqlite_paced_10k"] = fresh(lambda w: scenarios.ingest("sqlite", w, n, 10000, d))
         results["replicas"] = fresh(lambda w: scenarios.replicas(w, n, d))
+        for role in ("collector", "all"):
+            results[f"memory_{role}"] = fresh(
+                lambda w, r=role: scenarios.memory_under_load(w, r, n, 10000, d)  # type: ignore[misc]
+            )
         results["idle"] = fresh(lambda w: scenarios.idle_fleet(w, 10_000, 5_000, 30))
         results["bigtable"] = fresh(lambda w: scenarios.big_table(w, args.rows))
-        flat = results["sustained_postgresql"]["persisted_rate"]
+        flat = results["paced_postgresql"][-1]["persisted_rate"]
         results["ratio_to_bare_subscriber"] = round(flat / results["ceiling"]["received_rate"], 2)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "results.json").write_text(json.dumps(results, indent=2) + "\n")
