@@ -2,7 +2,7 @@
 
     python -m bench all            # everything below; results in bench/results/
     python -m bench ingest --db postgresql --rate 0 --duration 60
-    python -m bench paced          # 1k, 5k, 10k, 20k msgs/s and flat out
+    python -m bench paced          # 1k, 5k, 10k, 20k, 25k msgs/s and flat out
     python -m bench ceiling        # a bare subscriber on the same load
     python -m bench replicas       # two collector processes on the shared subscription
     python -m bench memory         # serve --role collector, then serve, under 10k msgs/s
@@ -30,7 +30,7 @@ from bench import scenarios
 
 RESULTS = Path(__file__).parent / "results"
 PLOT = Path(__file__).parent.parent / "docs" / "img" / "ingest.png"
-PACED_RATES = (1000, 5000, 10000, 20000)
+PACED_RATES = (1000, 5000, 10000, 20000, 25000)
 
 
 def machine() -> dict[str, Any]:
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20, help="seconds of load")
     parser.add_argument("--sustained", type=float, default=60, help="seconds of the long run")
     parser.add_argument(
-        "--sustained-rate", type=float, default=20000, help="msgs/s offered in the long run"
+        "--sustained-rate", type=float, default=25000, help="msgs/s offered in the long run"
     )
     parser.add_argument("--rows", type=int, default=10_000_000, help="bigtable size")
     args = parser.parse_args()
