@@ -58,10 +58,11 @@ mosquitto:
 # The compose tests check the files with Debian's docker-compose (no engine needed) and run
 # the broker container's scripts under busybox sh, as the eclipse-mosquitto image would.
 compose-tools:
-	@command -v docker-compose >/dev/null && command -v busybox >/dev/null || { \
+	@command -v docker-compose >/dev/null && command -v busybox >/dev/null && \
+		command -v shellcheck >/dev/null || { \
 		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		$$sudo apt-get install -y -qq docker-compose busybox >/dev/null; }
+		$$sudo apt-get install -y -qq docker-compose busybox shellcheck >/dev/null; }
 
 # The dashboard's browser tests drive Debian's Chromium through Playwright (no browser download).
 browser-tools:

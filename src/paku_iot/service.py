@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,7 +27,6 @@ from paku_iot.downlink.commands import CommandService
 from paku_iot.downlink.config import ConfigService
 from paku_iot.downlink.sweeper import sweep_forever
 from paku_iot.exceptions import PakuError, SettingsError
-from paku_iot.metrics import Metrics
 from paku_iot.ota.parts import OtaParts
 from paku_iot.registry.devices import DeviceRegistry
 from paku_iot.registry.passwords import hash_password
@@ -50,6 +49,7 @@ from paku_iot.tasks import TaskSet
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from paku_iot.metrics import Metrics
     from paku_iot.ota.releases import ReleaseService
 
 log = logging.getLogger("paku_iot")
@@ -83,7 +83,9 @@ class Service:
     configs: ConfigService
     ota: OtaParts
     command_store: CommandStore
-    metrics: Metrics
+    # Built on first use (and at start when serving the API): a collector alone has no
+    # endpoint to expose metrics on, and leaves prometheus_client unloaded.
+    metrics_source: Callable[[], Metrics]
     tokens: AdminTokens
     audit: AuditLog
     audit_store: AuditStore
@@ -91,6 +93,10 @@ class Service:
     claim_limiter: FailureLimiter
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.metrics_source()
 
     @property
     def releases(self) -> ReleaseService:
@@ -186,12 +192,9 @@ async def running_service(
             intake.broker = link
         command_store = CommandStore(engine)
         commands = CommandService(command_store, devices, link)
-        metrics = Metrics()
-        metrics.watch(
-            stats, lambda: writer.backlog if writer is not None else 0, lambda: link.connected
-        )
-        if writer is not None:
-            writer.observe_batch = metrics.observe_batch
+        metrics = _metrics_source(stats, writer, link)
+        if Role.API in roles:
+            metrics()
         ota = OtaParts(settings, engine, devices)
         if Role.API in roles:
             ota.releases()  # the signing key exists (or fails) at start, not at first use
@@ -210,7 +213,7 @@ async def running_service(
             configs=ConfigService(ConfigStore(engine), link),
             ota=ota,
             command_store=command_store,
-            metrics=metrics,
+            metrics_source=metrics,
             tokens=AdminTokens(TokenStore(engine), bootstrap_token),
             audit=AuditLog(audit_store),
             audit_store=audit_store,
@@ -251,6 +254,27 @@ async def running_service(
         if writer is not None:
             stack.push_async_callback(_drain, writer)
         yield service
+
+
+def _metrics_source(
+    stats: IngestStats, writer: BatchWriter | None, link: BrokerLink
+) -> Callable[[], Metrics]:
+    built: list[Metrics] = []
+
+    def get() -> Metrics:
+        if not built:
+            from paku_iot.metrics import Metrics  # noqa: PLC0415 - see Service.metrics_source
+
+            metrics = Metrics()
+            metrics.watch(
+                stats, lambda: writer.backlog if writer is not None else 0, lambda: link.connected
+            )
+            if writer is not None:
+                writer.observe_batch = metrics.observe_batch
+            built.append(metrics)
+        return built[0]
+
+    return get
 
 
 def _password_file_sync(
