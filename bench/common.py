@@ -43,27 +43,25 @@ async def pg(sql: str) -> None:
         await conn.close()
 
 
-def pss_mib(pid: int) -> float:
-    """Proportional set size: resident memory with shared pages split between processes."""
+def _proc_kib(pid: int, file: str, field: str) -> float:
+    """A `<field>: <n> kB` line of /proc/<pid>/<file>, in MiB; 0 once the process is gone."""
     try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        text = Path(f"/proc/{pid}/{file}").read_text()
     except OSError:
         return 0.0
     for line in text.splitlines():
-        if line.startswith("Pss:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size: resident memory with shared pages split between processes."""
+    return _proc_kib(pid, "smaps_rollup", "Pss:")
 
 
 def rss_mib(pid: int) -> float:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _proc_kib(pid, "status", "VmRSS:")
 
 
 def cpu_seconds(pid: int) -> float:

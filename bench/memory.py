@@ -22,20 +22,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import PG_ADMIN, free_port, pg
+from bench.common import PG_ADMIN, free_port, pg, pss_mib
+from bench.scenarios import _wait_healthy
 
 TOKEN = "bench-token-" + "x" * 20
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
 
 
 def postgres_pids() -> list[int]:
@@ -45,9 +35,9 @@ def postgres_pids() -> list[int]:
 
 def snapshot(paku: int, broker: int) -> dict[str, float]:
     return {
-        "paku-iot": pss_kib(paku) / 1024,
-        "mosquitto": pss_kib(broker) / 1024,
-        "postgresql (all processes)": sum(pss_kib(p) for p in postgres_pids()) / 1024,
+        "paku-iot": pss_mib(paku),
+        "mosquitto": pss_mib(broker),
+        "postgresql (all processes)": sum(pss_mib(p) for p in postgres_pids()),
     }
 
 
@@ -81,13 +71,7 @@ async def run(devices: int, rate: float, seconds: int, work: Path) -> None:
         async with httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}
         ) as api:
-            for _ in range(100):
-                try:
-                    if (await api.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+            await _wait_healthy(api)
             creds = []
             for n in range(devices):
                 body = (
@@ -97,7 +81,6 @@ async def run(devices: int, rate: float, seconds: int, work: Path) -> None:
         (work / "creds.json").write_text(json.dumps(creds))
         await asyncio.sleep(3)
         rest = snapshot(server.pid, broker.pid)
-        per_device = max(1, int(rate * seconds / devices))
         load = subprocess.Popen(
             [
                 sys.executable,
@@ -107,8 +90,8 @@ async def run(devices: int, rate: float, seconds: int, work: Path) -> None:
                 str(mqtt_port),
                 "--credentials",
                 str(work / "creds.json"),
-                "--messages",
-                str(per_device),
+                "--duration",
+                str(seconds),
                 "--rate",
                 str(rate),
             ]
