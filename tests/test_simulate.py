@@ -82,3 +82,34 @@ async def test_dev_runs_a_demo_fleet(tmp_path: Path) -> None:
         code, stderr = stop(server)
     assert code == 0, stderr
     assert "Traceback" not in stderr
+
+
+async def test_the_simulated_fleet_takes_a_firmware_update(
+    dev_api: tuple[dict[str, str], int], tmp_path: Path
+) -> None:
+    env, _ = dev_api
+    saved = tmp_path / "fleet.csv"
+    first = await cli(
+        env, tmp_path, "simulate", "--devices", "3", "--rate", "6", "--duration", "1",
+        "--ota-check", "0", "--save", str(saved),
+    )  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    firmware = tmp_path / "fw.bin"
+    firmware.write_bytes(b"\x7fsimulated firmware image" * 4096)
+    published = await cli(
+        env, tmp_path, "ota", "publish", str(firmware), "--model", "simulated",
+        "--version", "1.1.0", "--json",
+    )  # fmt: skip
+    assert published.returncode == 0, published.stdout + published.stderr
+
+    run = await cli(
+        env, tmp_path, "simulate", "--credentials", str(saved), "--rate", "6",
+        "--duration", "6", "--ota-check", "2",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "updates 3" in run.stdout.splitlines()[-1], run.stdout
+
+    listed = json.loads((await cli(env, tmp_path, "devices", "list", "--json")).stdout)
+    assert sorted(d["fwVersion"] for d in listed) == ["1.1.0"] * 3
+    status = await cli(env, tmp_path, "ota", "status", json.loads(published.stdout)["id"])
+    assert "updated 3" in status.stdout, status.stdout

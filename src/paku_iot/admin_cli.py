@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from paku_iot.settings import Settings
 
 if TYPE_CHECKING:
     from paku_iot.apiclient import ApiClient
+    from paku_iot.simulate import OtaPlan
 
 FINAL_STATUSES = ("acked", "failed", "expired")
 
@@ -140,6 +142,13 @@ def _add_simulate_parser(commands: Any, common: argparse.ArgumentParser) -> None
     simulate.add_argument("--save", type=Path, help="write the provisioned credentials (0600)")
     simulate.add_argument("--mqtt-host", help="broker address (default: PAKU_MQTT_HOST)")
     simulate.add_argument("--mqtt-port", type=int, help="broker port (default: PAKU_MQTT_PORT)")
+    simulate.add_argument(
+        "--ota-check",
+        type=float,
+        default=300,
+        metavar="SECONDS",
+        help="how often each device checks for a firmware update (0: never; default 300)",
+    )
 
 
 def _add_config_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -212,6 +221,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return handler(api, args)
 
 
+def _ota_plan(settings: Settings, args: argparse.Namespace, workdir: Path) -> OtaPlan:
+    """The simulated devices pin the signing key as firmware does: read it from the API."""
+    from paku_iot.apiclient import ApiClient  # noqa: PLC0415
+    from paku_iot.simulate import OtaPlan  # noqa: PLC0415
+
+    url = args.url or settings.http_base_url
+    with ApiClient(url, None) as api:
+        key = api.request("GET", "/ota/public-key")["publicKey"]
+    return OtaPlan(url, key, workdir, args.ota_check)
+
+
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     from paku_iot.simulate import read_credentials, run_fleet  # noqa: PLC0415
 
@@ -227,17 +247,22 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
                 creds.append((device["id"], device["credentials"]["password"]))
         if args.save is not None:
             _write_private_csv(args.save, ["username", "password"], [list(c) for c in creds])
-    print(f"simulating {len(creds)} devices at {args.rate:g} msgs/s; Ctrl-C stops", flush=True)
-    stats = asyncio.run(
-        run_fleet(
-            args.mqtt_host or settings.mqtt_host,
-            args.mqtt_port or settings.mqtt_port,
-            creds,
-            rate=args.rate,
-            duration_s=args.duration,
-            progress=lambda s: print(s.line(), flush=True),
+    if args.ota_check < 0:
+        raise InvalidInput("--ota-check must be 0 (never) or a number of seconds")
+    with tempfile.TemporaryDirectory(prefix="paku-simulate-") as workdir:
+        ota = _ota_plan(settings, args, Path(workdir)) if args.ota_check else None
+        print(f"simulating {len(creds)} devices at {args.rate:g} msgs/s; Ctrl-C stops", flush=True)
+        stats = asyncio.run(
+            run_fleet(
+                args.mqtt_host or settings.mqtt_host,
+                args.mqtt_port or settings.mqtt_port,
+                creds,
+                rate=args.rate,
+                duration_s=args.duration,
+                progress=lambda s: print(s.line(), flush=True),
+                ota=ota,
+            )
         )
-    )
     print(f"done: {stats.line()}", flush=True)
     return 0 if stats.connected == len(creds) and not stats.errors else 1
 

@@ -18,10 +18,11 @@ class ApiError(PakuError):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
+        """`token` None: for the few routes anyone may read (the OTA public key)."""
         self._http = httpx.Client(
             base_url=base_url,
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}"} if token is not None else {},
             timeout=timeout,
         )
         self.base_url = base_url

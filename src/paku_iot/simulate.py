@@ -1,6 +1,7 @@
 """A fleet simulator: N reference devices, each its own MQTT connection with its own
 credentials and Last Will, sending telemetry (with a device `ts`) at a total rate, now and
-then an event, and answering commands and applying config as the reference device does.
+then an event, answering commands, applying config and taking OTA updates (checking the
+manifest now and then, downloading, verifying and restarting) as the reference device does.
 
 `paku-iot simulate` provisions the devices through the HTTP API (or reads credentials from a
 CSV) and prints progress and a summary; `paku-iot dev --simulate N` runs a demo fleet.
@@ -14,6 +15,7 @@ import csv
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ class FleetStats:
     telemetry_sent: int = 0
     events_sent: int = 0
     commands_answered: int = 0
+    updates_installed: int = 0
+    update_failures: int = 0
     errors: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -42,8 +46,20 @@ class FleetStats:
         return (
             f"{elapsed:6.1f}s  connected {self.connected}  telemetry {self.telemetry_sent} "
             f"({self.telemetry_sent / elapsed:,.0f}/s)  events {self.events_sent}  "
-            f"commands answered {self.commands_answered}  errors {self.errors}"
+            f"commands answered {self.commands_answered}  updates {self.updates_installed}"
+            f"{f' ({self.update_failures} failed)' if self.update_failures else ''}  "
+            f"errors {self.errors}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OtaPlan:
+    """Where the simulated devices look for updates, and how often."""
+
+    api_url: str
+    public_key_b64: str  # the release signing key the firmware pins (GET /ota/public-key)
+    workdir: Path  # each device downloads into workdir/<device id>
+    check_every_s: float
 
 
 def read_credentials(path: Path) -> Credentials:
@@ -57,6 +73,30 @@ def read_credentials(path: Path) -> Credentials:
     if not creds or any(not user or not password for user, password in creds):
         raise InvalidInput(f"{path} needs username (or deviceId) and password columns")
     return creds
+
+
+async def _take_updates(
+    device: ReferenceDevice, plan: OtaPlan, stop: asyncio.Event, stats: FleetStats
+) -> None:
+    """Check for an update at a random moment of the first period, then once a period."""
+    delay = random.random() * plan.check_every_s  # noqa: S311 - spread the checks
+    workdir = plan.workdir / device.device_id
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        if stop.is_set():
+            return
+        delay = plan.check_every_s
+        try:
+            installed = await device.update_firmware(plan.api_url, plan.public_key_b64, workdir)
+        except Exception as exc:  # OtaError, or the API or broker away for a moment
+            stats.update_failures += 1
+            log.info("%s: update failed: %s", device.device_id, exc)
+            continue
+        if installed is not None:
+            stats.updates_installed += 1
+            # "Flashed": a simulated device keeps no image, or a big fleet fills the disk.
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _run_device(
@@ -100,6 +140,7 @@ async def run_fleet(
     stop: asyncio.Event | None = None,
     progress: Callable[[FleetStats], None] | None = None,
     progress_every_s: float = 2.0,
+    ota: OtaPlan | None = None,
 ) -> FleetStats:
     """Run the fleet until `duration_s` passes or `stop` is set; returns the counts."""
     if rate <= 0:
@@ -126,6 +167,8 @@ async def run_fleet(
         stats.connected += 1
         devices.append(device)
     tasks = [asyncio.create_task(_run_device(d, interval_s, stop, stats)) for d in devices]
+    if ota is not None:
+        tasks += [asyncio.create_task(_take_updates(d, ota, stop, stats)) for d in devices]
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
         while not stop.is_set():
