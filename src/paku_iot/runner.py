@@ -181,8 +181,11 @@ def _banner(settings: Settings, token_note: str) -> str:
 
 
 async def _demo_fleet(service: Service, count: int, rate: float, stop: asyncio.Event) -> None:
-    """`dev --simulate N`: provision N devices and run them until dev stops."""
-    from paku_iot.simulate import run_fleet  # noqa: PLC0415 - only the demo needs the devices
+    """`dev --simulate N`: provision N devices and run them until dev stops. They check for
+    firmware updates every minute, so a release published to model `simulated` rolls out."""
+    # Imported here: only the demo needs the devices (and the key's encoding).
+    from paku_iot.ota.signing import public_key_raw_b64  # noqa: PLC0415
+    from paku_iot.simulate import OtaPlan, run_fleet  # noqa: PLC0415
 
     creds = []
     for _ in range(count):
@@ -190,8 +193,20 @@ async def _demo_fleet(service: Service, count: int, rate: float, stop: asyncio.E
         creds.append((made.device.id, made.password))
     log.info("demo fleet: %d simulated devices at %g msgs/s", count, rate)
     settings = service.settings
+    ota = OtaPlan(
+        settings.http_base_url,
+        public_key_raw_b64(service.signing_key),
+        settings.data_dir / "simulated-devices",
+        check_every_s=60,
+    )
     await run_fleet(
-        settings.mqtt_host, settings.mqtt_port, creds, rate=rate, duration_s=None, stop=stop
+        settings.mqtt_host,
+        settings.mqtt_port,
+        creds,
+        rate=rate,
+        duration_s=None,
+        stop=stop,
+        ota=ota,
     )
 
 
