@@ -7,6 +7,7 @@ reverse order. The HTTP app and the CLI receive the finished `Service`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -259,22 +260,19 @@ async def running_service(
 def _metrics_source(
     stats: IngestStats, writer: BatchWriter | None, link: BrokerLink
 ) -> Callable[[], Metrics]:
-    built: list[Metrics] = []
+    @functools.cache
+    def build() -> Metrics:
+        from paku_iot.metrics import Metrics  # noqa: PLC0415 - see Service.metrics_source
 
-    def get() -> Metrics:
-        if not built:
-            from paku_iot.metrics import Metrics  # noqa: PLC0415 - see Service.metrics_source
+        metrics = Metrics()
+        metrics.watch(
+            stats, lambda: writer.backlog if writer is not None else 0, lambda: link.connected
+        )
+        if writer is not None:
+            writer.observe_batch = metrics.observe_batch
+        return metrics
 
-            metrics = Metrics()
-            metrics.watch(
-                stats, lambda: writer.backlog if writer is not None else 0, lambda: link.connected
-            )
-            if writer is not None:
-                writer.observe_batch = metrics.observe_batch
-            built.append(metrics)
-        return built[0]
-
-    return get
+    return build
 
 
 def _password_file_sync(

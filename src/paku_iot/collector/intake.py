@@ -38,10 +38,6 @@ class Intake:
         self.broker: BrokerSide | None = None
         writer.on_committed = self._committed
 
-    @property
-    def in_flight(self) -> int:
-        return self._writer.backlog
-
     def handle(self, topic: str, payload: bytes, retained: bool, ack: AckToken | None) -> None:
         record = parse_message(
             topic,

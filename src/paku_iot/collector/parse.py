@@ -113,11 +113,14 @@ def rejected(
     )
 
 
-def _json_object(payload: bytes) -> dict[str, Any] | tuple[RejectReason, str]:
+def _utf8(payload: bytes) -> str | tuple[RejectReason, str]:
     try:
-        text = payload.decode("utf-8")
+        return payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         return RejectReason.INVALID_UTF8, f"payload is not UTF-8: {exc.reason} at {exc.start}"
+
+
+def _json_object(text: str) -> dict[str, Any] | tuple[RejectReason, str]:
     if "\\u0000" in text or "\x00" in text:
         # PostgreSQL's jsonb cannot hold NUL characters; refuse them on every database alike.
         return RejectReason.INVALID_JSON, "NUL characters are not accepted"
@@ -163,7 +166,10 @@ def parse_message(
         return reject(
             RejectReason.OVERSIZE, f"{len(payload)} bytes is over the {max_payload_bytes} limit"
         )
-    body = _json_object(payload)
+    text = _utf8(payload)
+    if isinstance(text, tuple):
+        return reject(*text)
+    body = _json_object(text)
     if isinstance(body, tuple):
         return reject(*body)
 
@@ -180,7 +186,7 @@ def parse_message(
         except TimestampError as exc:
             return reject(RejectReason.INVALID_TS, str(exc))
     if uplink.kind is UplinkKind.TELEMETRY:
-        return TelemetryRecord(device_id, ts, received_at, body, text=payload.decode())
+        return TelemetryRecord(device_id, ts, received_at, body, text=text)
     assert uplink.event_name is not None
     digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
     return EventRecord(device_id, uplink.event_name, ts, received_at, body, digest)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -63,6 +64,12 @@ def is_unavailable_error(exc: BaseException) -> bool:
         if sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES:
             return True
     return isinstance(exc, OSError | ConnectionError | TimeoutError)
+
+
+def unreachable(url: URL, exc: BaseException) -> Unavailable:
+    """The one-line error for a database that cannot be reached, without its password."""
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    return Unavailable(f"cannot reach the database {describe(url)}: {reason}")
 
 
 @asynccontextmanager

@@ -9,9 +9,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from paku_iot.exceptions import Unavailable
-from paku_iot.storage.engine import is_unavailable_error
-from paku_iot.storage.urls import async_database_url, describe
+from paku_iot.storage.engine import is_unavailable_error, unreachable
+from paku_iot.storage.urls import async_database_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -30,15 +29,8 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         command.upgrade(alembic_config(database_url), revision)
     except Exception as exc:
         if is_unavailable_error(exc):
-            raise _unreachable(database_url, exc) from None
+            raise unreachable(async_database_url(database_url), exc) from None
         raise
-
-
-def _unreachable(database_url: str, exc: BaseException) -> Unavailable:
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    return Unavailable(
-        f"cannot reach the database {describe(async_database_url(database_url))}: {reason}"
-    )
 
 
 def head_revision() -> str:

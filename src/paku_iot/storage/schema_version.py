@@ -9,9 +9,8 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paku_iot.exceptions import SettingsError, Unavailable
-from paku_iot.storage.engine import is_unavailable_error
-from paku_iot.storage.urls import describe
+from paku_iot.exceptions import SettingsError
+from paku_iot.storage.engine import is_unavailable_error, unreachable
 
 # The newest migration in storage/migrations/versions; a test checks it against Alembic's
 # own idea of the head, so adding a migration without updating this fails CI.
@@ -35,12 +34,7 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         if _is_missing_table(exc):
             return None
         if is_unavailable_error(exc):
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise Unavailable(
-                f"cannot reach the database {describe(engine.url)}: {reason}"
-            ) from None
-        if _is_missing_table(exc):
-            return None
+            raise unreachable(engine.url, exc) from None
         raise
     return None if row is None else str(row[0])
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal, TypedDict
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
 from paku_iot.service import Service
@@ -98,18 +98,20 @@ async def _fleet_view(service: Service, query: FleetQuery) -> FleetView:
     )
 
 
+def _fleet_query(
+    q: Text = "", model: Text = "", online: Online = "", after: Text = "", before: Text = ""
+) -> FleetQuery:
+    """The fleet page's query parameters, shared by the page and its live fragment."""
+    return FleetQuery(q.strip(), model, online, after, before)
+
+
+FleetQueryDep = Annotated[FleetQuery, Depends(_fleet_query)]
+
+
 @router.get("/ui/fleet", response_class=HTMLResponse)
 async def fleet_page(
-    request: Request,
-    session: PageSession,
-    service: ServiceDep,
-    q: Text = "",
-    model: Text = "",
-    online: Online = "",
-    after: Text = "",
-    before: Text = "",
+    request: Request, session: PageSession, service: ServiceDep, query: FleetQueryDep
 ) -> HTMLResponse:
-    query = FleetQuery(q.strip(), model, online, after, before)
     return render(
         request,
         "fleet.html",
@@ -125,16 +127,8 @@ async def fleet_page(
 
 @router.get("/ui/fleet/live", response_class=HTMLResponse)
 async def fleet_live(
-    request: Request,
-    session: DataSession,
-    service: ServiceDep,
-    q: Text = "",
-    model: Text = "",
-    online: Online = "",
-    after: Text = "",
-    before: Text = "",
+    request: Request, session: DataSession, service: ServiceDep, query: FleetQueryDep
 ) -> HTMLResponse:
-    query = FleetQuery(q.strip(), model, online, after, before)
     return render(
         request, "_fleet_live.html", session, query=query, view=await _fleet_view(service, query)
     )
