@@ -21,7 +21,7 @@ import asyncpg
 from paku_iot.broker.files import BrokerOptions
 from paku_iot.broker.process import find_mosquitto
 from paku_iot.broker.setup import prepare_broker_dir
-from paku_iot.service import Role, running_service
+from paku_iot.server.service import Role, running_service
 from paku_iot.settings import BACKEND_MQTT_USERNAME, Settings
 from paku_iot.storage.migrate import upgrade
 

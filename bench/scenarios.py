@@ -32,7 +32,7 @@ from bench.common import (
     stack,
 )
 from paku_iot.broker.files import BrokerPaths
-from paku_iot.service import Role, running_service
+from paku_iot.server.service import Role, running_service
 from paku_iot.settings import BACKEND_MQTT_USERNAME
 from paku_iot.storage import schema
 from paku_iot.storage.engine import create_engine

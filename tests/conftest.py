@@ -15,14 +15,14 @@ import asyncpg
 import httpx
 import pytest
 
-from paku_iot.api.app import create_app
 from paku_iot.broker.files import BrokerOptions, BrokerPaths
 from paku_iot.broker.process import find_mosquitto
 from paku_iot.broker.setup import prepare_broker_dir
 from paku_iot.exceptions import SettingsError
-from paku_iot.service import Service, running_service
+from paku_iot.server.service import Service, running_service
 from paku_iot.settings import BACKEND_MQTT_USERNAME, Settings
 from paku_iot.storage.migrate import upgrade
+from paku_iot.web.app import create_app
 from tests.support import ADMIN_TOKEN, DeviceClient, free_port, require, wait_for_port_sync
 
 PG_ADMIN_DSN = os.environ.get("PAKU_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

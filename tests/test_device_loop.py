@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from paku_iot.api.app import create_app
-from paku_iot.service import Role, Service, running_service
+from paku_iot.server.service import Role, Service, running_service
 from paku_iot.settings import Settings
+from paku_iot.web.app import create_app
 from tests.conftest import Broker
 from tests.support import ADMIN_TOKEN, ConnectRefused, DeviceClient, eventually
 

@@ -33,8 +33,8 @@ from paku_iot.device.ota import (
     SizeMismatch,
     partial_path,
 )
+from tests.cli.test_admin import cli
 from tests.support import eventually
-from tests.test_admin_cli import cli
 from tests.test_processes import dev_environment, paku, read_until, stop
 
 MODEL = "sensor"

@@ -1,3 +1,3 @@
-from paku_iot.cli import main
+from paku_iot.cli.main import main
 
 raise SystemExit(main())

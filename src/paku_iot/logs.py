@@ -1,14 +1,27 @@
 """Logging setup, called only from entry points: readable lines in development, one JSON
-object per line in production (`PAKU_LOG_FORMAT=json`)."""
+object per line in production (`PAKU_LOG_FORMAT=json`); and the id of the HTTP request being
+served (X-Request-ID), which every line logged while serving it carries."""
 
 from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Literal
 
-from paku_iot.requestctx import RequestIdFilter
+current_request_id: ContextVar[str | None] = ContextVar("paku_request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record logged while a request is being served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = current_request_id.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        return True
+
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",

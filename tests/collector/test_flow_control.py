@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
-from paku_iot.service import Service, running_service
+from paku_iot.server.service import Service, running_service
 from paku_iot.settings import Settings
 from paku_iot.storage import schema
 from tests.conftest import Broker

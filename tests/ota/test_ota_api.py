@@ -12,10 +12,10 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from paku_iot.api.app import create_app
 from paku_iot.ota.rollout import in_rollout
-from paku_iot.service import Service, running_service
+from paku_iot.server.service import Service, running_service
 from paku_iot.settings import Settings
+from paku_iot.web.app import create_app
 from tests.conftest import Broker
 from tests.support import ADMIN_TOKEN, eventually
 

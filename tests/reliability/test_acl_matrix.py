@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from paku_iot.service import Service
+from paku_iot.server.service import Service
 from tests.conftest import Broker
 from tests.support import ConnectRefused, DeviceClient, Received, _close, eventually
 

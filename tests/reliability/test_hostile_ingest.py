@@ -15,7 +15,7 @@ import httpx
 from hypothesis.errors import NonInteractiveExampleWarning
 
 from paku_iot.collector.parse import parse_message
-from paku_iot.service import Service
+from paku_iot.server.service import Service
 from paku_iot.storage.records import EventRecord, RejectedRecord, TelemetryRecord
 from tests.conftest import Broker
 from tests.reliability.strategies import PAYLOADS

@@ -14,14 +14,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from paku_iot.api.cursors import (
-    decode_id_cursor,
-    decode_int_cursor,
-    decode_time_cursor,
-    decode_time_text_cursor,
-    encode_cursor,
-)
-from paku_iot.api.inputs import has_nul
 from paku_iot.broker.topics import TopicError, UplinkKind, parse_uplink_topic
 from paku_iot.collector.parse import (
     REJECTED_PAYLOAD_KEEP,
@@ -35,6 +27,14 @@ from paku_iot.exceptions import InvalidInput
 from paku_iot.jsonlimits import MAX_JSON_DEPTH
 from paku_iot.registry.ids import is_valid_device_id
 from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
+from paku_iot.web.api.cursors import (
+    decode_id_cursor,
+    decode_int_cursor,
+    decode_time_cursor,
+    decode_time_text_cursor,
+    encode_cursor,
+)
+from paku_iot.web.api.inputs import has_nul
 from tests.reliability.strategies import (
     DEVICE_IDS,
     JSON_VALUES,

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from paku_iot.api.app import create_app
-from paku_iot.service import Service
+from paku_iot.server.service import Service
+from paku_iot.web.app import create_app
 from tests.conftest import Broker
 from tests.support import ConnectRefused
 

@@ -1,0 +1,334 @@
+"""The composition root: settings -> storage -> broker -> registry and collector.
+
+`running_service` builds everything, starts the background work, and tears it down in the
+reverse order. The HTTP app and the CLI receive the finished `Service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paku_iot.broker.credentials import PasswordFileSync
+from paku_iot.broker.files import BrokerPaths
+from paku_iot.broker.link import SHARED_GROUP, BrokerLink, LinkOptions
+from paku_iot.broker.topics import uplink_subscriptions
+from paku_iot.collector.intake import Intake
+from paku_iot.collector.stats import IngestStats
+from paku_iot.collector.writer import BatchWriter
+from paku_iot.downlink.commands import CommandService
+from paku_iot.downlink.config import ConfigService
+from paku_iot.downlink.sweeper import sweep_forever
+from paku_iot.exceptions import PakuError, SettingsError
+from paku_iot.ota.parts import OtaParts
+from paku_iot.registry.devices import DeviceRegistry
+from paku_iot.registry.passwords import hash_password
+from paku_iot.secretfiles import read_or_create_secret
+from paku_iot.security.audit import AuditLog
+from paku_iot.security.claims import FailureLimiter
+from paku_iot.security.onboarding import Onboarding
+from paku_iot.security.tokens import AdminTokens
+from paku_iot.server.tasks import TaskSet
+from paku_iot.settings import Settings
+from paku_iot.storage.commands import CommandStore
+from paku_iot.storage.configs import ConfigStore
+from paku_iot.storage.devices import DeviceStore
+from paku_iot.storage.engine import create_engine, ping
+from paku_iot.storage.messages import MessageStore
+from paku_iot.storage.retention import RetentionPolicy, maintain_forever
+from paku_iot.storage.schema_version import require_current_schema
+from paku_iot.storage.security import AuditStore, ClaimCodeStore, TokenStore
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from paku_iot.ota.releases import ReleaseService
+    from paku_iot.server.metrics import Metrics
+
+log = logging.getLogger("paku_iot")
+
+
+class Role(StrEnum):
+    API = "api"
+    COLLECTOR = "collector"
+
+
+ALL_ROLES = frozenset(Role)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    status: str  # ok | degraded | unavailable
+    components: dict[str, str]
+    details: dict[str, str]
+
+
+@dataclass(slots=True)
+class Service:
+    settings: Settings
+    engine: AsyncEngine
+    devices: DeviceStore
+    messages: MessageStore
+    registry: DeviceRegistry
+    link: BrokerLink
+    admin_token: str
+    commands: CommandService
+    configs: ConfigService
+    ota: OtaParts
+    command_store: CommandStore
+    # Built on first use (and at start when serving the API): a collector alone has no
+    # endpoint to expose metrics on, and leaves prometheus_client unloaded.
+    metrics_source: Callable[[], Metrics]
+    tokens: AdminTokens
+    audit: AuditLog
+    audit_store: AuditStore
+    onboarding: Onboarding
+    claim_limiter: FailureLimiter
+    stats: IngestStats = field(default_factory=IngestStats)
+    writer: BatchWriter | None = None
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.metrics_source()
+
+    @property
+    def releases(self) -> ReleaseService:
+        return self.ota.releases()
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return self.ota.signing_key()
+
+    async def refresh_metrics(self) -> None:
+        """Read the database-backed gauges just before a scrape."""
+        try:
+            total, online = await self.devices.counts()
+            by_status = await self.command_store.counts_by_status()
+        except PakuError:
+            return  # the last values stand; /health tells that the database is down
+        self.metrics.snapshot.devices_total = total
+        self.metrics.snapshot.devices_online = online
+        self.metrics.snapshot.commands_by_status = by_status
+
+    async def health(self) -> HealthReport:
+        components: dict[str, str] = {}
+        details: dict[str, str] = {}
+        try:
+            await ping(self.engine)
+            components["database"] = "ok"
+        except PakuError as exc:
+            components["database"] = "unavailable"
+            details["database"] = exc.message
+        if self.link.ready:
+            components["broker"] = "ok"
+        else:
+            components["broker"] = "unavailable"
+            details["broker"] = self.link.last_error or "not connected"
+        if self.writer is not None:
+            if self.stats.degraded_reason:
+                components["collector"] = "degraded"
+                details["collector"] = self.stats.degraded_reason
+            else:
+                components["collector"] = "ok"
+        if "unavailable" in components.values():
+            status = "unavailable"
+        elif "degraded" in components.values():
+            status = "degraded"
+        else:
+            status = "ok"
+        return HealthReport(status, components, details)
+
+
+def admin_token(settings: Settings) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    return read_or_create_secret(settings.data_dir / "secrets" / "admin-token")
+
+
+def backend_mqtt_password(settings: Settings) -> str:
+    if settings.mqtt_password:
+        return settings.mqtt_password
+    if settings.broker_dir is not None:
+        path = BrokerPaths(settings.broker_dir).backend_password
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+        raise SettingsError(
+            f"no backend broker password at {path}: run `paku-iot broker-config --out "
+            f"{settings.broker_dir}` first, or set PAKU_MQTT_PASSWORD"
+        )
+    raise SettingsError(
+        "set PAKU_MQTT_PASSWORD, or PAKU_BROKER_DIR for a broker paku-iot configured"
+    )
+
+
+@asynccontextmanager
+async def running_service(
+    settings: Settings, roles: frozenset[Role] = ALL_ROLES
+) -> AsyncIterator[Service]:
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings.resolved_database_url)
+        stack.push_async_callback(engine.dispose)
+        await require_current_schema(engine)
+
+        devices = DeviceStore(engine)
+        password = backend_mqtt_password(settings)
+        broker_sync = None
+        if settings.broker_dir is not None and Role.API in roles:
+            broker_sync = _password_file_sync(settings, devices, password)
+            # Whatever changed while we were down, the broker sees the registry as it is now.
+            await broker_sync.sync()
+
+        stats = IngestStats()
+        writer, intake = _collector_parts(settings, engine, stats, roles)
+        link = _broker_link(settings, password, intake)
+        if intake is not None:
+            intake.broker = link
+        command_store = CommandStore(engine)
+        commands = CommandService(command_store, devices, link)
+        metrics = _metrics_source(stats, writer, link)
+        if Role.API in roles:
+            metrics()
+        ota = OtaParts(settings, engine, devices)
+        if Role.API in roles:
+            ota.releases()  # the signing key exists (or fails) at start, not at first use
+        bootstrap_token = admin_token(settings)
+        audit_store = AuditStore(engine)
+        registry = DeviceRegistry(devices, broker_sync, link)
+        service = Service(
+            settings=settings,
+            engine=engine,
+            devices=devices,
+            messages=MessageStore(engine),
+            registry=registry,
+            link=link,
+            admin_token=bootstrap_token,
+            commands=commands,
+            configs=ConfigService(ConfigStore(engine), link),
+            ota=ota,
+            command_store=command_store,
+            metrics_source=metrics,
+            tokens=AdminTokens(TokenStore(engine), bootstrap_token),
+            audit=AuditLog(audit_store),
+            audit_store=audit_store,
+            onboarding=Onboarding(devices, ClaimCodeStore(engine), registry),
+            claim_limiter=FailureLimiter(),
+            stats=stats,
+            writer=writer,
+        )
+        background = TaskSet()
+        if writer is not None:
+            writer.on_online = lambda ids: background.spawn_each(commands.dispatch, ids)
+
+        writer_task: asyncio.Task[None] | None = None
+        if writer is not None:
+            writer_task = asyncio.create_task(writer.run(), name="batch-writer")
+
+            async def stop_writer() -> None:
+                assert writer is not None
+                assert writer_task is not None
+                writer.stop()
+                await writer_task
+
+            # Registered before the link's stop, so it runs after it has disconnected...
+            stack.push_async_callback(stop_writer)
+        link.start()
+        background.spawn(sweep_forever(commands), name="command-sweeper")
+        if writer is not None:
+            policy = RetentionPolicy(
+                settings.telemetry_retention_days, settings.events_retention_days
+            )
+            background.spawn(
+                maintain_forever(engine, policy, settings.maintenance_interval_s),
+                name="maintenance",
+            )
+        stack.push_async_callback(background.cancel_all)
+        # ...except that what is already queued is written (and acked) before we disconnect.
+        stack.push_async_callback(link.stop)
+        if writer is not None:
+            stack.push_async_callback(_drain, writer)
+        yield service
+
+
+def _metrics_source(
+    stats: IngestStats, writer: BatchWriter | None, link: BrokerLink
+) -> Callable[[], Metrics]:
+    @functools.cache
+    def build() -> Metrics:
+        from paku_iot.server.metrics import Metrics  # noqa: PLC0415 - see Service.metrics_source
+
+        metrics = Metrics()
+        metrics.watch(
+            stats, lambda: writer.backlog if writer is not None else 0, lambda: link.connected
+        )
+        if writer is not None:
+            writer.observe_batch = metrics.observe_batch
+        return metrics
+
+    return build
+
+
+def _password_file_sync(
+    settings: Settings, devices: DeviceStore, password: str
+) -> PasswordFileSync:
+    assert settings.broker_dir is not None
+    paths = BrokerPaths(settings.broker_dir)
+    return PasswordFileSync(
+        password_file=paths.password_file,
+        pid_file=paths.pid_file,
+        device_credentials=devices.credentials,
+        backend_entry=(settings.mqtt_username, hash_password(password)),
+    )
+
+
+def _collector_parts(
+    settings: Settings, engine: AsyncEngine, stats: IngestStats, roles: frozenset[Role]
+) -> tuple[BatchWriter | None, Intake | None]:
+    if Role.COLLECTOR not in roles:
+        return None, None
+    writer = BatchWriter(
+        engine,
+        stats,
+        batch_size=settings.ingest_batch_size,
+        linger_s=settings.ingest_linger_ms / 1000,
+    )
+    intake = Intake(
+        writer,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_in_flight=settings.ingest_queue_size,
+    )
+    return writer, intake
+
+
+def _broker_link(settings: Settings, password: str, intake: Intake | None) -> BrokerLink:
+    """The collector's link keeps a persistent session with the uplink subscriptions (shared
+    between replicas when configured); an API-only process gets a plain one to publish
+    downlink messages."""
+    client_role = "collector" if intake is not None else "api"
+    return BrokerLink(
+        LinkOptions(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            username=settings.mqtt_username,
+            password=password,
+            client_id=f"paku-{client_role}-{settings.broker_session_name}",
+            persistent_session=intake is not None,
+            subscriptions=tuple(uplink_subscriptions()) if intake is not None else (),
+            shared_group=SHARED_GROUP if settings.collector_shared_subscription else None,
+        ),
+        intake.handle if intake is not None else None,
+    )
+
+
+async def _drain(writer: BatchWriter) -> None:
+    """Give queued messages a moment to commit so their acks go out on this connection."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while writer.backlog and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI routers under `routes/`); `web.app` composes it."""

@@ -1,0 +1,30 @@
+"""Admin authentication: `Authorization: Bearer <token>`, the bootstrap admin token or a named
+one, checked on every request (a revoked token is refused at once)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from paku_iot.exceptions import Unauthorized
+from paku_iot.web.deps import get_service
+
+_bearer = HTTPBearer(auto_error=False, description="An admin token.")
+
+
+async def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The acting admin's name (for the audit log)."""
+    if credentials is None:
+        raise Unauthorized("admin token required: send Authorization: Bearer <token>")
+    actor = await get_service(request).tokens.actor_for(credentials.credentials)
+    if actor is None:
+        raise Unauthorized("wrong admin token", code="invalid_token")
+    return actor
+
+
+Actor = Annotated[str, Depends(require_admin)]

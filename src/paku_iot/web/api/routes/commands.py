@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, status
+
+from paku_iot.downlink.commands import NewCommand
+from paku_iot.exceptions import InvalidInput, NotFound
+from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.web.api.cursors import decode_time_text_cursor, encode_cursor
+from paku_iot.web.api.schemas import (
+    BulkCommandCreate,
+    Command,
+    CommandBatch,
+    CommandCreate,
+    CommandPage,
+    ErrorResponse,
+)
+from paku_iot.web.deps import ServiceDep
+
+router = APIRouter(
+    tags=["commands"],
+    dependencies=[Depends(require_admin)],
+    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Retrying a POST with the same key returns the same command(s).",
+    ),
+]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+Status = Annotated[
+    str | None, Query(pattern="^(queued|sent|acked|failed|expired)$", alias="status")
+]
+
+
+def _new(body: CommandCreate) -> NewCommand:
+    return NewCommand(name=body.name, params=body.params, ttl_seconds=body.ttl_seconds)
+
+
+@router.post(
+    "/devices/{device_id}/commands",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Command,
+    responses=NOT_FOUND,
+)
+async def send_command(
+    device_id: str,
+    body: CommandCreate,
+    service: ServiceDep,
+    actor: Actor,
+    idempotency_key: IdempotencyKey = None,
+) -> Command:
+    """Send a command. It is `queued` while the device is offline and `sent` once published
+    to it; the device's answer makes it `acked` or `failed`, and `expired` is what it becomes
+    if `ttlSeconds` pass without one."""
+    await service.registry.get(device_id)
+    [command] = await service.commands.create([device_id], _new(body), idempotency_key)
+    await service.audit.record(
+        actor, "command.send", device_id, {"command": command.id, "name": body.name}
+    )
+    return Command.of(command)
+
+
+@router.post(
+    "/commands",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=CommandBatch,
+    responses=NOT_FOUND,
+)
+async def send_bulk_command(
+    body: BulkCommandCreate,
+    service: ServiceDep,
+    actor: Actor,
+    idempotency_key: IdempotencyKey = None,
+) -> CommandBatch:
+    """The same command to many devices: `deviceIds`, or every device of a `model`."""
+    if (body.device_ids is None) == (body.model is None):
+        raise InvalidInput("give either deviceIds or model")
+    if body.device_ids is not None:
+        device_ids = list(dict.fromkeys(body.device_ids))
+        known = {d.id for d in await service.devices.many(device_ids)}
+        unknown = [d for d in device_ids if d not in known]
+        if unknown:
+            raise NotFound(f"no such devices: {', '.join(unknown[:20])}", code="device_not_found")
+    else:
+        assert body.model is not None
+        device_ids = await service.commands.device_ids_of_model(body.model)
+    if not device_ids:
+        return CommandBatch(items=[])
+    commands = await service.commands.create(device_ids, _new(body), idempotency_key)
+    target = f"model:{body.model}" if body.model else f"{len(device_ids)} devices"
+    await service.audit.record(
+        actor, "command.send_bulk", target, {"name": body.name, "devices": len(device_ids)}
+    )
+    return CommandBatch(items=[Command.of(c) for c in commands])
+
+
+@router.get("/devices/{device_id}/commands", response_model=CommandPage, responses=NOT_FOUND)
+async def list_commands(
+    device_id: str,
+    service: ServiceDep,
+    status_filter: Status = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> CommandPage:
+    """The device's commands, newest first."""
+    await service.registry.get(device_id)
+    records = await service.commands.page(
+        device_id,
+        limit=limit,
+        status=status_filter,
+        before=decode_time_text_cursor(cursor) if cursor else None,
+    )
+    last = records[-1] if len(records) == limit else None
+    return CommandPage(
+        items=[Command.of(r) for r in records],
+        next=encode_cursor(last.created_at, last.id) if last else None,
+    )
+
+
+@router.get(
+    "/devices/{device_id}/commands/{command_id}", response_model=Command, responses=NOT_FOUND
+)
+async def get_command(device_id: str, command_id: str, service: ServiceDep) -> Command:
+    return Command.of(await service.commands.get(device_id, command_id))

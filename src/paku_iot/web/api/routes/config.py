@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.web.api.schemas import ConfigPut, DeviceConfig, ErrorResponse
+from paku_iot.web.deps import ServiceDep
+
+router = APIRouter(
+    tags=["config"],
+    dependencies=[Depends(require_admin)],
+    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse, "description": "The broker is unreachable; nothing changed."},
+}
+
+
+@router.put("/devices/{device_id}/config", response_model=DeviceConfig, responses=RESPONSES)
+async def put_config(
+    device_id: str, body: ConfigPut, service: ServiceDep, actor: Actor
+) -> DeviceConfig:
+    """Set the desired configuration. Each call makes a new version (one more than the last),
+    published retained on paku/<id>/config, so the device gets it now or when it reconnects."""
+    device = await service.registry.get(device_id)
+    view = await service.configs.put(device, body.config)
+    await service.audit.record(actor, "config.set", device_id, {"version": view.version})
+    return DeviceConfig.of(view)
+
+
+@router.get("/devices/{device_id}/config", response_model=DeviceConfig, responses=RESPONSES)
+async def get_config(device_id: str, service: ServiceDep) -> DeviceConfig:
+    """Desired configuration and the version the device reports it has applied."""
+    device = await service.registry.get(device_id)
+    return DeviceConfig.of(await service.configs.get(device))

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
+from fastapi.responses import FileResponse
+
+from paku_iot.exceptions import InvalidInput, NotFound, PakuError
+from paku_iot.ota.signing import public_key_pem, public_key_raw_b64
+from paku_iot.server.service import Service
+from paku_iot.storage.records import ReleaseRecord
+from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.web.api.device_auth import Caller, identify_caller
+from paku_iot.web.api.schemas import (
+    ErrorResponse,
+    ManifestEntry,
+    PublicKey,
+    Release,
+    ReleaseList,
+    ReleaseUpdate,
+    ReleaseWithStatus,
+    RolloutView,
+)
+from paku_iot.web.deps import ServiceDep
+
+router = APIRouter(tags=["ota"])
+admin = APIRouter(
+    tags=["ota"],
+    dependencies=[Depends(require_admin)],
+    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL cannot store NUL in text
+
+
+class PayloadTooLarge(PakuError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+def firmware_url(request: Request, service: Service, sha256: str) -> str:
+    base = (service.settings.public_url or str(request.base_url)).rstrip("/")
+    return f"{base}/ota/firmware/{sha256}.bin"
+
+
+def _release(request: Request, service: Service, record: ReleaseRecord) -> Release:
+    return Release.of(record, firmware_url(request, service, record.sha256))
+
+
+@admin.post(
+    "/ota/firmware",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Release,
+    responses={
+        400: {"model": ErrorResponse, "description": "The multipart body is malformed."},
+        409: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+    },
+)
+async def publish_firmware(
+    request: Request,
+    service: ServiceDep,
+    actor: Actor,
+    model: Annotated[str, Form(min_length=1, max_length=64, pattern=NO_NUL)],
+    version: Annotated[str, Form(min_length=1, max_length=64, pattern=NO_NUL)],
+    file: Annotated[UploadFile, File(description="The firmware image (firmware.bin).")],
+    notes: Annotated[str | None, Form(max_length=4000, pattern=NO_NUL)] = None,
+    rollout_percent: Annotated[int, Form(alias="rolloutPercent", ge=0, le=100)] = 100,
+) -> Release:
+    """Publish a firmware image. It is stored by its SHA-256 and signed; `rolloutPercent`
+    stages it (a stable share of the model's devices)."""
+    limit = service.settings.ota_max_firmware_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(
+            f"the upload is over the {limit}-byte limit (PAKU_OTA_MAX_FIRMWARE_BYTES)"
+        )
+    try:
+        record = await service.releases.publish(
+            model=model,
+            version=version,
+            image=file.file,
+            notes=notes,
+            rollout_percent=rollout_percent,
+        )
+    finally:
+        await file.close()
+    await service.audit.record(
+        actor,
+        "ota.publish",
+        record.id,
+        {"model": model, "version": version, "sha256": record.sha256, "rollout": rollout_percent},
+    )
+    return _release(request, service, record)
+
+
+@admin.get("/ota/releases", response_model=ReleaseList)
+async def list_releases(
+    request: Request, service: ServiceDep, model: str | None = None
+) -> ReleaseList:
+    """Releases, by model, newest version first."""
+    records = await service.releases.releases(model)
+    return ReleaseList(items=[_release(request, service, r) for r in records])
+
+
+@admin.get("/ota/releases/{release_id}", response_model=ReleaseWithStatus, responses=NOT_FOUND)
+async def get_release(request: Request, release_id: str, service: ServiceDep) -> ReleaseWithStatus:
+    """A release and where its model's devices stand: `pending` (offered, no report yet),
+    `downloading`, `installing`, `installed` (reported, not yet running it), `failed`, and
+    `updated` (the device's own state reports this version)."""
+    record = await service.releases.get(release_id)
+    rollout = await service.releases.rollout_status(record)
+    return ReleaseWithStatus(
+        **_release(request, service, record).model_dump(),
+        rollout=RolloutView(counts=rollout.counts, devices=rollout.devices),
+    )
+
+
+@admin.patch("/ota/releases/{release_id}", response_model=Release, responses=NOT_FOUND)
+async def update_release(
+    request: Request, release_id: str, body: ReleaseUpdate, service: ServiceDep, actor: Actor
+) -> Release:
+    """Change the rollout percentage, or pause (`paused: true`) and resume the release."""
+    record = await service.releases.update(
+        release_id, rollout_percent=body.rollout_percent, paused=body.paused
+    )
+    changes = body.model_dump(exclude_none=True, by_alias=True)
+    await service.audit.record(actor, "ota.update", release_id, changes)
+    return _release(request, service, record)
+
+
+@router.get(
+    "/ota/manifest.json",
+    response_model=list[ManifestEntry],
+    responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
+)
+async def manifest(
+    request: Request,
+    service: ServiceDep,
+    caller: Annotated[Caller, Depends(identify_caller)],
+    model: str | None = None,
+    current: Annotated[str | None, Query(description="The running version (semver).")] = None,
+) -> list[ManifestEntry]:
+    """Releases newer than `current`, newest first: a device takes the first. Devices
+    authenticate with HTTP Basic (their MQTT credentials) and see their own model only."""
+    if caller.device is not None:
+        if model is not None and model != caller.device.model:
+            raise InvalidInput(
+                f"this device is model {caller.device.model!r}, not {model!r}",
+                code="wrong_model",
+            )
+        model = caller.device.model
+    records = await service.releases.manifest(
+        model=model, current=current, device=caller.device, admin=caller.admin
+    )
+    return [
+        ManifestEntry(
+            model=r.model,
+            version=r.version,
+            url=firmware_url(request, service, r.sha256),
+            sha256=r.sha256,
+            size=r.size,
+            signature=r.signature,
+        )
+        for r in records
+    ]
+
+
+@router.get(
+    "/ota/firmware/{sha256}.bin",
+    operation_id="download_firmware",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorResponse}},
+)
+@router.head(
+    "/ota/firmware/{sha256}.bin",
+    operation_id="firmware_headers",
+    response_class=FileResponse,
+    responses={404: {"model": ErrorResponse}},
+)
+async def download_firmware(sha256: str, service: ServiceDep) -> FileResponse:
+    """The image, with Content-Length, ETag (its sha256) and byte ranges, so an interrupted
+    download resumes with `Range: bytes=<received>-`."""
+    path = service.releases.files.path(sha256)
+    if path is None:
+        raise NotFound("no such firmware image", code="firmware_not_found")
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        headers={"ETag": f'"{sha256}"', "Cache-Control": "public, max-age=31536000, immutable"},
+    )
+
+
+@router.get("/ota/public-key", response_model=PublicKey)
+async def public_key(service: ServiceDep) -> PublicKey:
+    """The Ed25519 key that signs every release, for firmware to pin."""
+    key = service.signing_key
+    return PublicKey(public_key=public_key_raw_b64(key), pem=public_key_pem(key))

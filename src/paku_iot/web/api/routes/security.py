@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from paku_iot.registry.ids import DEVICE_ID_PATTERN
+from paku_iot.security.claims import DEFAULT_TTL_S, MAX_TTL_S, ClaimRefused, TooManyClaims
+from paku_iot.server.service import Service
+from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.web.api.cursors import decode_int_cursor, encode_cursor
+from paku_iot.web.api.schemas import ApiModel, Credentials, ErrorResponse, RequestModel
+from paku_iot.web.deps import ServiceDep
+
+router = APIRouter(tags=["security"])
+ADMIN: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
+
+
+class ClaimCodesCreate(RequestModel):
+    model: str = Field(min_length=1, max_length=64)
+    count: int | None = Field(default=None, ge=1, le=10_000)
+    ttl_seconds: int = Field(default=DEFAULT_TTL_S, ge=1, le=MAX_TTL_S)
+    ids: list[Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]] | None = Field(
+        default=None, min_length=1, max_length=10_000
+    )
+
+
+class IssuedClaimCode(ApiModel):
+    device_id: str
+    claim_code: str = Field(description="Shown once; only its hash is stored.")
+    expires_at: datetime
+
+
+class ClaimCodeBatch(ApiModel):
+    items: list[IssuedClaimCode]
+
+
+class ClaimRequest(RequestModel):
+    claim_code: str = Field(min_length=1, max_length=100)
+
+
+class MqttEndpoint(ApiModel):
+    host: str
+    port: int
+    tls: bool
+
+
+class ClaimResult(ApiModel):
+    device_id: str
+    credentials: Credentials
+    mqtt: MqttEndpoint
+
+
+class AuditEntry(ApiModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+
+
+class AuditPage(ApiModel):
+    items: list[AuditEntry]
+    next: str | None
+
+
+@router.post(
+    "/claim-codes",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ClaimCodeBatch,
+    dependencies=[Depends(require_admin)],
+    responses={**ADMIN, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def create_claim_codes(
+    body: ClaimCodesCreate, service: ServiceDep, actor: Actor
+) -> ClaimCodeBatch:
+    """Register devices without credentials, each with a one-time claim code."""
+    issued = await service.onboarding.issue(
+        model=body.model, count=body.count, ids=body.ids, ttl_seconds=body.ttl_seconds
+    )
+    await service.audit.record(
+        actor, "claim_codes.create", f"model:{body.model}", {"devices": len(issued)}
+    )
+    return ClaimCodeBatch(
+        items=[
+            IssuedClaimCode(device_id=c.device_id, claim_code=c.claim_code, expires_at=c.expires_at)
+            for c in issued
+        ]
+    )
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _mqtt_endpoint(service: Service) -> MqttEndpoint:
+    settings = service.settings
+    tls = settings.mqtt_tls_cert_file is not None
+    public_host = urlparse(settings.public_url).hostname if settings.public_url else None
+    return MqttEndpoint(
+        host=public_host or settings.mqtt_host,
+        port=settings.mqtt_tls_port if tls else settings.mqtt_port,
+        tls=tls,
+    )
+
+
+@router.post(
+    "/claim",
+    response_model=ClaimResult,
+    responses={403: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+)
+async def claim(body: ClaimRequest, request: Request, service: ServiceDep) -> Any:
+    """A device trades its claim code for its MQTT credentials, once. Every refusal is the
+    same 403, whatever the reason; failures are rate limited per client address."""
+    address = _client_address(request)
+    try:
+        service.claim_limiter.check(address)
+    except TooManyClaims as exc:
+        return JSONResponse(
+            {"error": {"code": exc.code, "message": exc.message}},
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+    try:
+        result = await service.onboarding.claim(body.claim_code)
+    except ClaimRefused:
+        service.claim_limiter.failed(address)
+        raise
+    await service.audit.record(f"claim:{address}", "device.claim", result.device.id)
+    return ClaimResult(
+        device_id=result.device.id,
+        credentials=Credentials(username=result.device.id, password=result.password),
+        mqtt=_mqtt_endpoint(service),
+    )
+
+
+@router.get(
+    "/audit", response_model=AuditPage, dependencies=[Depends(require_admin)], responses=ADMIN
+)
+async def audit_log(
+    service: ServiceDep,
+    action: str | None = None,
+    target: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> AuditPage:
+    """Every state-changing admin action, newest first."""
+    rows = await service.audit_store.page(
+        limit=limit,
+        before_id=decode_int_cursor(cursor) if cursor else None,
+        action=action,
+        target=target,
+    )
+    return AuditPage(
+        items=[AuditEntry.model_validate(r) for r in rows],
+        next=encode_cursor(rows[-1]["id"]) if len(rows) == limit else None,
+    )

@@ -1,0 +1,299 @@
+"""The JSON shapes of the HTTP API (camelCase on the wire)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from paku_iot.downlink.config import ConfigView
+from paku_iot.registry.ids import DEVICE_ID_PATTERN
+from paku_iot.storage.records import (
+    CommandRecord,
+    DeviceRecord,
+    EventRecord,
+    ReleaseRecord,
+    TelemetryRecord,
+)
+from paku_iot.web.api.inputs import check_json_input
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class RequestModel(ApiModel):
+    # A misspelt field is a mistake worth hearing about, not something to ignore silently.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        return check_json_input(data)
+
+
+class ErrorBody(ApiModel):
+    code: str = Field(examples=["device_not_found"])
+    message: str
+
+
+class ErrorResponse(ApiModel):
+    error: ErrorBody
+
+
+class DeviceCreate(RequestModel):
+    model: str = Field(min_length=1, max_length=64, examples=["paku-sensor-v1"])
+    id: str | None = Field(
+        default=None,
+        pattern=DEVICE_ID_PATTERN,
+        description="3-64 characters of A-Z a-z 0-9 _ -; generated when absent.",
+        examples=["kitchen-01"],
+    )
+    notes: str | None = Field(default=None, max_length=4000)
+    metadata: dict[str, Any] | None = None
+
+
+class Device(ApiModel):
+    id: str
+    model: str
+    created_at: datetime
+    last_seen_at: datetime | None
+    online: bool
+    fw_version: str | None
+    rssi: int | None
+    notes: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: DeviceRecord) -> Device:
+        return cls(
+            id=record.id,
+            model=record.model,
+            created_at=record.created_at,
+            last_seen_at=record.last_seen_at,
+            online=record.online,
+            fw_version=record.fw_version,
+            rssi=record.rssi,
+            notes=record.notes,
+            metadata=record.metadata,
+        )
+
+
+class Credentials(ApiModel):
+    username: str
+    password: str = Field(description="Shown once; only a hash is stored.")
+
+
+class ProvisionedDevice(Device):
+    credentials: Credentials
+
+
+class DevicePage(ApiModel):
+    items: list[Device]
+    next: str | None = Field(description="Cursor for the next page, null on the last one.")
+
+
+class TelemetryItem(ApiModel):
+    ts: datetime = Field(description="Sample time: the device's `ts`, else the receive time.")
+    received_at: datetime
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: TelemetryRecord) -> TelemetryItem:
+        return cls(ts=record.ts, received_at=record.received_at, payload=record.payload)
+
+
+class TelemetryPage(ApiModel):
+    items: list[TelemetryItem]
+    next: str | None
+
+
+class EventItem(ApiModel):
+    ts: datetime
+    type: str
+    received_at: datetime
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: EventRecord) -> EventItem:
+        return cls(
+            ts=record.ts, type=record.type, received_at=record.received_at, payload=record.payload
+        )
+
+
+class EventPage(ApiModel):
+    items: list[EventItem]
+    next: str | None
+
+
+class RejectedItem(ApiModel):
+    id: int
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: str = Field(description="The payload (first 4 KiB), as text where it is UTF-8.")
+    payload_size: int
+
+
+class RejectedPage(ApiModel):
+    items: list[RejectedItem]
+    next: str | None
+
+
+ComponentStatus = Literal["ok", "unavailable", "degraded"]
+
+
+class Health(ApiModel):
+    status: Literal["ok", "unavailable", "degraded"]
+    components: dict[str, ComponentStatus]
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+COMMAND_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class CommandCreate(RequestModel):
+    name: str = Field(pattern=COMMAND_NAME_PATTERN, examples=["reboot"])
+    params: dict[str, Any] = Field(default_factory=dict)
+    ttl_seconds: int = Field(
+        default=3600,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="How long the command may wait for the device and its answer.",
+    )
+
+
+class BulkCommandCreate(CommandCreate):
+    device_ids: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    model: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class Command(ApiModel):
+    id: str
+    device_id: str
+    name: str
+    params: dict[str, Any]
+    status: Literal["queued", "sent", "acked", "failed", "expired"]
+    created_at: datetime
+    expires_at: datetime
+    sent_at: datetime | None
+    acked_at: datetime | None
+    result: Any
+    error: str | None
+
+    @classmethod
+    def of(cls, record: CommandRecord) -> Command:
+        return cls.model_validate(
+            {
+                "id": record.id,
+                "device_id": record.device_id,
+                "name": record.name,
+                "params": record.params,
+                "status": record.status,
+                "created_at": record.created_at,
+                "expires_at": record.expires_at,
+                "sent_at": record.sent_at,
+                "acked_at": record.acked_at,
+                "result": record.result,
+                "error": record.error,
+            }
+        )
+
+
+class CommandPage(ApiModel):
+    items: list[Command]
+    next: str | None
+
+
+class CommandBatch(ApiModel):
+    items: list[Command]
+
+
+class ConfigPut(RequestModel):
+    config: dict[str, Any]
+
+
+class DeviceConfig(ApiModel):
+    version: int = Field(description="Desired version; 0 when none was ever set.")
+    config: dict[str, Any]
+    reported_version: int | None = Field(description="`configVersion` from the device's state.")
+    in_sync: bool
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, view: ConfigView) -> DeviceConfig:
+        return cls(
+            version=view.version,
+            config=view.config,
+            reported_version=view.reported_version,
+            in_sync=view.in_sync,
+            updated_at=view.updated_at,
+        )
+
+
+class Release(ApiModel):
+    id: str
+    model: str
+    version: str
+    sha256: str
+    size: int
+    url: str = Field(description="Absolute download URL (byte ranges supported).")
+    signature: str = Field(description="base64 Ed25519 signature of the SHA-256 digest.")
+    rollout_percent: int
+    paused: bool
+    notes: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: ReleaseRecord, url: str) -> Release:
+        return cls(
+            id=record.id,
+            model=record.model,
+            version=record.version,
+            sha256=record.sha256,
+            size=record.size,
+            url=url,
+            signature=record.signature,
+            rollout_percent=record.rollout_percent,
+            paused=record.paused,
+            notes=record.notes,
+            created_at=record.created_at,
+        )
+
+
+class ReleaseList(ApiModel):
+    items: list[Release]
+
+
+class RolloutView(ApiModel):
+    counts: dict[str, int]
+    devices: dict[str, list[str]]
+
+
+class ReleaseWithStatus(Release):
+    rollout: RolloutView
+
+
+class ReleaseUpdate(RequestModel):
+    rollout_percent: int | None = Field(default=None, ge=0, le=100)
+    paused: bool | None = None
+
+
+class ManifestEntry(BaseModel):
+    model: str
+    version: str
+    url: str
+    sha256: str
+    size: int
+    signature: str
+
+
+class PublicKey(ApiModel):
+    algorithm: Literal["Ed25519"] = "Ed25519"
+    public_key: str = Field(description="The raw 32-byte public key, base64.")
+    pem: str
+    signed_message: str = "the 32-byte SHA-256 digest of the image"

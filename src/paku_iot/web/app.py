@@ -1,0 +1,50 @@
+"""The FastAPI application, built around an already running `Service`: the HTTP API and the
+admin dashboard under /ui."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from paku_iot import __version__
+from paku_iot.web.api.errors import install_error_handlers
+from paku_iot.web.api.inputs import RefuseNulInUrl
+from paku_iot.web.api.observability import install_observability
+from paku_iot.web.api.routes import (
+    commands,
+    config,
+    devices,
+    health,
+    messages,
+    metrics,
+    ota,
+    security,
+)
+from paku_iot.web.ui import router as dashboard
+
+if TYPE_CHECKING:
+    from paku_iot.server.service import Service
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="paku-iot",
+        version=__version__,
+        description="Provision paku devices, read what they send, and manage them.",
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    install_observability(app, service.metrics)
+    app.add_middleware(RefuseNulInUrl)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(devices.router)
+    app.include_router(messages.router)
+    app.include_router(commands.router)
+    app.include_router(config.router)
+    app.include_router(ota.admin)
+    app.include_router(ota.router)
+    app.include_router(security.router)
+    app.include_router(dashboard)
+    return app

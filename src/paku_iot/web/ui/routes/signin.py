@@ -1,0 +1,68 @@
+"""Signing in with an admin token, and out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from paku_iot.web.deps import ServiceDep
+from paku_iot.web.ui.guard import (
+    ActionSession,
+    check_same_origin,
+    clear_session_cookie,
+    current_session,
+    safe_next,
+    session_codec,
+    set_session_cookie,
+)
+from paku_iot.web.ui.rendering import SECURITY_HEADERS, render
+
+router = APIRouter()
+
+
+@router.get("/ui")
+@router.get("/ui/")
+async def home() -> RedirectResponse:
+    return RedirectResponse("/ui/fleet", status_code=303)
+
+
+@router.get("/ui/signin")
+async def signin_page(request: Request, next: str | None = None) -> Response:
+    if await current_session(request) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return render(request, "signin.html", None, title="Sign in", next=safe_next(next))
+
+
+@router.post("/ui/signin")
+async def signin(
+    request: Request,
+    service: ServiceDep,
+    token: Annotated[str, Form(max_length=500)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    check_same_origin(request)
+    actor = await service.tokens.actor_for(token.strip()) if token.strip() else None
+    if actor is None:
+        return render(
+            request,
+            "signin.html",
+            None,
+            status_code=401,
+            title="Sign in",
+            next=safe_next(next),
+            error="That admin token is not valid.",
+        )
+    response = RedirectResponse(safe_next(next), status_code=303)
+    set_session_cookie(request, response, session_codec(request).issue(actor, token.strip()))
+    response.headers.update(SECURITY_HEADERS)
+    await service.audit.record(actor, "ui.sign_in", "dashboard")
+    return response
+
+
+@router.post("/ui/signout")
+async def signout(request: Request, session: ActionSession) -> Response:
+    response = RedirectResponse("/ui/signin", status_code=303)
+    clear_session_cookie(request, response)
+    return response
