@@ -1,7 +1,10 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034,SC2154  # sets variables for, and uses $python of, its caller
 # Shared by backup.sh and restore.sh: where paku-iot keeps its state, with the same defaults as
-# paku_iot.settings, and PAKU_DATABASE_URL taken apart for the PostgreSQL/SQLite tools.
+# paku_iot.settings (data_dir, firmware_dir, secrets_dir = Settings.secrets_dir, broker_dir,
+# the database URL), and PAKU_DATABASE_URL taken apart for the PostgreSQL/SQLite tools.
+# Where it differs from paku-iot: it reads only PAKU_* environment variables, not .env or a
+# YAML config file (it runs without paku-iot installed); when one of those exists it warns.
 # Expects $python and the functions warn and die from the script that sources it. Sets
 # data_dir firmware_dir secrets_dir broker_dir signing_key_file database_url, and
 # db_kind db_target db_password.

@@ -40,8 +40,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from paku_iot.broker.passwords import hash_password
 from paku_iot.broker.process import find_mosquitto
-from paku_iot.registry.passwords import hash_password
 from paku_iot.storage.migrate import upgrade
 from tests.support import (
     ConnectRefused,

@@ -146,8 +146,18 @@ class Settings(BaseSettings):
         return self.ota_dir or self.data_dir / "firmware"
 
     @property
+    def secrets_dir(self) -> Path:
+        """Where secrets generated at first run are kept (0600 files)."""
+        return self.data_dir / "secrets"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """The bootstrap admin token's file, used when PAKU_ADMIN_TOKEN is unset."""
+        return self.secrets_dir / "admin-token"
+
+    @property
     def signing_key_path(self) -> Path:
-        return self.ota_signing_key_file or self.data_dir / "secrets" / "ota-signing-key.pem"
+        return self.ota_signing_key_file or self.secrets_dir / "ota-signing-key.pem"
 
     @property
     def broker_session_name(self) -> str:

@@ -24,10 +24,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from paku_iot.broker.certs import CertFiles, ensure_dev_certs
 from paku_iot.broker.files import BrokerOptions, BrokerPaths, render_config
+from paku_iot.broker.passwords import hash_password, new_password
 from paku_iot.broker.reload import reload_broker
 from paku_iot.broker.setup import prepare_broker_dir
 from paku_iot.exceptions import SettingsError
-from paku_iot.registry.passwords import hash_password, new_password
 from paku_iot.settings import BACKEND_MQTT_USERNAME
 from tests.conftest import Broker, mosquitto_binary
 from tests.support import ConnectRefused, _close, free_port, require, wait_for_port_sync

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from paku_iot.broker.passwords import hash_password, new_password
 from paku_iot.broker.reload import reload_broker
 from paku_iot.device import CommandError, DeviceConnectError, ReceivedCommand, ReferenceDevice
 from paku_iot.device.messages import now_ms
-from paku_iot.registry.passwords import hash_password, new_password
 from tests.conftest import Broker
 from tests.support import ConnectRefused, DeviceClient, Received, eventually
 

@@ -10,7 +10,7 @@ from paku_iot.broker.files import (
     write_broker_files,
     write_password_file,
 )
-from paku_iot.registry.passwords import hash_password
+from paku_iot.broker.passwords import hash_password
 from paku_iot.secretfiles import read_or_create_secret
 
 

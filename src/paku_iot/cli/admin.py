@@ -171,7 +171,7 @@ def _client(settings: Settings, args: argparse.Namespace) -> ApiClient:
 
     token = args.token or settings.admin_token
     if not token:
-        token_file = settings.data_dir / "secrets" / "admin-token"
+        token_file = settings.admin_token_file
         if not token_file.is_file():
             raise SettingsError(
                 "no admin token: pass --token, set PAKU_ADMIN_TOKEN, or run where "

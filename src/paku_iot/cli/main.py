@@ -139,7 +139,7 @@ def _dev(settings: Settings, tls: bool, simulate: int = 0, simulate_rate: float 
     token_note = (
         "(from PAKU_ADMIN_TOKEN)"
         if settings.admin_token
-        else f"(kept in {settings.data_dir / 'secrets' / 'admin-token'})"
+        else f"(kept in {settings.admin_token_file})"
     )
     asyncio.run(
         runner.dev(

@@ -14,9 +14,8 @@ from paku_iot.broker.files import BrokerOptions, BrokerPaths
 from paku_iot.broker.process import MosquittoProcess, find_mosquitto
 from paku_iot.broker.setup import prepare_broker_dir
 from paku_iot.netcheck import ensure_port_free
-from paku_iot.secretfiles import read_or_create_secret
 from paku_iot.server.hardening import is_loopback
-from paku_iot.server.service import ALL_ROLES, Role, Service, running_service
+from paku_iot.server.service import ALL_ROLES, Role, Service, admin_token, running_service
 from paku_iot.settings import Settings
 from paku_iot.storage.urls import async_database_url, describe
 
@@ -144,9 +143,7 @@ def prepare_dev(settings: Settings, *, tls: bool = False) -> Settings:
             tls_ca_file=settings.mqtt_tls_ca_file,
         ),
     )
-    token = settings.admin_token or read_or_create_secret(
-        settings.data_dir / "secrets" / "admin-token"
-    )
+    token = admin_token(settings)
     from paku_iot.storage.migrate import upgrade  # noqa: PLC0415 - Alembic only for dev
 
     upgrade(settings.resolved_database_url)

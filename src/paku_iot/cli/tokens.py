@@ -29,20 +29,22 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     engine = create_engine(settings.resolved_database_url)
     try:
         await require_current_schema(engine)
-        store = TokenStore(engine)
-        tokens = AdminTokens(store, bootstrap_token="")
+        tokens = AdminTokens(TokenStore(engine), bootstrap_token="")
         if args.action == "create":
             token = await tokens.create(args.name)
             print(f"token {args.name}: {token}")
             print("It is shown this once; only its hash is stored.")
         elif args.action == "list":
-            rows = await store.all()
-            for row in rows:
+            named = await tokens.all()
+            for named_token in named:
                 state = (
-                    f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "live"
+                    f"revoked {named_token.revoked_at:%Y-%m-%d %H:%M}"
+                    if named_token.revoked_at
+                    else "live"
                 )
-                print(f"{row['name']:<24} created {row['created_at']:%Y-%m-%d %H:%M}  {state}")
-            if not rows:
+                created = f"{named_token.created_at:%Y-%m-%d %H:%M}"
+                print(f"{named_token.name:<24} created {created}  {state}")
+            if not named:
                 print("no named tokens (the bootstrap token is PAKU_ADMIN_TOKEN)")
         elif not await tokens.revoke(args.name):
             raise NotFound(f"no live token named {args.name!r}")

@@ -164,7 +164,22 @@ class CommandService:
         await self.expire()
         return await self._commands.page(device_id, limit=limit, status=status, before=before)
 
-    async def device_ids_of_model(self, model: str) -> list[str]:
+    async def targets(self, *, device_ids: list[str] | None, model: str | None) -> list[str]:
+        """The devices a bulk command goes to: the given ids (each must exist), or every
+        device of a model (possibly none)."""
+        if (device_ids is None) == (model is None):
+            raise InvalidInput("give either deviceIds or model")
+        if device_ids is None:
+            assert model is not None
+            return await self._device_ids_of_model(model)
+        wanted = list(dict.fromkeys(device_ids))
+        known = {d.id for d in await self._devices.many(wanted)}
+        unknown = [d for d in wanted if d not in known]
+        if unknown:
+            raise NotFound(f"no such devices: {', '.join(unknown[:20])}", code="device_not_found")
+        return wanted
+
+    async def _device_ids_of_model(self, model: str) -> list[str]:
         ids: list[str] = []
         after: str | None = None
         while True:

@@ -1,16 +1,3 @@
-"""The device registry: device ids, credentials, and provisioning (`registry.devices`).
-
-This package's `__init__` imports only the leaf modules: the broker layer needs device ids,
-and provisioning needs the broker layer, so `DeviceRegistry` is imported from its module.
-"""
-
-from paku_iot.registry.ids import is_valid_device_id, new_device_id
-from paku_iot.registry.passwords import hash_password, new_password, verify_password
-
-__all__ = [
-    "hash_password",
-    "is_valid_device_id",
-    "new_device_id",
-    "new_password",
-    "verify_password",
-]
+"""The device registry: device ids (`registry.ids`) and provisioning, credential rotation and
+removal (`registry.devices`), which keep the database, the broker's password file and the
+devices' retained topics in step."""

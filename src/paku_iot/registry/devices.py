@@ -1,24 +1,28 @@
-"""Provisioning: creating devices, their credentials, and keeping the broker in step."""
+"""The devices: provisioning, credentials, removal and queries, keeping the broker in step."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from paku_iot.broker.credentials import PasswordFileSync
+from paku_iot.broker.passwords import hash_password, new_password, verify_password
 from paku_iot.broker.topics import config_topic, state_topic
 from paku_iot.downlink.publisher import Publisher
 from paku_iot.exceptions import Conflict, InvalidInput, NotFound
 from paku_iot.registry.ids import is_valid_device_id, new_device_id
-from paku_iot.registry.passwords import hash_password, new_password
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.records import DeviceRecord, NewDevice
 
 log = logging.getLogger("paku_iot.registry")
 
 _GENERATED_ID_ATTEMPTS = 5
+# Checked when a device has no password, so that a missing device takes as long as a wrong
+# password (the username is not confirmed by timing).
+_NO_PASSWORD_HASH = "$7$101$AAAAAAAAAAAAAAAA$AAAA"  # noqa: S105 - a well-formed hash of nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,47 @@ class DeviceRegistry:
         if device is None:
             raise NotFound(f"no device {device_id!r}", code="device_not_found")
         return device
+
+    async def authenticate(self, device_id: str, password: str) -> DeviceRecord | None:
+        """The device, if `password` is its current one (HTTP Basic for device requests)."""
+        stored = await self._store.password_hash(device_id)
+        valid = await asyncio.to_thread(verify_password, password, stored or _NO_PASSWORD_HASH)
+        if stored is None or not valid:
+            return None
+        return await self._store.get(device_id)
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        after_id: str | None = None,
+        before_id: str | None = None,
+        model: str | None = None,
+        online: bool | None = None,
+        id_prefix: str | None = None,
+    ) -> list[DeviceRecord]:
+        """Devices in id order, after `after_id` or (a page back) just before `before_id`."""
+        return await self._store.page(
+            limit=limit,
+            after_id=after_id,
+            before_id=before_id,
+            model=model,
+            online=online,
+            id_prefix=id_prefix,
+        )
+
+    async def count_matching(
+        self, *, model: str | None = None, online: bool | None = None, id_prefix: str | None = None
+    ) -> int:
+        return await self._store.count_matching(model=model, online=online, id_prefix=id_prefix)
+
+    async def counts(self) -> tuple[int, int]:
+        """(all devices, devices online)."""
+        return await self._store.counts()
+
+    async def models(self) -> list[str]:
+        """Every model that has at least one device, in order."""
+        return await self._store.models()
 
     async def delete(self, device_id: str) -> None:
         if not await self._store.delete(device_id):

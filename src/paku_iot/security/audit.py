@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from paku_iot.storage.records import AuditRecord
 from paku_iot.storage.security import AuditStore
 
 log = logging.getLogger("paku_iot.audit")
@@ -21,3 +22,16 @@ class AuditLog:
         # Never a secret in here: callers pass ids, names and settings, not credentials.
         await self._store.append(datetime.now(UTC), actor, action, target, details or {})
         log.info("%s %s %s", actor, action, target, extra={"actor": actor, "action": action})
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        action: str | None = None,
+        target: str | None = None,
+    ) -> list[AuditRecord]:
+        """Entries newest first, before `before_id` (the cursor), optionally filtered."""
+        return await self._store.page(
+            limit=limit, before_id=before_id, action=action, target=target
+        )

@@ -17,7 +17,7 @@ from paku_iot.security.claims import (
     new_claim_code,
 )
 from paku_iot.storage.devices import DeviceStore
-from paku_iot.storage.records import NewDevice
+from paku_iot.storage.records import NewClaimCode, NewDevice
 from paku_iot.storage.security import ClaimCodeStore
 
 log = logging.getLogger("paku_iot.registry")
@@ -63,15 +63,7 @@ class Onboarding:
         )
         issued = [IssuedCode(d, new_claim_code(), expires) for d in device_ids]
         await self._codes.insert(
-            [
-                {
-                    "code_hash": code_hash(c.claim_code),
-                    "device_id": c.device_id,
-                    "created_at": now,
-                    "expires_at": expires,
-                }
-                for c in issued
-            ]
+            [NewClaimCode(code_hash(c.claim_code), c.device_id, now, expires) for c in issued]
         )
         log.info("issued %d claim codes for model %s", len(issued), model)
         return issued

@@ -9,6 +9,7 @@ import secrets
 from datetime import UTC, datetime
 
 from paku_iot.exceptions import InvalidInput
+from paku_iot.storage.records import AdminTokenRecord
 from paku_iot.storage.security import TokenStore
 
 BOOTSTRAP_ACTOR = "admin"  # the token from PAKU_ADMIN_TOKEN or the data dir's token file
@@ -41,3 +42,11 @@ class AdminTokens:
 
     async def revoke(self, name: str) -> bool:
         return await self._store.revoke(name, datetime.now(UTC))
+
+    async def all(self) -> list[AdminTokenRecord]:
+        """The named tokens, live and revoked (the bootstrap token is not among them)."""
+        return await self._store.all()
+
+    async def name_for_hash(self, hashed: str) -> str | None:
+        """The live named token with this hash (a dashboard session keeps only the hash)."""
+        return await self._store.name_for(hashed)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paku_iot.broker.credentials import PasswordFileSync
 from paku_iot.broker.files import BrokerPaths
 from paku_iot.broker.link import SHARED_GROUP, BrokerLink, LinkOptions
+from paku_iot.broker.passwords import hash_password
 from paku_iot.broker.topics import uplink_subscriptions
 from paku_iot.collector.intake import Intake
 from paku_iot.collector.stats import IngestStats
@@ -30,7 +31,7 @@ from paku_iot.downlink.sweeper import sweep_forever
 from paku_iot.exceptions import PakuError, SettingsError
 from paku_iot.ota.parts import OtaParts
 from paku_iot.registry.devices import DeviceRegistry
-from paku_iot.registry.passwords import hash_password
+from paku_iot.registry.history import DeviceHistory
 from paku_iot.secretfiles import read_or_create_secret
 from paku_iot.security.audit import AuditLog
 from paku_iot.security.claims import FailureLimiter
@@ -73,25 +74,31 @@ class HealthReport:
 
 @dataclass(slots=True)
 class Service:
+    """The running system as routes and commands see it: the settings and the domain
+    services. Below them, the server's own parts (stores, broker link, collector) serve
+    health and metrics; routes do not reach past the services to them."""
+
     settings: Settings
-    engine: AsyncEngine
-    devices: DeviceStore
-    messages: MessageStore
+    # The domain services.
     registry: DeviceRegistry
-    link: BrokerLink
-    admin_token: str
+    history: DeviceHistory
     commands: CommandService
     configs: ConfigService
     ota: OtaParts
+    tokens: AdminTokens
+    audit: AuditLog
+    onboarding: Onboarding
+    claim_limiter: FailureLimiter
+    # The bootstrap admin token (PAKU_ADMIN_TOKEN or the data dir's token file).
+    admin_token: str
+    # The server's own parts.
+    engine: AsyncEngine
+    device_store: DeviceStore
     command_store: CommandStore
+    link: BrokerLink
     # Built on first use (and at start when serving the API): a collector alone has no
     # endpoint to expose metrics on, and leaves prometheus_client unloaded.
     metrics_source: Callable[[], Metrics]
-    tokens: AdminTokens
-    audit: AuditLog
-    audit_store: AuditStore
-    onboarding: Onboarding
-    claim_limiter: FailureLimiter
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
 
@@ -110,7 +117,7 @@ class Service:
     async def refresh_metrics(self) -> None:
         """Read the database-backed gauges just before a scrape."""
         try:
-            total, online = await self.devices.counts()
+            total, online = await self.device_store.counts()
             by_status = await self.command_store.counts_by_status()
         except PakuError:
             return  # the last values stand; /health tells that the database is down
@@ -148,9 +155,10 @@ class Service:
 
 
 def admin_token(settings: Settings) -> str:
+    """The bootstrap admin token: PAKU_ADMIN_TOKEN, or the one generated at first run."""
     if settings.admin_token:
         return settings.admin_token
-    return read_or_create_secret(settings.data_dir / "secrets" / "admin-token")
+    return read_or_create_secret(settings.admin_token_file)
 
 
 def backend_mqtt_password(settings: Settings) -> str:
@@ -200,26 +208,24 @@ async def running_service(
         if Role.API in roles:
             ota.releases()  # the signing key exists (or fails) at start, not at first use
         bootstrap_token = admin_token(settings)
-        audit_store = AuditStore(engine)
         registry = DeviceRegistry(devices, broker_sync, link)
         service = Service(
             settings=settings,
-            engine=engine,
-            devices=devices,
-            messages=MessageStore(engine),
             registry=registry,
-            link=link,
-            admin_token=bootstrap_token,
+            history=DeviceHistory(MessageStore(engine)),
             commands=commands,
             configs=ConfigService(ConfigStore(engine), link),
             ota=ota,
-            command_store=command_store,
-            metrics_source=metrics,
             tokens=AdminTokens(TokenStore(engine), bootstrap_token),
-            audit=AuditLog(audit_store),
-            audit_store=audit_store,
+            audit=AuditLog(AuditStore(engine)),
             onboarding=Onboarding(devices, ClaimCodeStore(engine), registry),
             claim_limiter=FailureLimiter(),
+            admin_token=bootstrap_token,
+            engine=engine,
+            device_store=devices,
+            command_store=command_store,
+            link=link,
+            metrics_source=metrics,
             stats=stats,
             writer=writer,
         )

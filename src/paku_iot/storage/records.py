@@ -142,3 +142,32 @@ class OtaProgress:
     status: str
     error: str | None
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AdminTokenRecord:
+    """A named admin token (its hash never leaves storage)."""
+
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class NewClaimCode:
+    """A claim code as stored: only its hash."""
+
+    code_hash: str
+    device_id: str
+    created_at: datetime
+    expires_at: datetime

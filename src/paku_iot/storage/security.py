@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paku_iot.exceptions import Conflict
 from paku_iot.storage import schema
 from paku_iot.storage.engine import transaction, translated_errors
+from paku_iot.storage.records import AdminTokenRecord, AuditRecord, NewClaimCode
 
 _t = schema.admin_tokens
 _a = schema.audit_log
@@ -46,10 +48,13 @@ class TokenStore:
             )
         return bool(result.rowcount)
 
-    async def all(self) -> list[dict[str, Any]]:
+    async def all(self) -> list[AdminTokenRecord]:
         query = select(_t.c.name, _t.c.created_at, _t.c.revoked_at).order_by(_t.c.name)
         async with translated_errors(), self._engine.connect() as conn:
-            return [dict(row) for row in (await conn.execute(query)).mappings()]
+            return [
+                AdminTokenRecord(row.name, row.created_at, row.revoked_at)
+                for row in await conn.execute(query)
+            ]
 
 
 class AuditStore:
@@ -73,7 +78,7 @@ class AuditStore:
         before_id: int | None = None,
         action: str | None = None,
         target: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[AuditRecord]:
         query = select(_a).order_by(_a.c.id.desc()).limit(limit)
         if before_id is not None:
             query = query.where(_a.c.id < before_id)
@@ -82,16 +87,19 @@ class AuditStore:
         if target is not None:
             query = query.where(_a.c.target == target)
         async with translated_errors(), self._engine.connect() as conn:
-            return [dict(row) for row in (await conn.execute(query)).mappings()]
+            return [
+                AuditRecord(row.id, row.at, row.actor, row.action, row.target, row.details)
+                for row in await conn.execute(query)
+            ]
 
 
 class ClaimCodeStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def insert(self, rows: list[dict[str, Any]]) -> None:
+    async def insert(self, codes: list[NewClaimCode]) -> None:
         async with transaction(self._engine) as conn:
-            await conn.execute(_c.insert(), rows)
+            await conn.execute(_c.insert(), [asdict(code) for code in codes])
 
     async def redeem(self, code_hash: str, now: datetime) -> str | None:
         """Mark the code used and return its device, in one statement: of two concurrent

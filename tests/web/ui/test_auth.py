@@ -157,8 +157,8 @@ async def test_ui_actions_are_audited_with_the_actor(
     )
     assert response.status_code == 201
     assert "porch-01" in response.text
-    rows = await service.audit_store.page(limit=10, before_id=None, action=None, target="porch-01")
-    assert [(r["actor"], r["action"], r["details"]["via"]) for r in rows] == [
+    rows = await service.audit.page(limit=10, before_id=None, action=None, target="porch-01")
+    assert [(r.actor, r.action, r.details["via"]) for r in rows] == [
         ("token:ops", "device.provision", "ui")
     ]
 

@@ -35,7 +35,7 @@ async def seed_fleet(service: Service) -> None:
         for room in ("attic", "garage", "hall", "porch")
         for n in range(1, 5)
     ]
-    await service.devices.insert_many(devices)
+    await service.device_store.insert_many(devices)
     states = [
         StateReport(
             d.id,
@@ -123,7 +123,7 @@ async def test_operator_walkthrough(
             await device.send_telemetry({"temp": 20 + (n % 7) * 0.5, "hum": 40 + n % 5})
 
         async def stored() -> bool:
-            return len(await service.messages.telemetry("kitchen-01", limit=100)) == 30
+            return len(await service.history.telemetry("kitchen-01", limit=100)) == 30
 
         await eventually(stored)
         await shot(page, "fleet")
@@ -166,8 +166,8 @@ async def test_operator_walkthrough(
     assert (await service.releases.get(release.id)).paused
     await shot(page, "firmware")
 
-    audit = await service.audit_store.page(limit=20, before_id=None, action=None, target=None)
-    actions = [(r["actor"], r["action"]) for r in audit if r["details"].get("via") == "ui"]
+    audit = await service.audit.page(limit=20, before_id=None, action=None, target=None)
+    actions = [(r.actor, r.action) for r in audit if r.details.get("via") == "ui"]
     assert ("admin", "device.provision") in actions
     assert ("admin", "command.send") in actions
     assert actions.count(("admin", "ota.update")) == 2

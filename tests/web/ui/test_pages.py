@@ -20,7 +20,7 @@ ROW_ID = re.compile(r'<tr data-device-id="([^"]+)">')
 async def add_devices(service: Service, count: int) -> list[str]:
     now = datetime.now(UTC)
     ids = [f"unit-{n:05d}" for n in range(count)]
-    await service.devices.insert_many(
+    await service.device_store.insert_many(
         [NewDevice(d, "tall" if n % 4 else "short", None, {}, now, "x") for n, d in enumerate(ids)]
     )
     return ids
@@ -145,7 +145,7 @@ async def test_claim_codes_are_shown_once_as_a_table_and_csv(
     assert made.status_code == 201
     assert made.text.count('<th scope="row" class="mono">') == 3
     assert "device_id,claim_code,expires_at" in made.text
-    assert await service.devices.count_matching(model="paku-sensor") == 3
+    assert await service.registry.count_matching(model="paku-sensor") == 3
     refused = await ui.post(
         "/ui/provision/claim-codes", data={"csrf": csrf, "model": "m", "count": "lots"}
     )

@@ -3,7 +3,6 @@ MQTT credentials), or nobody."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from paku_iot.exceptions import Unauthorized
-from paku_iot.registry.passwords import verify_password
 from paku_iot.storage.records import DeviceRecord
 from paku_iot.web.deps import get_service
 
@@ -45,14 +43,7 @@ async def identify_caller(request: Request) -> Caller:
             raise DeviceUnauthorized(
                 "malformed Basic credentials", code="invalid_credentials"
             ) from None
-        stored = await service.devices.password_hash(username)
-        # Checked even without a stored hash, so a missing device takes as long as a wrong one.
-        valid = await asyncio.to_thread(
-            verify_password, password, stored or "$7$101$AAAAAAAAAAAAAAAA$AAAA"
-        )
-        if stored is None or not valid:
-            raise DeviceUnauthorized("wrong device credentials", code="invalid_credentials")
-        device = await service.devices.get(username)
+        device = await service.registry.authenticate(username, password)
         if device is None:
             raise DeviceUnauthorized("wrong device credentials", code="invalid_credentials")
         return Caller(device=device)

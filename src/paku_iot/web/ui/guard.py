@@ -21,7 +21,6 @@ from fastapi import Depends, Form, HTTPException, Request, Response
 
 from paku_iot.exceptions import PakuError, Unauthorized
 from paku_iot.server.service import Service
-from paku_iot.storage.security import TokenStore
 from paku_iot.web.deps import get_service
 from paku_iot.web.ui.sessions import (
     COOKIE_NAME,
@@ -43,7 +42,7 @@ class Forbidden(PakuError):
 class _UiState:
     def __init__(self, service: Service) -> None:
         self.codec = SessionCodec.from_data_dir(service.settings.data_dir)
-        self.verifier = SessionVerifier(TokenStore(service.engine), service.admin_token)
+        self.verifier = SessionVerifier(service.tokens, service.admin_token)
 
 
 def _ui_state(request: Request) -> _UiState:

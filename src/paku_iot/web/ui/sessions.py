@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paku_iot.secretfiles import read_or_create_secret
-from paku_iot.security.tokens import BOOTSTRAP_ACTOR, token_hash
-from paku_iot.storage.security import TokenStore
+from paku_iot.security.tokens import BOOTSTRAP_ACTOR, AdminTokens, token_hash
 
 COOKIE_NAME = "paku_ui_session"
 COOKIE_PATH = "/ui"
@@ -101,7 +100,7 @@ class SessionCodec:
 class SessionVerifier:
     """Checks that a session's admin token is still good: nothing is cached, as for the API."""
 
-    def __init__(self, tokens: TokenStore, bootstrap_token: str) -> None:
+    def __init__(self, tokens: AdminTokens, bootstrap_token: str) -> None:
         self._tokens = tokens
         self._bootstrap_hash = token_hash(bootstrap_token)
 
@@ -109,5 +108,5 @@ class SessionVerifier:
         if session.actor == BOOTSTRAP_ACTOR:
             # A changed PAKU_ADMIN_TOKEN signs out everyone who signed in with the old one.
             return hmac.compare_digest(session.token_hash, self._bootstrap_hash)
-        name = await self._tokens.name_for(session.token_hash)
+        name = await self._tokens.name_for_hash(session.token_hash)
         return name is not None and session.actor == f"token:{name}"

@@ -5,7 +5,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, status
 
 from paku_iot.downlink.commands import NewCommand
-from paku_iot.exceptions import InvalidInput, NotFound
 from paku_iot.web.api.auth import Actor, require_admin
 from paku_iot.web.api.cursors import decode_time_text_cursor, encode_cursor
 from paku_iot.web.api.schemas import (
@@ -78,17 +77,7 @@ async def send_bulk_command(
     idempotency_key: IdempotencyKey = None,
 ) -> CommandBatch:
     """The same command to many devices: `deviceIds`, or every device of a `model`."""
-    if (body.device_ids is None) == (body.model is None):
-        raise InvalidInput("give either deviceIds or model")
-    if body.device_ids is not None:
-        device_ids = list(dict.fromkeys(body.device_ids))
-        known = {d.id for d in await service.devices.many(device_ids)}
-        unknown = [d for d in device_ids if d not in known]
-        if unknown:
-            raise NotFound(f"no such devices: {', '.join(unknown[:20])}", code="device_not_found")
-    else:
-        assert body.model is not None
-        device_ids = await service.commands.device_ids_of_model(body.model)
+    device_ids = await service.commands.targets(device_ids=body.device_ids, model=body.model)
     if not device_ids:
         return CommandBatch(items=[])
     commands = await service.commands.create(device_ids, _new(body), idempotency_key)

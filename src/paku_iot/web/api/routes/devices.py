@@ -60,7 +60,7 @@ async def list_devices(
 ) -> DevicePage:
     """Devices in id order, a page at a time; pass `next` back as `cursor` for the next page."""
     after = decode_id_cursor(cursor) if cursor else None
-    records = await service.devices.page(limit=limit, after_id=after, model=model, online=online)
+    records = await service.registry.page(limit=limit, after_id=after, model=model, online=online)
     next_cursor = encode_cursor(records[-1].id) if len(records) == limit else None
     return DevicePage(items=[Device.of(r) for r in records], next=next_cursor)
 

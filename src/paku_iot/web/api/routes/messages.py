@@ -52,7 +52,7 @@ async def device_telemetry(
 ) -> TelemetryPage:
     """The device's telemetry, newest first."""
     await service.registry.get(device_id)
-    records = await service.messages.telemetry(
+    records = await service.history.telemetry(
         device_id,
         limit=limit,
         start=_utc(start, "from"),
@@ -83,7 +83,7 @@ async def device_events(
 ) -> EventPage:
     """The device's events, newest first; `type` is the `<name>` of `event/<name>`."""
     await service.registry.get(device_id)
-    records = await service.messages.events(
+    records = await service.history.events(
         device_id,
         limit=limit,
         event_type=type,
@@ -107,7 +107,7 @@ async def rejected_messages(
     cursor: str | None = None,
 ) -> RejectedPage:
     """Messages the collector could not accept, newest first, with the reason."""
-    records = await service.messages.rejected(
+    records = await service.history.rejected(
         limit=limit,
         before_id=decode_int_cursor(cursor) if cursor else None,
         device_id=device_id,

@@ -11,6 +11,7 @@ from pydantic import Field
 from paku_iot.registry.ids import DEVICE_ID_PATTERN
 from paku_iot.security.claims import DEFAULT_TTL_S, MAX_TTL_S, ClaimRefused, TooManyClaims
 from paku_iot.server.service import Service
+from paku_iot.storage.records import AuditRecord
 from paku_iot.web.api.auth import Actor, require_admin
 from paku_iot.web.api.cursors import decode_int_cursor, encode_cursor
 from paku_iot.web.api.schemas import ApiModel, Credentials, ErrorResponse, RequestModel
@@ -62,6 +63,17 @@ class AuditEntry(ApiModel):
     action: str
     target: str
     details: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: AuditRecord) -> AuditEntry:
+        return cls(
+            id=entry.id,
+            at=entry.at,
+            actor=entry.actor,
+            action=entry.action,
+            target=entry.target,
+            details=entry.details,
+        )
 
 
 class AuditPage(ApiModel):
@@ -150,13 +162,13 @@ async def audit_log(
     cursor: str | None = None,
 ) -> AuditPage:
     """Every state-changing admin action, newest first."""
-    rows = await service.audit_store.page(
+    entries = await service.audit.page(
         limit=limit,
         before_id=decode_int_cursor(cursor) if cursor else None,
         action=action,
         target=target,
     )
     return AuditPage(
-        items=[AuditEntry.model_validate(r) for r in rows],
-        next=encode_cursor(rows[-1]["id"]) if len(rows) == limit else None,
+        items=[AuditEntry.of(e) for e in entries],
+        next=encode_cursor(entries[-1].id) if len(entries) == limit else None,
     )

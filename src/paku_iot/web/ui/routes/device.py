@@ -77,8 +77,8 @@ async def _live_context(
         return {"device": device}
     return {
         "device": device,
-        "telemetry": await service.messages.telemetry(device.id, limit=RECENT),
-        "events": await service.messages.events(device.id, limit=RECENT),
+        "telemetry": await service.history.telemetry(device.id, limit=RECENT),
+        "events": await service.history.events(device.id, limit=RECENT),
         "commands": await service.commands.page(device.id, limit=RECENT),
         "config": await service.configs.get(device),
     }
@@ -144,7 +144,7 @@ async def device_telemetry(
     """Chart series for the window ending now (see charts.py for the limits)."""
     await service.registry.get(device_id)
     end = datetime.now(UTC)
-    rows = await service.messages.telemetry(device_id, limit=MAX_ROWS, start=end - WINDOWS[window])
+    rows = await service.history.telemetry(device_id, limit=MAX_ROWS, start=end - WINDOWS[window])
     data = chart_data(rows, truncated=len(rows) == MAX_ROWS)
     body = {"window": window, "from": (end - WINDOWS[window]).timestamp(), "to": end.timestamp()}
     return JSONResponse({**body, **data.as_json()}, headers=SECURITY_HEADERS)

@@ -72,23 +72,23 @@ Online = Annotated[Literal["", "online", "offline"], Query()]
 
 
 async def _fleet_view(service: Service, query: FleetQuery) -> FleetView:
-    store = service.devices
+    registry = service.registry
     filters = DeviceFilters(
         model=query.model or None, online=query.online_filter, id_prefix=query.q or None
     )
     # One more than a page tells whether there is a page beyond it.
     if query.before:
-        rows = await store.page(limit=PAGE_SIZE + 1, before_id=query.before, **filters)
+        rows = await registry.page(limit=PAGE_SIZE + 1, before_id=query.before, **filters)
         more_before = len(rows) > PAGE_SIZE
         devices = rows[1:] if more_before else rows
         more_after = True
     else:
-        rows = await store.page(limit=PAGE_SIZE + 1, after_id=query.after or None, **filters)
+        rows = await registry.page(limit=PAGE_SIZE + 1, after_id=query.after or None, **filters)
         more_after = len(rows) > PAGE_SIZE
         devices = rows[:PAGE_SIZE]
         more_before = bool(query.after)
-    total, online = await store.counts()
-    matching = await store.count_matching(**filters) if query.filtered else total
+    total, online = await registry.counts()
+    matching = await registry.count_matching(**filters) if query.filtered else total
     return FleetView(
         devices=devices,
         total=total,
@@ -120,7 +120,7 @@ async def fleet_page(
         title="Fleet",
         query=query,
         view=await _fleet_view(service, query),
-        models=await service.devices.models(),
+        models=await service.registry.models(),
         live_url=query.link().replace("/ui/fleet", "/ui/fleet/live", 1),
         live_interval_ms=LIVE_INTERVAL_MS,
     )

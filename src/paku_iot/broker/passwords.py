@@ -1,4 +1,4 @@
-"""Device passwords and their Mosquitto `$7$` hashes.
+"""Device passwords and their Mosquitto `$7$` hashes: the broker's credential format.
 
 Mosquitto 2 checks passwords against `$7$<iterations>$<base64 salt>$<base64 PBKDF2-SHA512>`.
 We store only that hash, so the database column can be projected into Mosquitto's password
