@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from paku_iot.exceptions import SettingsError
+from paku_iot.protocol import DEFAULT_MAX_PAYLOAD_BYTES
 
 CONFIG_FILE_ENV = "PAKU_CONFIG_FILE"
 DEFAULT_CONFIG_FILES = (Path("config/config.yml"), Path("config.yml"))
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
 
     instance_id: str | None = None
-    max_payload_bytes: int = Field(default=65_536, ge=256)
+    max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=256)
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_linger_ms: int = Field(default=10, ge=0)
     ingest_queue_size: int = Field(default=4000, ge=2)

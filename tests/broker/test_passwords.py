@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from paku_iot.broker.passwords import hash_password, new_password, verify_password
-from paku_iot.registry.ids import is_valid_device_id, new_device_id
+from paku_iot.protocol import is_valid_device_id
+from paku_iot.registry.ids import new_device_id
 from tests.support import require
 
 

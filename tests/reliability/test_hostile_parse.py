@@ -14,18 +14,23 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from paku_iot.broker.topics import TopicError, UplinkKind, parse_uplink_topic
 from paku_iot.collector.parse import (
     REJECTED_PAYLOAD_KEEP,
     Parsed,
     RejectReason,
     parse_message,
 )
-from paku_iot.collector.timestamps import TimestampError, parse_device_ts
 from paku_iot.collector.writer import build_batch
 from paku_iot.exceptions import InvalidInput
 from paku_iot.jsonlimits import MAX_JSON_DEPTH
-from paku_iot.registry.ids import is_valid_device_id
+from paku_iot.protocol import (
+    TimestampError,
+    TopicError,
+    UplinkKind,
+    is_valid_device_id,
+    parse_device_ts,
+    parse_uplink_topic,
+)
 from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
 from paku_iot.web.api.cursors import (
     decode_id_cursor,

@@ -13,7 +13,7 @@ from typing import Any
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50
 
-from paku_iot.broker.topics import UplinkFilter
+from paku_iot.protocol import UplinkFilter
 
 log = logging.getLogger("paku_iot.broker")
 

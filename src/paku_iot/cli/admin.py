@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paku_iot.exceptions import InvalidInput, PakuError, SettingsError
+from paku_iot.protocol import DEFAULT_COMMAND_TTL_S
 from paku_iot.secretfiles import write_private_file
 from paku_iot.settings import Settings
 
@@ -89,7 +90,12 @@ def _add_command_parsers(commands: Any, common: argparse.ArgumentParser) -> None
     send.add_argument("device_id")
     send.add_argument("name")
     send.add_argument("--params", default="{}", help="JSON object (default {})")
-    send.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    send.add_argument(
+        "--ttl",
+        type=int,
+        default=DEFAULT_COMMAND_TTL_S,
+        help=f"seconds (default {DEFAULT_COMMAND_TTL_S})",
+    )
     send.add_argument("--wait", action="store_true", help="wait for acked, failed or expired")
     send.add_argument("--timeout", type=float, default=60, help="seconds to --wait (default 60)")
     send.add_argument("--idempotency-key")

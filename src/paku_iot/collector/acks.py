@@ -6,12 +6,11 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from paku_iot.protocol import ACK_EVENT
 from paku_iot.storage.commands import apply_ack
 from paku_iot.storage.records import EventRecord
 
 log = logging.getLogger("paku_iot.collector")
-
-ACK_EVENT = "ack"
 
 
 async def settle_commands(conn: AsyncConnection, events: list[EventRecord]) -> int:

@@ -15,9 +15,24 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from paku_iot.broker.topics import TopicError, UplinkKind, parse_uplink_topic
-from paku_iot.collector.timestamps import TimestampError, parse_device_ts
 from paku_iot.jsonlimits import MAX_JSON_DEPTH, too_deep
+from paku_iot.protocol import (
+    FW_VERSION_MAX_CHARS,
+    RSSI_MAX_DBM,
+    RSSI_MIN_DBM,
+    STATE_CONFIG_VERSION,
+    STATE_FW_VERSION,
+    STATE_ONLINE,
+    STATE_RSSI,
+    TimestampError,
+    TopicError,
+    UplinkKind,
+    is_valid_config_version,
+    is_valid_fw_version,
+    is_valid_rssi,
+    parse_device_ts,
+    parse_uplink_topic,
+)
 from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
 
 # How much of a rejected payload is kept: enough to debug a device, never enough to fill a
@@ -193,21 +208,16 @@ def parse_message(
 
 
 def _state_problem(body: dict[str, Any]) -> str | None:
-    if "online" in body and not isinstance(body["online"], bool):
-        return "online must be true or false"
-    rssi = body.get("rssi")
-    if rssi is not None and (
-        isinstance(rssi, bool) or not isinstance(rssi, int) or not -200 <= rssi <= 50
-    ):
-        return "rssi must be an integer dBm between -200 and 50"
-    config_version = body.get("configVersion")
-    if config_version is not None and (
-        isinstance(config_version, bool)
-        or not isinstance(config_version, int)
-        or config_version < 0
-    ):
-        return "configVersion must be a non-negative integer"
-    fw = body.get("fwVersion")
-    if fw is not None and (not isinstance(fw, str) or not 0 < len(fw) <= 64):
-        return "fwVersion must be a string of 1-64 characters"
+    # null is allowed for the values (it clears them), not for `online`.
+    if STATE_ONLINE in body and not isinstance(body[STATE_ONLINE], bool):
+        return f"{STATE_ONLINE} must be true or false"
+    rssi = body.get(STATE_RSSI)
+    if rssi is not None and not is_valid_rssi(rssi):
+        return f"{STATE_RSSI} must be an integer dBm between {RSSI_MIN_DBM} and {RSSI_MAX_DBM}"
+    config_version = body.get(STATE_CONFIG_VERSION)
+    if config_version is not None and not is_valid_config_version(config_version):
+        return f"{STATE_CONFIG_VERSION} must be a non-negative integer"
+    fw = body.get(STATE_FW_VERSION)
+    if fw is not None and not is_valid_fw_version(fw):
+        return f"{STATE_FW_VERSION} must be a string of 1-{FW_VERSION_MAX_CHARS} characters"
     return None

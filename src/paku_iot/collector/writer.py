@@ -21,6 +21,7 @@ from paku_iot.collector.acks import settle_commands
 from paku_iot.collector.ota_reports import record_ota_reports
 from paku_iot.collector.parse import Parsed, RejectReason, rejected
 from paku_iot.collector.stats import IngestStats
+from paku_iot.protocol import STATE_ONLINE, event_topic, state_topic, telemetry_topic
 from paku_iot.storage.devices import existing_device_ids
 from paku_iot.storage.engine import is_unavailable_error
 from paku_iot.storage.messages import write_batch
@@ -46,10 +47,10 @@ def _topic_of(record: Parsed) -> str:
     if isinstance(record, RejectedRecord):
         return record.topic
     if isinstance(record, TelemetryRecord):
-        return f"paku/{record.device_id}/telemetry"
+        return telemetry_topic(record.device_id)
     if isinstance(record, EventRecord):
-        return f"paku/{record.device_id}/event/{record.type}"
-    return f"paku/{record.device_id}/state"
+        return event_topic(record.device_id, record.type)
+    return state_topic(record.device_id)
 
 
 def _payload_of(record: Parsed) -> bytes:
@@ -240,7 +241,7 @@ class BatchWriter:
         if self.observe_commit is not None:
             self.observe_commit(batch, time.time())
         came_online = {
-            s.device_id for s in batch.states if s.live and s.payload.get("online") is True
+            s.device_id for s in batch.states if s.live and s.payload.get(STATE_ONLINE) is True
         }
         if came_online and self.on_online is not None:
             self.on_online(came_online)

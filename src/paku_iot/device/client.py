@@ -62,6 +62,7 @@ from paku_iot.device.messages import (
     parse_config,
 )
 from paku_iot.device.ota import OtaUpdater
+from paku_iot.protocol import STATE_CONFIG_VERSION, STATE_FW_VERSION, STATE_ONLINE, STATE_RSSI
 
 log = logging.getLogger("paku_iot.device")
 
@@ -219,7 +220,7 @@ class ReferenceDevice:
             # PUBACK once our handler has returned, not on receipt (see the module docstring).
             optimistic_acknowledgement=False,
             will_message=Message(
-                self.topics.state, encode_payload({"online": False}), qos=1, retain=True
+                self.topics.state, encode_payload({STATE_ONLINE: False}), qos=1, retain=True
             ),
             persistent_storage=self._storage,
             session_expiry_interval=session_expiry_s,
@@ -249,10 +250,10 @@ class ReferenceDevice:
     def state(self, *, online: bool = True) -> dict[str, Any]:
         """The full state document (section 4): every key, every time."""
         return {
-            "online": online,
-            "rssi": self.rssi,
-            "fwVersion": self.fw_version,
-            "configVersion": self.config_version,
+            STATE_ONLINE: online,
+            STATE_RSSI: self.rssi,
+            STATE_FW_VERSION: self.fw_version,
+            STATE_CONFIG_VERSION: self.config_version,
         }
 
     @property

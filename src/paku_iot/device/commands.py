@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from paku_iot.device.messages import (
-    COMMAND_NAME_RE,
     Command,
     InvalidCommand,
     encode_payload,
     now_ms,
     parse_command,
 )
+from paku_iot.protocol import NAME_RULE, is_valid_command_name
 
 log = logging.getLogger("paku_iot.device")
 
@@ -112,8 +112,8 @@ class CommandRunner:
         self._user_code = GuardedTasks()
 
     def register(self, name: str, handler: CommandHandler) -> None:
-        if not COMMAND_NAME_RE.fullmatch(name):
-            raise ValueError(f"invalid command name {name!r}: 1-64 of A-Z a-z 0-9 _ . -")
+        if not is_valid_command_name(name):
+            raise ValueError(f"invalid command name {name!r}: {NAME_RULE}")
         self._handlers[name] = handler
 
     def cancel_running(self) -> set[asyncio.Task[Any]]:

@@ -1,32 +1,42 @@
 """What the reference device sends and receives, as plain data: topics, payload encoding, and
 the parsing of downlink `cmd` and `config` messages (docs/protocol.md sections 3, 6 and 8).
 
-Nothing here touches the network, so each rule can be read (and tested) on its own.
+Nothing here touches the network, so each rule can be read (and tested) on its own. The rules
+themselves (topics, ids and names, the `ts` window, state values, the payload limit) are the
+wire contract's, imported from paku_iot.protocol: the backend checks with the same ones.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from paku_iot.registry.ids import is_valid_device_id
-
-TOPIC_ROOT = "paku"
-EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-# Command names follow the same rule as event names (section 8; the API enforces it too).
-COMMAND_NAME_RE = EVENT_NAME_RE
-ACK_EVENT = "ack"
-# The backend's default PAKU_MAX_PAYLOAD_BYTES. A device cannot learn the configured limit, so
-# it stays under the default; a larger message would be stored as rejected (`oversize`).
-DEFAULT_MAX_PAYLOAD_BYTES = 65_536
-# The `ts` window the backend accepts (section 6): an unset ESP32 clock counts from 1970.
-MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
-MAX_TS_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z (exclusive)
-RSSI_RANGE = range(-200, 51)
+from paku_iot.protocol import (
+    ACK_EVENT,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEVICE_ID_RULE,
+    FW_VERSION_MAX_CHARS,
+    NAME_RULE,
+    RSSI_MAX_DBM,
+    RSSI_MIN_DBM,
+    TS_WINDOW_END_MS,
+    TS_WINDOW_START_MS,
+    TS_WINDOW_YEARS,
+    command_topic,
+    config_topic,
+    event_topic,
+    is_valid_command_name,
+    is_valid_config_version,
+    is_valid_device_id,
+    is_valid_event_name,
+    is_valid_fw_version,
+    is_valid_rssi,
+    state_topic,
+    telemetry_topic,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,28 +48,28 @@ class DeviceTopics:
 
     def __post_init__(self) -> None:
         if not is_valid_device_id(self.device_id):
-            raise ValueError(f"invalid device id {self.device_id!r}: 3-64 of A-Z a-z 0-9 _ -")
+            raise ValueError(f"invalid device id {self.device_id!r}: {DEVICE_ID_RULE}")
 
     @property
     def telemetry(self) -> str:
-        return f"{TOPIC_ROOT}/{self.device_id}/telemetry"
+        return telemetry_topic(self.device_id)
 
     @property
     def state(self) -> str:
-        return f"{TOPIC_ROOT}/{self.device_id}/state"
+        return state_topic(self.device_id)
 
     @property
     def cmd(self) -> str:
-        return f"{TOPIC_ROOT}/{self.device_id}/cmd"
+        return command_topic(self.device_id)
 
     @property
     def config(self) -> str:
-        return f"{TOPIC_ROOT}/{self.device_id}/config"
+        return config_topic(self.device_id)
 
     def event(self, name: str) -> str:
-        if not EVENT_NAME_RE.fullmatch(name):
-            raise ValueError(f"invalid event name {name!r}: 1-64 of A-Z a-z 0-9 _ . -")
-        return f"{TOPIC_ROOT}/{self.device_id}/event/{name}"
+        if not is_valid_event_name(name):
+            raise ValueError(f"invalid event name {name!r}: {NAME_RULE}")
+        return event_topic(self.device_id, name)
 
     @property
     def ack(self) -> str:
@@ -111,18 +121,21 @@ def _has_nul(value: Any) -> bool:
 
 
 def check_ts_ms(ts: int) -> None:
-    if not MIN_TS_MS <= ts < MAX_TS_MS:
-        raise ValueError(f"ts {ts} is outside 2000-2199 (epoch milliseconds; is the clock set?)")
+    """The backend's `ts` window (section 6): an unset ESP32 clock counts from 1970."""
+    if not TS_WINDOW_START_MS <= ts < TS_WINDOW_END_MS:
+        raise ValueError(
+            f"ts {ts} is outside {TS_WINDOW_YEARS} (epoch milliseconds; is the clock set?)"
+        )
 
 
 def check_state_fields(rssi: int | None, fw_version: str | None) -> None:
     """The backend rejects a whole state message for one bad field (`invalid_state`)."""
     if rssi is not None and (isinstance(rssi, bool) or not isinstance(rssi, int)):
         raise ValueError(f"rssi must be an integer, not {rssi!r}")
-    if rssi is not None and rssi not in RSSI_RANGE:
-        raise ValueError(f"rssi {rssi} is outside -200..50 dBm")
-    if fw_version is not None and not 1 <= len(fw_version) <= 64:
-        raise ValueError("fwVersion must be 1-64 characters")
+    if rssi is not None and not is_valid_rssi(rssi):
+        raise ValueError(f"rssi {rssi} is outside {RSSI_MIN_DBM}..{RSSI_MAX_DBM} dBm")
+    if fw_version is not None and not is_valid_fw_version(fw_version):
+        raise ValueError(f"fwVersion must be 1-{FW_VERSION_MAX_CHARS} characters")
 
 
 class InvalidCommand(ValueError):
@@ -174,10 +187,8 @@ def parse_command(payload: bytes) -> Command:
     if not isinstance(command_id, str) or not command_id:
         raise InvalidCommand("no command id (a non-empty string)")
     name = document.get("name")
-    if not isinstance(name, str) or not COMMAND_NAME_RE.fullmatch(name):
-        raise InvalidCommand(
-            f"invalid command: name {name!r} is not 1-64 of A-Z a-z 0-9 _ . -", command_id
-        )
+    if not isinstance(name, str) or not is_valid_command_name(name):
+        raise InvalidCommand(f"invalid command: name {name!r} is not {NAME_RULE}", command_id)
     params = document.get("params")
     if params is None:
         params = {}
@@ -217,7 +228,7 @@ def parse_config(payload: bytes) -> ConfigUpdate | None:
         return None
     document = _loads_object(payload)
     version = document.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+    if not is_valid_config_version(version):
         # Reported back as `configVersion`, which the backend accepts only as a non-negative
         # integer: applying anything else would get every later state message rejected.
         raise ValueError(f"version is not a non-negative integer: {version!r}")

@@ -16,17 +16,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from paku_iot.broker.topics import command_topic
 from paku_iot.downlink.publisher import Publisher
 from paku_iot.exceptions import Conflict, InvalidInput, NotFound
+from paku_iot.protocol import (
+    DEFAULT_COMMAND_TTL_S,
+    MAX_COMMAND_TTL_S,
+    MIN_COMMAND_TTL_S,
+    NAME_RULE,
+    command_topic,
+    is_valid_command_name,
+)
 from paku_iot.storage.commands import CommandStatus, CommandStore
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.records import CommandRecord
 
 log = logging.getLogger("paku_iot.downlink")
-
-DEFAULT_TTL_S = 3600
-MAX_TTL_S = 30 * 24 * 3600
 
 
 def _now() -> datetime:
@@ -54,7 +58,19 @@ def command_message(command: CommandRecord) -> bytes:
 class NewCommand:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
-    ttl_seconds: int = DEFAULT_TTL_S
+    ttl_seconds: int = DEFAULT_COMMAND_TTL_S
+
+
+def check_command(command: NewCommand) -> None:
+    """The device contract's rules for a command (docs/protocol.md section 8), checked here
+    whoever the caller is (the API, the dashboard, a script): a command a device would refuse
+    for its name is not queued at all."""
+    if not is_valid_command_name(command.name):
+        raise InvalidInput(f"invalid command name {command.name!r}: {NAME_RULE}")
+    if not MIN_COMMAND_TTL_S <= command.ttl_seconds <= MAX_COMMAND_TTL_S:
+        raise InvalidInput(
+            f"ttlSeconds must be between {MIN_COMMAND_TTL_S} and {MAX_COMMAND_TTL_S}"
+        )
 
 
 class CommandService:
@@ -75,8 +91,7 @@ class CommandService:
     ) -> list[CommandRecord]:
         """One command per device, in the order given. With an Idempotency-Key already used
         for these devices, the commands made then are returned instead."""
-        if not 1 <= command.ttl_seconds <= MAX_TTL_S:
-            raise InvalidInput(f"ttlSeconds must be between 1 and {MAX_TTL_S}")
+        check_command(command)
         if idempotency_key is not None:
             earlier = await self._earlier(device_ids, idempotency_key)
             if earlier is not None:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from paku_iot.broker.topics import config_topic
 from paku_iot.downlink.publisher import Publisher
 from paku_iot.exceptions import Unavailable
+from paku_iot.protocol import STATE_CONFIG_VERSION, config_topic
 from paku_iot.storage.configs import ConfigStore
 from paku_iot.storage.records import DesiredConfig, DeviceRecord
 
@@ -31,7 +31,7 @@ class ConfigView:
 
 
 def reported_config_version(device: DeviceRecord) -> int | None:
-    value = (device.reported_state or {}).get("configVersion")
+    value = (device.reported_state or {}).get(STATE_CONFIG_VERSION)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from paku_iot.broker.credentials import PasswordFileSync
 from paku_iot.broker.passwords import hash_password, new_password, verify_password
-from paku_iot.broker.topics import config_topic, state_topic
 from paku_iot.downlink.publisher import Publisher
 from paku_iot.exceptions import Conflict, InvalidInput, NotFound
-from paku_iot.registry.ids import is_valid_device_id, new_device_id
+from paku_iot.protocol import config_topic, is_valid_device_id, state_topic
+from paku_iot.registry.ids import new_device_id
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.records import DeviceRecord, NewDevice
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from paku_iot.exceptions import InvalidInput
+from paku_iot.protocol import is_valid_device_id
 from paku_iot.registry.devices import DeviceRegistry, ProvisionedDevice
-from paku_iot.registry.ids import is_valid_device_id, new_device_id
+from paku_iot.registry.ids import new_device_id
 from paku_iot.security.claims import (
     MAX_TTL_S,
     ClaimRefused,

@@ -21,7 +21,6 @@ from paku_iot.broker.credentials import PasswordFileSync
 from paku_iot.broker.files import BrokerPaths
 from paku_iot.broker.link import SHARED_GROUP, BrokerLink, LinkOptions
 from paku_iot.broker.passwords import hash_password
-from paku_iot.broker.topics import uplink_subscriptions
 from paku_iot.collector.intake import Intake
 from paku_iot.collector.stats import IngestStats
 from paku_iot.collector.writer import BatchWriter
@@ -30,6 +29,7 @@ from paku_iot.downlink.config import ConfigService
 from paku_iot.downlink.sweeper import sweep_forever
 from paku_iot.exceptions import PakuError, SettingsError
 from paku_iot.ota.parts import OtaParts
+from paku_iot.protocol import uplink_subscriptions
 from paku_iot.registry.devices import DeviceRegistry
 from paku_iot.registry.history import DeviceHistory
 from paku_iot.secretfiles import read_or_create_secret

@@ -11,6 +11,7 @@ from sqlalchemy import Insert, Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from paku_iot.protocol import STATE_FW_VERSION, STATE_ONLINE, STATE_RSSI
 from paku_iot.storage import schema
 from paku_iot.storage.devices import read_reported_states
 from paku_iot.storage.engine import translated_errors
@@ -123,12 +124,12 @@ async def _apply_states(conn: AsyncConnection, states: Sequence[StateReport]) ->
         merged[report.device_id] = state
         change = changes.setdefault(report.device_id, {})
         change["reported_state"] = state
-        if isinstance(report.payload.get("online"), bool):
-            change["online"] = report.payload["online"]
-        if "rssi" in report.payload:
-            change["rssi"] = report.payload["rssi"]
-        if "fwVersion" in report.payload:
-            change["fw_version"] = report.payload["fwVersion"]
+        if isinstance(report.payload.get(STATE_ONLINE), bool):
+            change["online"] = report.payload[STATE_ONLINE]
+        if STATE_RSSI in report.payload:
+            change["rssi"] = report.payload[STATE_RSSI]
+        if STATE_FW_VERSION in report.payload:
+            change["fw_version"] = report.payload[STATE_FW_VERSION]
     for device_id, values in changes.items():
         await conn.execute(update(_d).where(_d.c.id == device_id).values(**values))
 
@@ -138,7 +139,7 @@ async def _touch_last_seen(conn: AsyncConnection, batch: IngestBatch) -> None:
     live: list[TelemetryRecord | EventRecord | StateReport] = [*batch.telemetry, *batch.events]
     # A Last Will (`online: false`) is published by the broker after the device went silent:
     # it is news about the device, not a sign of it.
-    live.extend(s for s in batch.states if s.live and s.payload.get("online") is not False)
+    live.extend(s for s in batch.states if s.live and s.payload.get(STATE_ONLINE) is not False)
     for record in live:
         seen = latest.get(record.device_id)
         if seen is None or record.received_at > seen:

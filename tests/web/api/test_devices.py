@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from paku_iot.registry.ids import is_valid_device_id
+from paku_iot.protocol import is_valid_device_id
 
 DEVICE_FIELDS = {
     "id",

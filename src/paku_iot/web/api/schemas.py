@@ -9,7 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from paku_iot.downlink.config import ConfigView
-from paku_iot.registry.ids import DEVICE_ID_PATTERN
+from paku_iot.protocol import (
+    COMMAND_NAME_PATTERN,
+    DEFAULT_COMMAND_TTL_S,
+    DEVICE_ID_PATTERN,
+    MAX_COMMAND_TTL_S,
+    MIN_COMMAND_TTL_S,
+)
 from paku_iot.storage.records import (
     CommandRecord,
     DeviceRecord,
@@ -153,16 +159,13 @@ class Health(ApiModel):
     details: dict[str, str] = Field(default_factory=dict)
 
 
-COMMAND_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-
-
 class CommandCreate(RequestModel):
     name: str = Field(pattern=COMMAND_NAME_PATTERN, examples=["reboot"])
     params: dict[str, Any] = Field(default_factory=dict)
     ttl_seconds: int = Field(
-        default=3600,
-        ge=1,
-        le=30 * 24 * 3600,
+        default=DEFAULT_COMMAND_TTL_S,
+        ge=MIN_COMMAND_TTL_S,
+        le=MAX_COMMAND_TTL_S,
         description="How long the command may wait for the device and its answer.",
     )
 

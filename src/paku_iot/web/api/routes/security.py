@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from paku_iot.registry.ids import DEVICE_ID_PATTERN
+from paku_iot.protocol import DEVICE_ID_PATTERN
 from paku_iot.security.claims import DEFAULT_TTL_S, MAX_TTL_S, ClaimRefused, TooManyClaims
 from paku_iot.server.service import Service
 from paku_iot.storage.records import AuditRecord

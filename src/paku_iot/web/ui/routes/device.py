@@ -11,8 +11,15 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from paku_iot.downlink.commands import DEFAULT_TTL_S, MAX_TTL_S, NewCommand
-from paku_iot.exceptions import NotFound, PakuError
+from paku_iot.downlink.commands import NewCommand
+from paku_iot.exceptions import InvalidInput, NotFound, PakuError
+from paku_iot.protocol import (
+    COMMAND_NAME_PATTERN,
+    DEFAULT_COMMAND_TTL_S,
+    MAX_COMMAND_TTL_S,
+    MIN_COMMAND_TTL_S,
+    NAME_MAX_CHARS,
+)
 from paku_iot.server.service import Service
 from paku_iot.storage.records import DeviceRecord
 from paku_iot.web.deps import ServiceDep
@@ -34,12 +41,15 @@ LivePart = Literal["state", "activity"]
 
 
 class CommandForm(BaseModel):
-    """The rules of the API's CommandCreate (api/schemas.py). Not imported from there: the
-    API package imports the dashboard, so the dashboard must not import the API back."""
+    """The command form, read with the rules of the device contract (paku_iot.protocol), as
+    the API's CommandCreate is; the dashboard does not import the API. The domain checks
+    them again when the command is created."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(pattern=COMMAND_NAME_PATTERN)
     params: dict[str, Any]
-    ttl_seconds: int = Field(default=DEFAULT_TTL_S, ge=1, le=MAX_TTL_S)
+    ttl_seconds: int = Field(
+        default=DEFAULT_COMMAND_TTL_S, ge=MIN_COMMAND_TTL_S, le=MAX_COMMAND_TTL_S
+    )
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -156,20 +166,13 @@ async def send_command(
     device_id: str,
     session: ActionSession,
     service: ServiceDep,
-    name: Annotated[str, Form(max_length=64)] = "",
+    name: Annotated[str, Form(max_length=NAME_MAX_CHARS)] = "",
     params: Annotated[str, Form(max_length=60_000)] = "{}",
     ttl: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
     device = await service.registry.get(device_id)
-    try:
-        body = CommandForm.model_validate(
-            {
-                "name": name.strip(),
-                "params": _json_object(params, "Parameters"),
-                **({"ttl_seconds": ttl.strip()} if ttl.strip() else {}),
-            }
-        )
-    except (ValueError, ValidationError) as exc:
+
+    async def refused(exc: Exception) -> HTMLResponse:
         return await _device_page(
             request,
             service,
@@ -179,9 +182,23 @@ async def send_command(
             command_error=_message(exc),
             command_form={"name": name, "params": params, "ttl": ttl},
         )
-    [command] = await service.commands.create(
-        [device.id], NewCommand(body.name, body.params, body.ttl_seconds)
-    )
+
+    try:
+        body = CommandForm.model_validate(
+            {
+                "name": name.strip(),
+                "params": _json_object(params, "Parameters"),
+                **({"ttl_seconds": ttl.strip()} if ttl.strip() else {}),
+            }
+        )
+    except (ValueError, ValidationError) as exc:
+        return await refused(exc)
+    try:
+        [command] = await service.commands.create(
+            [device.id], NewCommand(body.name, body.params, body.ttl_seconds)
+        )
+    except InvalidInput as exc:  # the domain's own check of the contract's rules
+        return await refused(exc)
     await service.audit.record(
         session.actor,
         "command.send",

@@ -1,0 +1,245 @@
+"""The wire contract between a paku device and the backend (docs/protocol.md), defined once.
+
+Topics and their parsing, the device id and name rules, the accepted `ts` window, the state
+fields, the ack event, the command TTL bounds and the default payload limit. The reference
+device (`paku_iot.device`) and every part of the backend import these from here, so the two
+sides of the wire cannot drift apart.
+
+Pure rules only: no network, no database, and no import of paku_iot beyond (at most)
+`paku_iot.exceptions`, so a device can use this module without the backend behind it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Final, TypeGuard
+
+# ---- topics: paku/<deviceId>/<kind>[/<name>] ---------------------------------------------
+
+TOPIC_ROOT: Final = "paku"
+
+
+class UplinkKind(StrEnum):
+    """What a device publishes (docs/protocol.md section 3)."""
+
+    TELEMETRY = "telemetry"
+    STATE = "state"
+    EVENT = "event"
+
+
+class DownlinkKind(StrEnum):
+    """What a device subscribes to; only the backend publishes these."""
+
+    COMMAND = "cmd"
+    CONFIG = "config"
+
+
+# The builders format; they do not validate. Ids and names that come from outside are
+# checked where they enter (`parse_uplink_topic`, the registry, the API), and the broker's
+# ACL builds its patterns with Mosquitto's `%u` in place of an id.
+def telemetry_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/{UplinkKind.TELEMETRY}"
+
+
+def state_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/{UplinkKind.STATE}"
+
+
+def event_topic(device_id: str, name: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/{UplinkKind.EVENT}/{name}"
+
+
+def command_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/{DownlinkKind.COMMAND}"
+
+
+def config_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/{DownlinkKind.CONFIG}"
+
+
+# ---- device ids, event and command names --------------------------------------------------
+
+# Ids become MQTT usernames and topic levels: never a wildcard (`+`, `#`), separator or `$`.
+DEVICE_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{3,64}$"
+DEVICE_ID_RULE: Final = "3-64 of A-Z a-z 0-9 _ -"
+# An event name is one topic level; a command name follows the same rule (section 8).
+NAME_MAX_CHARS: Final = 64
+_NAME = rf"[A-Za-z0-9_.-]{{1,{NAME_MAX_CHARS}}}"
+EVENT_NAME_PATTERN: Final = f"^{_NAME}$"
+COMMAND_NAME_PATTERN: Final = EVENT_NAME_PATTERN
+NAME_RULE: Final = "1-64 of A-Z a-z 0-9 _ . -"
+
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+_NAME_RE = re.compile(EVENT_NAME_PATTERN)
+
+
+def is_valid_device_id(value: str) -> bool:
+    return _DEVICE_ID_RE.fullmatch(value) is not None
+
+
+def is_valid_event_name(value: str) -> bool:
+    return _NAME_RE.fullmatch(value) is not None
+
+
+def is_valid_command_name(value: str) -> bool:
+    return _NAME_RE.fullmatch(value) is not None
+
+
+# ---- parsing uplink topics ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkTopic:
+    device_id: str
+    kind: UplinkKind
+    event_name: str | None = None
+
+
+class TopicError(ValueError):
+    """A topic that is not one of the uplink topics; `device_id` is set when it was legible."""
+
+    def __init__(self, message: str, device_id: str | None) -> None:
+        super().__init__(message)
+        self.device_id = device_id
+
+
+def parse_uplink_topic(topic: str) -> UplinkTopic:
+    """Which device sent what, from the topic of a message a device published. Raises
+    TopicError for anything but `paku/<valid id>/telemetry`, `/state` or `/event/<name>`."""
+    levels = topic.split("/")
+    if len(levels) < 3 or levels[0] != TOPIC_ROOT:
+        raise TopicError(f"not a {TOPIC_ROOT}/<deviceId>/<kind> topic: {topic!r}", None)
+    device_id = levels[1]
+    if not is_valid_device_id(device_id):
+        raise TopicError(f"invalid device id in topic: {device_id!r}", None)
+    kind, rest = levels[2], levels[3:]
+    if kind == UplinkKind.EVENT:
+        if len(rest) != 1 or not is_valid_event_name(rest[0]):
+            raise TopicError(
+                f"event topics are {TOPIC_ROOT}/<deviceId>/event/<name> with one name level of "
+                f"{_NAME}",
+                device_id,
+            )
+        return UplinkTopic(device_id, UplinkKind.EVENT, rest[0])
+    if kind in (UplinkKind.TELEMETRY, UplinkKind.STATE) and not rest:
+        return UplinkTopic(device_id, UplinkKind(kind))
+    raise TopicError(f"unknown uplink topic: {topic!r}", device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkFilter:
+    topic_filter: str
+    # Retained copies sent at subscribe time: wanted for state (the current truth of each
+    # device), not for telemetry and events (already stored when first published).
+    replay_retained: bool
+
+
+def uplink_subscriptions() -> list[UplinkFilter]:
+    """The filters the collector subscribes to. Not `paku/#`: that would also deliver the
+    commands and configuration the backend itself publishes."""
+    any_device = "+"
+    return [
+        UplinkFilter(telemetry_topic(any_device), replay_retained=False),
+        UplinkFilter(state_topic(any_device), replay_retained=True),
+        UplinkFilter(event_topic(any_device, "#"), replay_retained=False),
+    ]
+
+
+# ---- `ts`: the sample time a device may send (section 6) ----------------------------------
+
+# A device clock outside these years is not set (an ESP32 before NTP counts from 1970):
+# storing such a sample would file it under the wrong day, so it is rejected with a reason.
+# The window is [start, end): 2000-01-01T00:00:00Z included, 2200-01-01T00:00:00Z not.
+TS_WINDOW_START: Final = datetime(2000, 1, 1, tzinfo=UTC)
+TS_WINDOW_END: Final = datetime(2200, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TS_WINDOW_START_MS: Final = (TS_WINDOW_START - _EPOCH) // timedelta(milliseconds=1)
+TS_WINDOW_END_MS: Final = (TS_WINDOW_END - _EPOCH) // timedelta(milliseconds=1)
+TS_WINDOW_YEARS: Final = f"{TS_WINDOW_START.year}-{TS_WINDOW_END.year - 1}"
+
+
+class TimestampError(ValueError):
+    pass
+
+
+def parse_device_ts(value: object) -> datetime:
+    """A `ts` as sent (epoch milliseconds, or RFC 3339 with a zone) as a UTC datetime.
+    Raises TimestampError, with a reason fit for the device's operator, for anything else."""
+    if isinstance(value, bool):
+        raise TimestampError("ts must be epoch milliseconds or an RFC 3339 string, not a boolean")
+    if isinstance(value, (int, float)):  # a tuple: faster than int | float on this hot path
+        # isnan on an int converts it to a float, which overflows for a huge one.
+        if isinstance(value, float) and math.isnan(value):
+            raise TimestampError("ts is not a number")
+        try:
+            ts = datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise TimestampError(f"ts {value!r} is out of range") from None
+    elif isinstance(value, str):
+        try:
+            ts = datetime.fromisoformat(value)
+        except ValueError:
+            raise TimestampError(f"ts {value[:64]!r} is not an RFC 3339 time") from None
+        if ts.tzinfo is None:
+            raise TimestampError("ts must carry a time zone (Z or +hh:mm)")
+        ts = ts.astimezone(UTC)
+    else:
+        raise TimestampError("ts must be epoch milliseconds or an RFC 3339 string")
+    if not TS_WINDOW_START <= ts < TS_WINDOW_END:
+        raise TimestampError(f"ts {ts.isoformat()} is outside {TS_WINDOW_YEARS}: is the clock set?")
+    return ts
+
+
+# ---- state (section 4) --------------------------------------------------------------------
+
+STATE_ONLINE: Final = "online"
+STATE_RSSI: Final = "rssi"
+STATE_FW_VERSION: Final = "fwVersion"
+STATE_CONFIG_VERSION: Final = "configVersion"
+
+RSSI_MIN_DBM: Final = -200
+RSSI_MAX_DBM: Final = 50
+FW_VERSION_MAX_CHARS: Final = 64
+
+# The value checks below say nothing about null: where a field may be null (it clears the
+# value), the caller decides.
+
+
+def is_valid_rssi(value: object) -> TypeGuard[int]:
+    """An integer dBm in range. A boolean is refused although Python counts it as an int."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and RSSI_MIN_DBM <= value <= RSSI_MAX_DBM
+    )
+
+
+def is_valid_fw_version(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= FW_VERSION_MAX_CHARS
+
+
+def is_valid_config_version(value: object) -> TypeGuard[int]:
+    """A non-negative integer: 0 is "no configuration applied yet"."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# ---- commands and their acknowledgement (section 8) ---------------------------------------
+
+# Every ack is an event of this name, `paku/<id>/event/ack`.
+ACK_EVENT: Final = "ack"
+
+# How long a command may wait for its device and its answer. Not to be confused with the
+# lifetime of claim codes (security/claims.py), which is no business of a device.
+MIN_COMMAND_TTL_S: Final = 1
+DEFAULT_COMMAND_TTL_S: Final = 3600
+MAX_COMMAND_TTL_S: Final = 30 * 24 * 3600
+
+# ---- payloads (section 6) -----------------------------------------------------------------
+
+# The default of PAKU_MAX_PAYLOAD_BYTES. A device cannot learn the configured limit, so the
+# reference device stays under this one; a larger message is stored as rejected (`oversize`).
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 65_536
