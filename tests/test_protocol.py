@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from paku_iot import protocol
 from paku_iot.device.messages import DeviceTopics, check_ts_ms, encode_payload
 from paku_iot.downlink.commands import NewCommand
+from paku_iot.ota.releases import ROLLOUT_STATUSES
 from paku_iot.protocol import (
     COMMAND_NAME_PATTERN,
     DEFAULT_COMMAND_TTL_S,
@@ -48,6 +49,7 @@ from paku_iot.protocol import (
 from paku_iot.registry.ids import new_device_id
 from paku_iot.settings import load_settings
 from paku_iot.web.api.routes import commands as command_routes
+from paku_iot.web.api.routes import ota as ota_routes
 from paku_iot.web.ui.routes.device import CommandForm
 
 SRC = Path(protocol.__file__).parent
@@ -301,3 +303,14 @@ def test_the_dashboard_and_the_domain_take_command_rules_from_the_contract() -> 
     )
     assert NewCommand("x").ttl_seconds == DEFAULT_COMMAND_TTL_S
     assert (DEFAULT_COMMAND_TTL_S, MAX_COMMAND_TTL_S) == (3600, 30 * 24 * 3600)
+
+
+def test_firmware_update_rules_come_from_the_contract() -> None:
+    app = FastAPI()
+    app.include_router(ota_routes.router)
+    assert protocol.OTA_MANIFEST_PATH == "/ota/manifest.json"
+    assert protocol.OTA_MANIFEST_PATH in app.openapi()["paths"]
+    # Every status a device may report is one the rollout counts, besides pending and updated.
+    assert ("pending", *protocol.OTA_REPORT_STATUSES, "updated") == ROLLOUT_STATUSES
+    assert protocol.OTA_REPORT_STATUSES == ("downloading", "installing", "installed", "failed")
+    assert protocol.event_topic("d-1", protocol.OTA_EVENT) == "paku/d-1/event/ota"

@@ -238,6 +238,16 @@ MIN_COMMAND_TTL_S: Final = 1
 DEFAULT_COMMAND_TTL_S: Final = 3600
 MAX_COMMAND_TTL_S: Final = 30 * 24 * 3600
 
+# ---- firmware updates (section 8a) --------------------------------------------------------
+
+# Where a device asks for its update (HTTP, with its MQTT credentials as Basic auth).
+OTA_MANIFEST_PATH: Final = "/ota/manifest.json"
+# Progress reports are events of this name, `paku/<id>/event/ota`, with a `version` of at
+# most OTA_VERSION_MAX_CHARS and one of these statuses (`installed`: written, not yet running).
+OTA_EVENT: Final = "ota"
+OTA_REPORT_STATUSES: Final = ("downloading", "installing", "installed", "failed")
+OTA_VERSION_MAX_CHARS: Final = 64
+
 # ---- payloads (section 6) -----------------------------------------------------------------
 
 # The default of PAKU_MAX_PAYLOAD_BYTES. A device cannot learn the configured limit, so the

@@ -6,13 +6,13 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from paku_iot.protocol import OTA_EVENT, OTA_REPORT_STATUSES, OTA_VERSION_MAX_CHARS
 from paku_iot.storage.records import EventRecord, OtaProgress
 from paku_iot.storage.releases import record_progress
 
 log = logging.getLogger("paku_iot.collector")
 
-OTA_EVENT = "ota"
-OTA_STATUSES = frozenset({"downloading", "installing", "installed", "failed"})
+_STATUSES = frozenset(OTA_REPORT_STATUSES)
 
 
 async def record_ota_reports(conn: AsyncConnection, events: list[EventRecord]) -> None:
@@ -23,7 +23,11 @@ async def record_ota_reports(conn: AsyncConnection, events: list[EventRecord]) -
         if event.type != OTA_EVENT:
             continue
         version, status = event.payload.get("version"), event.payload.get("status")
-        if not isinstance(version, str) or not 0 < len(version) <= 64 or status not in OTA_STATUSES:
+        if (
+            not isinstance(version, str)
+            or not 0 < len(version) <= OTA_VERSION_MAX_CHARS
+            or status not in _STATUSES
+        ):
             log.warning(
                 "ota report from %s without a version and a known status",
                 event.device_id,

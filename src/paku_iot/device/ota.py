@@ -64,6 +64,8 @@ import semver
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from paku_iot.protocol import OTA_EVENT, OTA_MANIFEST_PATH
+
 if TYPE_CHECKING:
     from hashlib import _Hash as Sha256
 
@@ -71,8 +73,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("paku_iot.device.ota")
 
-OTA_EVENT = "ota"
-MANIFEST_PATH = "/ota/manifest.json"
 DEFAULT_CHUNK_BYTES = 64 * 1024
 DEFAULT_TIMEOUT_S = 30.0
 ED25519_PUBLIC_KEY_BYTES = 32
@@ -338,7 +338,7 @@ class OtaUpdater:
         """
         current = self.device.fw_version if current_version is None else current_version
         username, password = self.device.credentials
-        url = api_url.rstrip("/") + MANIFEST_PATH
+        url = api_url.rstrip("/") + OTA_MANIFEST_PATH
         try:
             response = await self._client.get(
                 url, params={"current": current}, auth=httpx.BasicAuth(username, password)

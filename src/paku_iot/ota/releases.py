@@ -18,6 +18,7 @@ from paku_iot.ota.files import FirmwareFiles
 from paku_iot.ota.rollout import in_rollout
 from paku_iot.ota.signing import sign_digest
 from paku_iot.ota.versions import parse_version
+from paku_iot.protocol import OTA_REPORT_STATUSES
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.records import DeviceRecord, ReleaseRecord
 from paku_iot.storage.releases import ReleaseStore
@@ -26,7 +27,7 @@ log = logging.getLogger("paku_iot.ota")
 
 # How a device stands with a release (GET /ota/releases/{id}). `updated` comes only from the
 # device's own state (fwVersion); the others from its `event/ota` reports.
-ROLLOUT_STATUSES = ("pending", "downloading", "installing", "installed", "failed", "updated")
+ROLLOUT_STATUSES = ("pending", *OTA_REPORT_STATUSES, "updated")
 
 
 @dataclass(frozen=True, slots=True)

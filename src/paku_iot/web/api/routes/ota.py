@@ -7,6 +7,7 @@ from fastapi.responses import FileResponse
 
 from paku_iot.exceptions import InvalidInput, NotFound, PakuError
 from paku_iot.ota.signing import public_key_pem, public_key_raw_b64
+from paku_iot.protocol import OTA_MANIFEST_PATH
 from paku_iot.server.service import Service
 from paku_iot.storage.records import ReleaseRecord
 from paku_iot.web.api.auth import Actor, require_admin
@@ -130,7 +131,7 @@ async def update_release(
 
 
 @router.get(
-    "/ota/manifest.json",
+    OTA_MANIFEST_PATH,
     response_model=list[ManifestEntry],
     responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
 )
