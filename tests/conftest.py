@@ -1,31 +1,29 @@
 """Fixtures that run real services: a Mosquitto per test on a free port with the project's
-generated config, PostgreSQL databases made from a migrated template, SQLite files."""
+generated config, PostgreSQL databases made from a migrated template, SQLite files, the
+service in process, and a `paku-iot dev` of the test's own. The helpers they use are in
+tests/support."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from paku_iot.broker.files import BrokerOptions, BrokerPaths
-from paku_iot.broker.process import find_mosquitto
-from paku_iot.broker.setup import prepare_broker_dir
-from paku_iot.exceptions import SettingsError
 from paku_iot.server.service import Service, running_service
-from paku_iot.settings import BACKEND_MQTT_USERNAME, Settings
+from paku_iot.settings import Settings
 from paku_iot.storage.migrate import upgrade
 from paku_iot.web.app import create_app
-from tests.support import ADMIN_TOKEN, DeviceClient, free_port, require, wait_for_port_sync
+from tests.support import ADMIN_TOKEN, require
+from tests.support.broker import Broker, start_broker
+from tests.support.postgres import PG_ADMIN_DSN, pg_admin, pg_dsn
+from tests.support.processes import dev_environment, paku, read_until, stop
 
-PG_ADMIN_DSN = os.environ.get("PAKU_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_TEMPLATE = f"paku_template_{os.getpid()}"
 
 
@@ -41,18 +39,6 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setenv("PAKU_CONFIG_FILE", str(empty))
 
 
-def _pg_dsn(database: str) -> str:
-    return PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}"
-
-
-async def pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """A database migrated once per session; each test copies it (fast) and drops its copy."""
@@ -62,7 +48,7 @@ def pg_template() -> Iterator[str]:
         require(False, f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}")
     asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {PG_TEMPLATE}"))
     asyncio.run(pg_admin(f"CREATE DATABASE {PG_TEMPLATE}"))
-    upgrade(_pg_dsn(PG_TEMPLATE))
+    upgrade(pg_dsn(PG_TEMPLATE))
     yield PG_TEMPLATE
     asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {PG_TEMPLATE} WITH (FORCE)"))
 
@@ -76,7 +62,7 @@ def empty_pg_database() -> Iterator[str]:
         require(False, f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}")
     name = f"paku_test_{secrets.token_hex(6)}"
     asyncio.run(pg_admin(f"CREATE DATABASE {name}"))
-    yield _pg_dsn(name)
+    yield pg_dsn(name)
     asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
@@ -91,69 +77,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     template = request.getfixturevalue("pg_template")
     name = f"paku_test_{secrets.token_hex(6)}"
     asyncio.run(pg_admin(f"CREATE DATABASE {name} TEMPLATE {template}"))
-    yield _pg_dsn(name)
+    yield pg_dsn(name)
     asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-@dataclass
-class Broker:
-    host: str
-    port: int
-    paths: BrokerPaths
-    backend_password: str
-    process: subprocess.Popen[bytes] | None = None
-
-    def device(self, username: str, password: str, **kwargs: object) -> DeviceClient:
-        return DeviceClient(self.host, self.port, username, password, **kwargs)  # type: ignore[arg-type]
-
-    def backend(self) -> DeviceClient:
-        return DeviceClient(
-            self.host,
-            self.port,
-            BACKEND_MQTT_USERNAME,
-            self.backend_password,
-            client_id=f"test-backend-{secrets.token_hex(4)}",
-        )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [find_mosquitto(None), "-c", str(self.paths.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert wait_for_port_sync(self.port), f"mosquitto did not start; see {self.paths.log_file}"
-
-
-def mosquitto_binary() -> str:
-    try:
-        return find_mosquitto(None)
-    except SettingsError as exc:
-        require(False, exc.message)
-        raise
-
-
-def start_broker(root: Path) -> Broker:
-    mosquitto_binary()
-    port = free_port()
-    paths = prepare_broker_dir(
-        root,
-        BrokerOptions(
-            listen_host="127.0.0.1",
-            listen_port=port,
-            backend_username=BACKEND_MQTT_USERNAME,
-            max_payload_bytes=65_536,
-            max_queued_messages=100_000,
-        ),
-    )
-    broker = Broker("127.0.0.1", port, paths, paths.backend_password.read_text().strip())
-    broker.start()
-    return broker
 
 
 @pytest.fixture
@@ -200,3 +125,17 @@ async def api(service: Service) -> AsyncIterator[httpx.AsyncClient]:
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     ) as client:
         yield client
+
+
+@pytest.fixture
+async def dev_api(tmp_path: Path) -> AsyncIterator[tuple[dict[str, str], int]]:
+    """A `paku-iot dev` of the test's own, running: its environment and its MQTT port."""
+    env, _, mqtt_port = dev_environment(tmp_path)
+    server = paku("dev", env=env, cwd=tmp_path)
+    assert server.stdout is not None
+    try:
+        await asyncio.to_thread(read_until, server.stdout, "Press Ctrl-C")
+        yield env, mqtt_port
+    finally:
+        code, stderr = stop(server)
+        assert code == 0, stderr

@@ -26,8 +26,9 @@ import httpx
 import pytest
 
 from paku_iot import __version__
-from tests.support import DeviceClient, eventually, free_port, require
-from tests.test_processes import dev_environment, paku, read_until, run_paku, stop
+from tests.support import eventually, free_port, require
+from tests.support.mqtt import DeviceClient
+from tests.support.processes import dev_environment, paku, read_until, run_paku, stop
 
 REPO = Path(__file__).resolve().parents[1]
 BACKUP = REPO / "scripts" / "backup.sh"

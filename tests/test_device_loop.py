@@ -16,8 +16,9 @@ import pytest
 from paku_iot.server.service import Role, Service, running_service
 from paku_iot.settings import Settings
 from paku_iot.web.app import create_app
-from tests.conftest import Broker
-from tests.support import ADMIN_TOKEN, ConnectRefused, DeviceClient, eventually
+from tests.support import ADMIN_TOKEN, eventually
+from tests.support.broker import Broker
+from tests.support.mqtt import ConnectRefused, DeviceClient
 
 NOT_AUTHORISED = 0x87
 

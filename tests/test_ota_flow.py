@@ -33,9 +33,9 @@ from paku_iot.device.ota import (
     SizeMismatch,
     partial_path,
 )
-from tests.cli.test_admin import cli
 from tests.support import eventually
-from tests.test_processes import dev_environment, paku, read_until, stop
+from tests.support.cli import cli
+from tests.support.processes import dev_environment, paku, read_until, stop
 
 MODEL = "sensor"
 FIRMWARE_BYTES = 2_500_000

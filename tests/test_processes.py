@@ -4,73 +4,31 @@ a Mosquitto started from `paku-iot broker-config`, each in its own process."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import asyncpg
 import httpx
 import pytest
 
 from paku_iot.broker.process import find_mosquitto
-from tests.support import DeviceClient, eventually, free_port, require, wait_for_port_sync
+from tests.support import eventually, free_port, require, wait_for_port_sync
+from tests.support.mqtt import DeviceClient
+from tests.support.processes import (
+    dev_environment,
+    device_round_trip,
+    paku,
+    read_until,
+    run_paku,
+    stop,
+    stored_telemetry,
+)
 
 TOKEN = "process-test-token-0123456789abcdef"
-
-
-def paku(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "paku_iot", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def run_paku(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paku_iot", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def read_until(stream: IO[str], marker: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        seen += line
-        if marker in line:
-            return seen
-    raise AssertionError(f"{marker!r} never appeared; output so far:\n{seen}")
-
-
-def stop(process: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, str]:
-    process.send_signal(sig)
-    try:
-        _, stderr = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-        raise AssertionError(f"did not stop on {sig}:\n{stderr}") from None
-    return process.returncode, stderr
 
 
 def pid_alive(pid: int) -> bool:
@@ -81,56 +39,6 @@ def pid_alive(pid: int) -> bool:
     # A zombie is dead for our purposes.
     status = Path(f"/proc/{pid}/status")
     return not (status.exists() and "State:\tZ" in status.read_text())
-
-
-async def provision(base_url: str, device_id: str, token: str) -> str:
-    async with httpx.AsyncClient(
-        base_url=base_url, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
-        response = await client.post("/devices", json={"model": "m", "id": device_id})
-        assert response.status_code == 201, response.text
-        password: str = response.json()["credentials"]["password"]
-        return password
-
-
-async def stored_telemetry(base_url: str, device_id: str, token: str) -> list[dict[str, object]]:
-    async with httpx.AsyncClient(
-        base_url=base_url, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
-        response = await client.get(f"/devices/{device_id}/telemetry")
-        assert response.status_code == 200, response.text
-        items: list[dict[str, object]] = response.json()["items"]
-        return items
-
-
-async def device_round_trip(base_url: str, mqtt_port: int, device_id: str, token: str) -> str:
-    password = await provision(base_url, device_id, token)
-    device = await DeviceClient("127.0.0.1", mqtt_port, device_id, password).connect()
-    sample = {"ts": int(time.time() * 1000), "v": 7}  # recent: within any retention
-    assert await device.publish(f"paku/{device_id}/telemetry", json.dumps(sample)) == 0
-    await device.disconnect()
-
-    async def stored() -> None:
-        items = await stored_telemetry(base_url, device_id, token)
-        assert [i["payload"] for i in items] == [sample]
-
-    await eventually(stored)
-    return password
-
-
-def dev_environment(tmp_path: Path) -> tuple[dict[str, str], int, int]:
-    """Settings for a `paku-iot dev` of the test's own: data in tmp_path, free ports."""
-    try:
-        find_mosquitto(None)
-    except Exception as exc:
-        require(False, str(exc))
-    http_port, mqtt_port = free_port(), free_port()
-    env = {
-        "PAKU_DATA_DIR": str(tmp_path / "var"),
-        "PAKU_HTTP_PORT": str(http_port),
-        "PAKU_MQTT_PORT": str(mqtt_port),
-    }
-    return env, http_port, mqtt_port
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import httpx
 from paku_iot.broker.link import BrokerLink, LinkOptions
 from paku_iot.protocol import uplink_subscriptions
 from paku_iot.settings import BACKEND_MQTT_USERNAME
-from tests.conftest import Broker
 from tests.support import eventually
+from tests.support.broker import Broker
 
 
 class Deliveries:

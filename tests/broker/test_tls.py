@@ -1,6 +1,6 @@
 """MQTT over TLS with the project's own pieces: development certificates (made in Python and
 by scripts/gen-certs.sh), a real Mosquitto configured by `prepare_broker_dir` with a TLS
-listener, and a real paho MQTT v5 client that verifies the broker with the CA."""
+listener, and the tests' device client (paho, MQTT v5) verifying the broker with the CA."""
 
 from __future__ import annotations
 
@@ -9,18 +9,14 @@ import os
 import shutil
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from cryptography import x509
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
 from paku_iot.broker.certs import CertFiles, ensure_dev_certs
 from paku_iot.broker.files import BrokerOptions, BrokerPaths, render_config
@@ -29,14 +25,13 @@ from paku_iot.broker.reload import reload_broker
 from paku_iot.broker.setup import prepare_broker_dir
 from paku_iot.exceptions import SettingsError
 from paku_iot.settings import BACKEND_MQTT_USERNAME
-from tests.conftest import Broker, mosquitto_binary
-from tests.support import ConnectRefused, _close, free_port, require, wait_for_port_sync
-from tests.test_processes import run_paku
+from tests.support import free_port, require, wait_for_port_sync
+from tests.support.broker import Broker, mosquitto_binary
+from tests.support.mqtt import ACCEPTED, ConnectRefused, DeviceClient
+from tests.support.processes import run_paku
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gen-certs.sh"
 NOT_AUTHORIZED = 0x87
-# PUBACK success: 0x00, or 0x10 "no matching subscribers" when nobody listens.
-ACCEPTED = {0x00, 0x10}
 
 
 def mode(path: Path) -> int:
@@ -68,97 +63,16 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _close_sockets_of(exc: BaseException) -> None:
-    """paho leaves the socket of a failed TLS handshake open in its frame; close it, since
-    warnings (an unclosed socket's ResourceWarning among them) are errors here."""
-    tb = exc.__traceback__
-    while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            if isinstance(value, ssl.SSLSocket):
-                value.close()
-        tb = tb.tb_next
-
-
-@dataclass
-class TlsDevice:
-    """A real MQTT v5 client (paho) over TLS; `ca=None` trusts the system's CAs only."""
-
-    port: int
-    username: str | None
-    password: str | None
-    ca: Path | None
-    host: str = "127.0.0.1"
-    client_id: str | None = None
-    _acks: dict[int, int] = field(default_factory=dict)
-    _ack_event: threading.Condition = field(default_factory=threading.Condition)
-    _client: paho.Client | None = None
-
-    def connect(self) -> TlsDevice:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id or self.username or "anonymous-tls",
-            protocol=paho.MQTTv5,
-            reconnect_on_failure=False,
-        )
-        if self.username is not None:
-            client.username_pw_set(self.username, self.password)
-        client.tls_set(ca_certs=str(self.ca) if self.ca else None)
-        connected = threading.Event()
-        outcome: dict[str, Any] = {}
-
-        def on_connect(_c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-            outcome["reason"] = reason
-            connected.set()
-
-        def on_publish(_c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
-            with self._ack_event:
-                self._acks[mid] = reason.value
-                self._ack_event.notify_all()
-
-        client.on_connect = on_connect
-        client.on_publish = on_publish
-        try:
-            client.connect(self.host, self.port, keepalive=5)
-        except BaseException as exc:
-            _close_sockets_of(exc)
-            _close(client)
-            raise
-        client.loop_start()
-        if not connected.wait(10):
-            client.disconnect()
-            _close(client)
-            raise ConnectRefused("no CONNACK")
-        if outcome["reason"].is_failure:
-            _close(client)
-            raise ConnectRefused(str(outcome["reason"]))
-        self._client = client
-        return self
-
-    def publish(self, topic: str, payload: str) -> int:
-        """Publish at QoS 1 and return the PUBACK reason code (0 = accepted)."""
-        assert self._client is not None
-        info = self._client.publish(topic, payload.encode(), qos=1)
-        with self._ack_event:
-            assert self._ack_event.wait_for(lambda: info.mid in self._acks, timeout=10)
-        return self._acks.pop(info.mid)
-
-    def disconnect(self) -> None:
-        if self._client is not None:
-            self._client.disconnect()
-            _close(self._client)
-            self._client = None
-
-
-def connect_eventually(device: TlsDevice, timeout: float = 10) -> TlsDevice:
+async def connect_eventually(device: DeviceClient, timeout: float = 10) -> DeviceClient:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return device.connect()
+            return await device.connect()
         # While Mosquitto reloads (SIGHUP), a TLS handshake can also be cut with a reset.
         except (ConnectRefused, OSError):
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -167,22 +81,23 @@ class TlsBroker:
     tls_port: int
     certs: CertFiles
 
-    def add_device(self, device_id: str) -> str:
+    async def add_device(self, device_id: str) -> str:
         """Credentials as provisioning makes them: a `$7$` line in the password file, a
         reload, then wait until the broker takes them (over TLS)."""
         password = new_password()
         with self.broker.paths.password_file.open("a", encoding="ascii") as file:
             file.write(f"{device_id}:{hash_password(password)}\n")
         assert reload_broker(self.broker.paths.pid_file)
-        probe = TlsDevice(
-            self.tls_port, device_id, password, self.certs.ca_cert, client_id=f"{device_id}-p"
-        )
-        connect_eventually(probe).disconnect()
+        probe = self.device(device_id, password, client_id=f"{device_id}-p")
+        await (await connect_eventually(probe)).disconnect()
         return password
 
-    def device(self, device_id: str, password: str | None, **kwargs: Any) -> TlsDevice:
-        kwargs.setdefault("ca", self.certs.ca_cert)
-        return TlsDevice(self.tls_port, device_id, password, **kwargs)
+    def device(
+        self, device_id: str | None, password: str | None, host: str = "127.0.0.1", **kwargs: Any
+    ) -> DeviceClient:
+        """A device on the TLS listener that trusts the test's CA unless `ca_file` says else."""
+        kwargs.setdefault("ca_file", self.certs.ca_cert)
+        return DeviceClient(host, self.tls_port, device_id, password, tls=True, **kwargs)
 
 
 def tls_options(port: int, tls_port: int, certs: CertFiles) -> BrokerOptions:
@@ -415,21 +330,18 @@ async def test_a_device_publishes_over_tls_verifying_the_broker_with_the_ca(
     certs = make_certs(maker, tmp_path / "certs")
     tls = start_tls_broker(tmp_path / "broker", certs)
     try:
-        password = await asyncio.to_thread(tls.add_device, "tls-01")
+        password = await tls.add_device("tls-01")
         # The backend stays on the plain loopback listener: both listeners are one broker.
         backend = await tls.broker.backend().connect()
         try:
             assert await backend.subscribe("paku/tls-01/telemetry") == 1
             for host in ("127.0.0.1", "localhost"):
-                device = await asyncio.to_thread(tls.device("tls-01", password, host=host).connect)
+                device = await tls.device("tls-01", password, host=host).connect()
                 try:
                     payload = f'{{"via": "{host}"}}'
-                    assert (
-                        await asyncio.to_thread(device.publish, "paku/tls-01/telemetry", payload)
-                        == 0
-                    )
+                    assert await device.publish("paku/tls-01/telemetry", payload) == 0
                 finally:
-                    await asyncio.to_thread(device.disconnect)
+                    await device.disconnect()
                 received = await asyncio.to_thread(backend.messages.get, timeout=10)
                 assert received.payload == payload.encode()
         finally:
@@ -438,29 +350,29 @@ async def test_a_device_publishes_over_tls_verifying_the_broker_with_the_ca(
         tls.broker.stop()
 
 
-def test_without_the_ca_the_broker_certificate_is_refused(tls_broker: TlsBroker) -> None:
-    password = tls_broker.add_device("tls-02")
+async def test_without_the_ca_the_broker_certificate_is_refused(tls_broker: TlsBroker) -> None:
+    password = await tls_broker.add_device("tls-02")
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
-        tls_broker.device("tls-02", password, ca=None).connect()
+        await tls_broker.device("tls-02", password, ca_file=None).connect()
     # The CA of another development setup does not do either.
     stranger = ensure_dev_certs(tls_broker.broker.paths.root.parent / "stranger")
     with pytest.raises(ssl.SSLCertVerificationError):
-        tls_broker.device("tls-02", password, ca=stranger.ca_cert).connect()
+        await tls_broker.device("tls-02", password, ca_file=stranger.ca_cert).connect()
 
 
-def test_the_password_file_and_acl_apply_over_tls(tls_broker: TlsBroker) -> None:
-    password = tls_broker.add_device("tls-03")
-    tls_broker.add_device("tls-04")
+async def test_the_password_file_and_acl_apply_over_tls(tls_broker: TlsBroker) -> None:
+    password = await tls_broker.add_device("tls-03")
+    await tls_broker.add_device("tls-04")
     with pytest.raises(ConnectRefused):
-        tls_broker.device("tls-03", "wrong-password").connect()
+        await tls_broker.device("tls-03", "wrong-password").connect()
     with pytest.raises(ConnectRefused):
-        tls_broker.device(None, None, client_id="anonymous").connect()
+        await tls_broker.device(None, None, client_id="anonymous").connect()
 
-    device = tls_broker.device("tls-03", password).connect()
+    device = await tls_broker.device("tls-03", password).connect()
     try:
-        assert device.publish("paku/tls-03/telemetry", '{"t": 1}') in ACCEPTED
-        assert device.publish("paku/tls-04/telemetry", '{"t": 1}') == NOT_AUTHORIZED
-        assert device.publish("paku/tls-03/cmd", "{}") == NOT_AUTHORIZED
-        assert device.publish("elsewhere", "{}") == NOT_AUTHORIZED
+        assert await device.publish("paku/tls-03/telemetry", '{"t": 1}') in ACCEPTED
+        assert await device.publish("paku/tls-04/telemetry", '{"t": 1}') == NOT_AUTHORIZED
+        assert await device.publish("paku/tls-03/cmd", "{}") == NOT_AUTHORIZED
+        assert await device.publish("elsewhere", "{}") == NOT_AUTHORIZED
     finally:
-        device.disconnect()
+        await device.disconnect()

@@ -5,45 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
-from tests.support import DeviceClient, eventually
-from tests.test_processes import dev_environment, paku, read_until, stop
-
-
-@pytest.fixture
-async def dev_api(tmp_path: Path) -> AsyncIterator[tuple[dict[str, str], int]]:
-    env, _, mqtt_port = dev_environment(tmp_path)
-    server = paku("dev", env=env, cwd=tmp_path)
-    assert server.stdout is not None
-    try:
-        await asyncio.to_thread(read_until, server.stdout, "Press Ctrl-C")
-        yield env, mqtt_port
-    finally:
-        code, stderr = stop(server)
-        assert code == 0, stderr
-
-
-async def cli(
-    env: dict[str, str], cwd: Path, *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "paku_iot", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support import eventually
+from tests.support.cli import cli
+from tests.support.mqtt import DeviceClient
 
 
 async def test_devices_commands_and_config_from_the_command_line(

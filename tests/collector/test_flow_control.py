@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 from paku_iot.server.service import Service, running_service
 from paku_iot.settings import Settings
 from paku_iot.storage import schema
-from tests.conftest import Broker
 from tests.support import eventually
+from tests.support.broker import Broker
+from tests.support.mqtt import close_paho
 
 MESSAGES = 20_000
 QUEUE_SIZE = 300
@@ -27,7 +28,8 @@ QUEUE_SIZE = 300
 
 def publish_burst(broker: Broker, device_id: str, password: str, base_ts: int) -> int:
     """Publish MESSAGES QoS 1 messages as fast as the broker takes them; returns how many
-    the broker acknowledged."""
+    the broker acknowledged. A raw paho client, not the tests' DeviceClient (which waits for
+    each PUBACK): 500 in flight at once is what fills the collector's queue."""
     acked = 0
     done = threading.Event()
 
@@ -51,7 +53,7 @@ def publish_burst(broker: Broker, device_id: str, password: str, base_ts: int) -
         done.wait(60)
     finally:
         client.disconnect()
-        client.loop_stop()
+        close_paho(client)
     return acked
 
 

@@ -19,8 +19,9 @@ from paku_iot.broker.passwords import hash_password, new_password
 from paku_iot.broker.reload import reload_broker
 from paku_iot.device import CommandError, DeviceConnectError, ReceivedCommand, ReferenceDevice
 from paku_iot.device.messages import now_ms
-from tests.conftest import Broker
-from tests.support import ConnectRefused, DeviceClient, Received, eventually
+from tests.support import eventually
+from tests.support.broker import Broker
+from tests.support.mqtt import ConnectRefused, DeviceClient, Received
 
 DEVICE = "dev-ref-01"
 STATE = f"paku/{DEVICE}/state"

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.cli.test_admin import cli, dev_api
 from tests.support import eventually
-from tests.test_processes import dev_environment, paku, read_until, stop
-
-__all__ = ["dev_api"]  # the fixture, shared with the admin CLI tests
+from tests.support.cli import cli
+from tests.support.processes import dev_environment, paku, read_until, stop
 
 
 async def test_a_simulated_fleet_sends_telemetry_and_answers_commands(

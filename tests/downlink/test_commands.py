@@ -11,57 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Broker
-from tests.support import DeviceClient, Received, eventually, require
-
-
-async def provision(api: httpx.AsyncClient, device_id: str, model: str = "lamp") -> str:
-    response = await api.post("/devices", json={"model": model, "id": device_id})
-    assert response.status_code == 201, response.text
-    password: str = response.json()["credentials"]["password"]
-    return password
-
-
-async def go_online(
-    api: httpx.AsyncClient, broker: Broker, device_id: str, password: str, **state: Any
-) -> DeviceClient:
-    """Connect as the device does: subscribe to its downlink, then say it is online."""
-    device = await broker.device(
-        device_id, password, will=(f"paku/{device_id}/state", b'{"online": false}')
-    ).connect()
-    assert await device.subscribe(f"paku/{device_id}/cmd") == 1
-    assert await device.subscribe(f"paku/{device_id}/config") == 1
-    await device.publish(
-        f"paku/{device_id}/state", json.dumps({"online": True, **state}), retain=True
-    )
-
-    async def online() -> None:
-        assert (await api.get(f"/devices/{device_id}")).json()["online"] is True
-
-    await eventually(online)
-    return device
-
-
-async def next_message(device: DeviceClient, timeout: float = 10) -> Received:
-    return await asyncio.to_thread(device.messages.get, True, timeout)
-
-
-async def command_status(api: httpx.AsyncClient, device_id: str, command_id: str) -> dict[str, Any]:
-    response = await api.get(f"/devices/{device_id}/commands/{command_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def wait_status(
-    api: httpx.AsyncClient, device_id: str, command_id: str, status: str, timeout: float = 10
-) -> dict[str, Any]:
-    async def check() -> dict[str, Any]:
-        body = await command_status(api, device_id, command_id)
-        assert body["status"] == status, body
-        return body
-
-    return await eventually(check, timeout=timeout)
+from tests.support import eventually, require
+from tests.support.broker import Broker
+from tests.support.downlink import command_status, go_online, next_message, provision, wait_status
 
 
 async def test_command_to_an_online_device_is_sent_then_acked_or_failed(

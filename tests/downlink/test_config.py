@@ -7,9 +7,9 @@ import json
 
 import httpx
 
-from tests.conftest import Broker
-from tests.downlink.test_commands import go_online, next_message, provision
 from tests.support import eventually
+from tests.support.broker import Broker
+from tests.support.downlink import go_online, next_message, provision
 
 
 async def test_config_set_while_offline_is_applied_on_reconnect(

@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 
 from paku_iot.device import CommandError, ReferenceDevice
-from tests.conftest import Broker
-from tests.downlink.test_commands import provision, wait_status
 from tests.support import eventually
+from tests.support.broker import Broker
+from tests.support.downlink import provision, wait_status
 
 
 def reference_device(broker: Broker, device_id: str, password: str) -> ReferenceDevice:

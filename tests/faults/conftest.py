@@ -6,26 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
-import os
-import pwd
-import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from paku_iot.storage.migrate import upgrade
-from tests.conftest import Broker
-from tests.faults.harness import Deployment, listening_port
 from tests.support import require
-
-MakeDeployment = Callable[..., Deployment]
+from tests.support.broker import Broker
+from tests.support.faults import (
+    Deployment,
+    MakeDeployment,
+    PrivateCluster,
+    SmallDisk,
+    running_cluster,
+    sqlite_url,
+)
 
 
 @pytest.fixture
@@ -48,14 +47,6 @@ def make_deployment(tmp_path: Path, broker: Broker) -> Iterator[MakeDeployment]:
         deployment.stop_all()
 
 
-def sqlite_url(path: Path) -> str:
-    """A migrated SQLite database at `path` (call it from a thread in async code)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    return url
-
-
 @pytest.fixture
 def sqlite_db(tmp_path: Path) -> Path:
     """A migrated SQLite database in the test's data dir."""
@@ -65,96 +56,6 @@ def sqlite_db(tmp_path: Path) -> Path:
 
 
 # ---- a PostgreSQL cluster of our own --------------------------------------------------------
-
-
-def _pg_bin_dir() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
-    return Path(candidates[0]).parent if candidates else None
-
-
-@dataclass
-class PrivateCluster:
-    """A PostgreSQL server in a temporary directory on a free port, trust auth on
-    127.0.0.1. Run as the `postgres` user when we are root (PostgreSQL refuses root)."""
-
-    bin_dir: Path
-    root: Path
-    port: int
-    user: str | None
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def _run(self, *args: str, timeout: float = 60) -> None:
-        command = [str(self.bin_dir / args[0]), *args[1:]]
-        if self.user is not None:
-            command = ["runuser", "-u", self.user, "--", *command]
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}\n{result.stderr}"
-
-    def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
-        )
-        self._run(
-            "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",
-            "-t", "60", "start",
-        )  # fmt: skip
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
-
-    @property
-    def running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
-
-    def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    async def create_database(self) -> str:
-        name = f"paku_fault_{secrets.token_hex(4)}"
-        conn = await asyncpg.connect(self.dsn())
-        try:
-            await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-        return self.dsn(name)
-
-
-@contextlib.contextmanager
-def running_cluster(root: Path) -> Iterator[PrivateCluster]:
-    """A new cluster in `root` (an empty or missing directory), started; stopped after."""
-    bin_dir = _pg_bin_dir()
-    require(bin_dir is not None, "PostgreSQL server binaries (initdb, pg_ctl) not found")
-    assert bin_dir is not None
-    user = None
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            require(False, "running as root, but there is no `postgres` user to run PostgreSQL")
-        user = "postgres"
-    root.mkdir(exist_ok=True)
-    if user is not None:
-        shutil.chown(root, user, user)
-    cluster = PrivateCluster(bin_dir, root, listening_port(), user)
-    cluster.init()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        if cluster.running:
-            with contextlib.suppress(AssertionError):
-                cluster.stop("immediate")
 
 
 @pytest.fixture(scope="session")
@@ -185,29 +86,6 @@ def private_pg_url(private_pg: PrivateCluster) -> str:
 
 
 # ---- a disk that fills --------------------------------------------------------------------
-
-
-@dataclass
-class SmallDisk:
-    path: Path
-    size_bytes: int
-
-    def free_bytes(self) -> int:
-        stats = os.statvfs(self.path)
-        return stats.f_bavail * stats.f_frsize
-
-    def fill(self) -> Path:
-        """Write a file until the filesystem has no space left; return it."""
-        filler = self.path / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            for chunk in (1 << 20, 1 << 12, 1):
-                with contextlib.suppress(OSError):
-                    while os.write(fd, b"\0" * chunk):
-                        pass
-        finally:
-            os.close(fd)
-        return filler
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import MakeDeployment
-from tests.faults.harness import Fleet, check_exactly_once
 from tests.support import eventually
+from tests.support.faults import Fleet, MakeDeployment, check_exactly_once
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 

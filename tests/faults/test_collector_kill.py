@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from tests.faults.conftest import MakeDeployment
-from tests.faults.harness import Fleet, check_exactly_once
 from tests.support import eventually
+from tests.support.faults import Fleet, MakeDeployment, check_exactly_once
 
 
 async def kill_collector_mid_stream(

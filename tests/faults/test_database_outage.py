@@ -21,9 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import MakeDeployment, PrivateCluster
-from tests.faults.harness import Deployment, Fleet, check_exactly_once
 from tests.support import eventually
+from tests.support.faults import (
+    Deployment,
+    Fleet,
+    MakeDeployment,
+    PrivateCluster,
+    check_exactly_once,
+)
 
 
 @dataclass

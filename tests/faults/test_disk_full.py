@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 
 from paku_iot.storage.migrate import upgrade
-from tests.faults.conftest import MakeDeployment, PrivateCluster, SmallDisk, sqlite_url
-from tests.faults.harness import Fleet, check_exactly_once
 from tests.support import eventually
+from tests.support.faults import (
+    Fleet,
+    MakeDeployment,
+    PrivateCluster,
+    SmallDisk,
+    check_exactly_once,
+    sqlite_url,
+)
 
 
 def integrity(path: Path) -> str:

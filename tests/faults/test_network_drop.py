@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from paku_iot.device.client import DeviceConnectError, ReferenceDevice
-from tests.faults.conftest import MakeDeployment
-from tests.faults.harness import Deployment, TcpProxy
 from tests.support import eventually
+from tests.support.faults import Deployment, MakeDeployment, TcpProxy
 
 KEEPALIVE_S = 2
 # The Will goes out 1.5 x keepalive after the device's last packet; then the collector stores

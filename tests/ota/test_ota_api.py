@@ -16,8 +16,8 @@ from paku_iot.ota.rollout import in_rollout
 from paku_iot.server.service import Service, running_service
 from paku_iot.settings import Settings
 from paku_iot.web.app import create_app
-from tests.conftest import Broker
 from tests.support import ADMIN_TOKEN, eventually
+from tests.support.broker import Broker
 
 IMAGE = os.urandom(300_000)
 IMAGE_SHA = hashlib.sha256(IMAGE).hexdigest()

@@ -9,29 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Broker
 from tests.support import ADMIN_TOKEN, free_port
-
-
-@dataclass
-class Served:
-    base_url: str
-    broker: Broker
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def admin_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-20_000:]
+from tests.support.broker import Broker
+from tests.support.served import Served
 
 
 def _wait_healthy(served: Served, timeout: float = 30) -> None:

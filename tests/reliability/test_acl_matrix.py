@@ -10,12 +10,11 @@ import time
 
 import httpx
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.reasoncodes import ReasonCode
 
 from paku_iot.server.service import Service
-from tests.conftest import Broker
-from tests.support import ConnectRefused, DeviceClient, Received, _close, eventually
+from tests.support import eventually
+from tests.support.broker import Broker
+from tests.support.mqtt import ConnectRefused, DeviceClient, Received
 
 NOT_AUTHORIZED = 0x87
 QUIET_S = 1.0  # how long "nothing arrives" is watched for
@@ -144,14 +143,6 @@ async def test_a_device_reads_nothing_but_its_own_cmd_and_config(
             await client.disconnect()
 
 
-def disconnect_with_will(client: DeviceClient) -> None:
-    """MQTT v5 DISCONNECT with reason 0x04: the broker publishes the Last Will now."""
-    assert client._client is not None
-    client._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=0x04))
-    time.sleep(0.2)
-    _close(client._client)
-
-
 async def test_a_last_will_on_another_devices_topic_is_never_delivered(
     api: httpx.AsyncClient, service: Service, broker: Broker
 ) -> None:
@@ -174,8 +165,9 @@ async def test_a_last_will_on_another_devices_topic_is_never_delivered(
     await a.connect()
     await c.connect()
     try:
-        await asyncio.to_thread(disconnect_with_will, a)
-        await asyncio.to_thread(disconnect_with_will, c)  # the control: its own will
+        # MQTT v5 DISCONNECT with reason 0x04: the broker publishes the Last Will now.
+        await a.disconnect(with_will=True)
+        await c.disconnect(with_will=True)  # the control: its own will
         assert [(m.topic, m.payload) for m in await received(backend)] == [
             ("paku/acl-c/state", will)
         ]

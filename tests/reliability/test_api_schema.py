@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.reliability.conftest import Served
+from tests.support.served import Served
 
 CHECKS = [
     not_a_server_error,

@@ -17,9 +17,9 @@ from hypothesis.errors import NonInteractiveExampleWarning
 from paku_iot.collector.parse import parse_message
 from paku_iot.server.service import Service
 from paku_iot.storage.records import EventRecord, RejectedRecord, TelemetryRecord
-from tests.conftest import Broker
-from tests.reliability.strategies import PAYLOADS
 from tests.support import eventually
+from tests.support.broker import Broker
+from tests.support.strategies import PAYLOADS
 
 DEVICE = "hostile-1"
 MAX_PAYLOAD = 65_536  # the service's default PAKU_MAX_PAYLOAD_BYTES

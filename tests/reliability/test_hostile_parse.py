@@ -40,7 +40,7 @@ from paku_iot.web.api.cursors import (
     encode_cursor,
 )
 from paku_iot.web.api.inputs import has_nul
-from tests.reliability.strategies import (
+from tests.support.strategies import (
     DEVICE_IDS,
     JSON_VALUES,
     PAYLOADS,

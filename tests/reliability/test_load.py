@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from paku_iot.storage import schema
 from paku_iot.storage.urls import async_database_url
-from tests.reliability.conftest import Served
-from tests.support import _close
+from tests.support.mqtt import close_paho
+from tests.support.served import Served
 
 DEVICES = 10
 RATE_PER_DEVICE = 20  # messages a second: 200 a second in all
@@ -34,7 +34,9 @@ BASE_TS = 1_780_000_000_000
 
 @dataclass
 class Publisher:
-    """One device publishing QoS 1 telemetry at a steady rate on its own paho thread."""
+    """One device publishing QoS 1 telemetry at a steady rate on its own paho thread. A raw
+    paho client, not the tests' DeviceClient (which waits for each PUBACK): the rate must
+    not depend on how fast the broker answers."""
 
     served: Served
     device_id: str
@@ -73,7 +75,7 @@ class Publisher:
                 time.sleep(0.05)
         finally:
             client.disconnect()
-            _close(client)
+            close_paho(client)
 
 
 @dataclass

@@ -9,8 +9,8 @@ import httpx
 
 from paku_iot.server.service import Service
 from paku_iot.web.app import create_app
-from tests.conftest import Broker
-from tests.support import ConnectRefused
+from tests.support.broker import Broker
+from tests.support.mqtt import ConnectRefused
 
 
 async def issue(api: httpx.AsyncClient, **body: Any) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ from the command; and `paku-iot dev --tls` serves devices over TLS with a genera
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -14,9 +13,9 @@ import pytest
 from paku_iot.exceptions import SettingsError
 from paku_iot.server import hardening
 from paku_iot.settings import Settings
-from tests.broker.test_tls import ACCEPTED, TlsDevice
 from tests.support import eventually, free_port
-from tests.test_processes import (
+from tests.support.mqtt import ACCEPTED, DeviceClient
+from tests.support.processes import (
     dev_environment,
     paku,
     provision,
@@ -190,24 +189,24 @@ async def test_dev_tls_serves_devices_over_tls_with_a_generated_ca(tmp_path: Pat
         token = (tmp_path / "var" / "secrets" / "admin-token").read_text().strip()
 
         password = await provision(base_url, "tls-dev-1", token)
-        device = TlsDevice(tls_port, "tls-dev-1", password, certs / "ca.crt")
+        device = DeviceClient(
+            "127.0.0.1", tls_port, "tls-dev-1", password, tls=True, ca_file=certs / "ca.crt"
+        )
 
         async def connected() -> None:
             # Provisioning reloads the broker; until then the password is not known there.
             try:
-                await asyncio.to_thread(device.connect)
+                await device.connect()
             except Exception as exc:
                 raise AssertionError(str(exc)) from None
 
         await eventually(connected)
         sample = {"ts": int(time.time() * 1000), "v": 42}
         try:
-            code = await asyncio.to_thread(
-                device.publish, "paku/tls-dev-1/telemetry", json.dumps(sample)
-            )
+            code = await device.publish("paku/tls-dev-1/telemetry", json.dumps(sample))
             assert code in ACCEPTED
         finally:
-            await asyncio.to_thread(device.disconnect)
+            await device.disconnect()
 
         async def stored() -> None:
             items = await stored_telemetry(base_url, "tls-dev-1", token)

@@ -6,8 +6,9 @@ import httpx
 import pytest
 
 from paku_iot.settings import Settings
-from tests.conftest import Broker, pg_admin
 from tests.support import eventually
+from tests.support.broker import Broker
+from tests.support.postgres import pg_admin
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

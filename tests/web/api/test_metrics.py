@@ -13,8 +13,8 @@ from paku_iot.logs import JsonFormatter, RequestIdFilter
 from paku_iot.server.service import running_service
 from paku_iot.settings import Settings
 from paku_iot.web.app import create_app
-from tests.conftest import Broker
 from tests.support import ADMIN_TOKEN, eventually
+from tests.support.broker import Broker
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -8,8 +8,8 @@ import time
 
 import httpx
 
-from tests.conftest import Broker
 from tests.support import eventually
+from tests.support.broker import Broker
 
 PAYLOADS = [
     {"s": 'quote " backslash \\ slash / tab \t newline \n', "u": "é 😀 ü"},

@@ -1,11 +1,11 @@
 """Dashboard fixtures: the real app over HTTP (in process, or a real uvicorn server on a free
-port for the browser), a real Chromium driven by Playwright, and signed-in clients."""
+port for the browser), and a real Chromium driven by Playwright. Signing in:
+tests/support/ui.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,26 +16,10 @@ from playwright.async_api import BrowserContext, async_playwright
 
 from paku_iot.server.service import Service
 from paku_iot.web.app import create_app
-from tests.support import ADMIN_TOKEN, free_port, require
+from tests.support import free_port, require
+from tests.support.ui import ARTIFACTS
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-def csrf_of(html: str) -> str:
-    match = CSRF_RE.search(html)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
-
-
-async def sign_in(client: httpx.AsyncClient, token: str = ADMIN_TOKEN) -> str:
-    """Sign `client` in (its cookie jar keeps the session); returns the session's CSRF token."""
-    response = await client.post("/ui/signin", data={"token": token})
-    assert response.status_code == 303, response.text
-    page = await client.get("/ui/fleet")
-    assert page.status_code == 200
-    return csrf_of(page.text)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from paku_iot.server.service import Service
 from paku_iot.web.app import create_app
 from paku_iot.web.ui.sessions import COOKIE_NAME, SessionCodec
 from tests.support import ADMIN_TOKEN
-from tests.web.ui.conftest import csrf_of, sign_in
+from tests.support.ui import csrf_of, sign_in
 
 PAGES = ["/ui/fleet", "/ui/devices/kitchen-01", "/ui/firmware", "/ui/provision"]
 ACTIONS = [

@@ -18,9 +18,9 @@ from paku_iot.device import ReferenceDevice
 from paku_iot.server.service import Service
 from paku_iot.storage.messages import write_batch
 from paku_iot.storage.records import IngestBatch, NewDevice, StateReport, TelemetryRecord
-from tests.conftest import Broker
 from tests.support import ADMIN_TOKEN, eventually
-from tests.web.ui.conftest import ARTIFACTS
+from tests.support.broker import Broker
+from tests.support.ui import ARTIFACTS
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 TIMEOUT_MS = 15_000

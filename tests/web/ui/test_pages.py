@@ -12,7 +12,7 @@ import httpx
 from paku_iot.server.service import Service
 from paku_iot.storage.messages import write_batch
 from paku_iot.storage.records import IngestBatch, NewDevice, TelemetryRecord
-from tests.web.ui.conftest import sign_in
+from tests.support.ui import sign_in
 
 ROW_ID = re.compile(r'<tr data-device-id="([^"]+)">')
 

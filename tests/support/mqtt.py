@@ -1,70 +1,31 @@
-"""Test helpers: real services, real clients. Nothing here mocks the broker or the database."""
+"""The MQTT device of the tests: a real paho MQTT v5 client, plain or over TLS, driven from
+threads so that the service's event loop keeps running. Nothing here mocks the broker."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
-
-T = TypeVar("T")
-
-
-def require(condition: bool, why: str) -> None:
-    """Skip locally when a service is missing; in CI a missing service is a failure."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"required service missing in CI: {why}")
-    pytest.skip(why)
+# PUBACK success: 0x00, or 0x10 "no matching subscribers" when nobody listens.
+ACCEPTED = {0x00, 0x10}
+# DISCONNECT reason 0x04 "disconnect with will message": the broker publishes the will now.
+DISCONNECT_WITH_WILL = 0x04
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port_sync(port: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
-    """Retry `check` until it returns without an AssertionError (and truthy), or time out."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            result = await check()
-            if result is None or result:
-                return result
-            raise AssertionError(f"check returned {result!r}")
-        except AssertionError:
-            if asyncio.get_running_loop().time() >= deadline:
-                raise
-        await asyncio.sleep(0.05)
-
-
-def _close(client: paho.Client) -> None:
+def close_paho(client: paho.Client) -> None:
+    """Stop a paho client's network thread and close its sockets."""
     client.loop_stop()
     # paho's loop keeps a loopback socket pair for wake-ups and closes it only when garbage
     # collected; close it now so no test leaks sockets (warnings are errors here).
@@ -84,29 +45,52 @@ class Received:
     retain: bool
 
 
+def _close_sockets_of(exc: BaseException) -> None:
+    """paho leaves the socket of a failed TLS handshake open in its frame; close it, since
+    warnings (an unclosed socket's ResourceWarning among them) are errors here."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, ssl.SSLSocket):
+                value.close()
+        tb = tb.tb_next
+
+
 @dataclass
 class DeviceClient:
-    """A real MQTT v5 device (paho), driven from threads so the service's loop keeps running."""
+    """A real MQTT v5 device (paho), driven from threads so the service's loop keeps running.
+
+    It never reconnects by itself, so a test sees every refusal and every lost connection.
+    `username=None` connects without credentials. With `tls=True` it speaks MQTT over TLS and
+    verifies the broker with `ca_file` (None: with the system's CAs only)."""
 
     host: str
     port: int
-    username: str
-    password: str
+    username: str | None
+    password: str | None
     client_id: str | None = None
     will: tuple[str, bytes] | None = None
+    tls: bool = False
+    ca_file: Path | None = None
     messages: queue.Queue[Received] = field(default_factory=queue.Queue)
     _acks: dict[int, int] = field(default_factory=dict)
     _ack_event: threading.Condition = field(default_factory=threading.Condition)
     _client: paho.Client | None = None
 
+    def __post_init__(self) -> None:
+        assert self.tls or self.ca_file is None, "a CA file is for TLS only"
+
     def _connect_sync(self) -> None:
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=self.client_id or self.username,
+            client_id=self.client_id or self.username or "anonymous",
             protocol=paho.MQTTv5,
             reconnect_on_failure=False,
         )
-        client.username_pw_set(self.username, self.password)
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=str(self.ca_file) if self.ca_file else None)
         if self.will:
             client.will_set(self.will[0], self.will[1], qos=1, retain=True)
         connected = threading.Event()
@@ -127,14 +111,20 @@ class DeviceClient:
         client.on_connect = on_connect
         client.on_publish = on_publish
         client.on_message = on_message
-        client.connect(self.host, self.port, keepalive=5)
+        try:
+            client.connect(self.host, self.port, keepalive=5)
+        except BaseException as exc:
+            _close_sockets_of(exc)
+            close_paho(client)
+            raise
         client.loop_start()
         if not connected.wait(10):
-            _close(client)
+            client.disconnect()
+            close_paho(client)
             raise ConnectRefused("no CONNACK")
         reason = outcome["reason"]
         if reason.is_failure:
-            _close(client)
+            close_paho(client)
             raise ConnectRefused(str(reason))
         self._client = client
 
@@ -181,13 +171,21 @@ class DeviceClient:
     def is_connected(self) -> bool:
         return self._client is not None and self._client.is_connected()
 
-    def _disconnect_sync(self) -> None:
-        if self._client is not None:
+    def _disconnect_sync(self, with_will: bool) -> None:
+        if self._client is None:
+            return
+        if with_will:
+            self._client.disconnect(
+                reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=DISCONNECT_WITH_WILL)
+            )
+            time.sleep(0.2)
+        else:
             self._client.disconnect()
-            _close(self._client)
+        close_paho(self._client)
 
-    async def disconnect(self) -> None:
-        await asyncio.to_thread(self._disconnect_sync)
+    async def disconnect(self, *, with_will: bool = False) -> None:
+        """DISCONNECT; `with_will=True` sends reason 0x04, and the broker publishes the will."""
+        await asyncio.to_thread(self._disconnect_sync, with_will)
 
     def _drop_sync(self) -> None:
         assert self._client is not None
@@ -195,7 +193,7 @@ class DeviceClient:
         assert sock is not None
         sock.shutdown(socket.SHUT_RDWR)  # the network vanishes: no DISCONNECT is sent
         time.sleep(0.2)
-        _close(self._client)
+        close_paho(self._client)
 
     async def drop_network(self) -> None:
         await asyncio.to_thread(self._drop_sync)

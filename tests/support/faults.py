@@ -1,27 +1,34 @@
 """What the fault tests drive: paku-iot as real `paku-iot serve` processes, a fleet of real
-MQTT devices that remembers which messages the broker acknowledged, and a TCP proxy that can
-cut a device's network. Nothing here mocks the broker or the database."""
+MQTT devices that remembers which messages the broker acknowledged, a TCP proxy that can
+cut a device's network, a PostgreSQL cluster of the tests' own (so it can be stopped without
+touching the machine's shared one), and a small filesystem that can be filled. Nothing here
+mocks the broker or the database. The fixtures that make these are in tests/faults/conftest.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import os
+import pwd
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import paho.mqtt.client as paho
 import pytest
@@ -31,8 +38,10 @@ from sqlalchemy import func, select
 
 from paku_iot.storage import schema
 from paku_iot.storage.engine import create_engine
-from tests.conftest import Broker
-from tests.support import ADMIN_TOKEN, eventually, free_port
+from paku_iot.storage.migrate import upgrade
+from tests.support import ADMIN_TOKEN, eventually, free_port, require
+from tests.support.broker import Broker
+from tests.support.mqtt import close_paho
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FIRST_FAILURE_CODE = 0x80  # MQTT 5 reason codes from 0x80 up are failures
@@ -265,12 +274,26 @@ class Deployment:
             await engine.dispose()
 
 
+# What the `make_deployment` fixture gives: (database_url, data_dir=None) -> Deployment.
+MakeDeployment = Callable[..., Deployment]
+
+
+def sqlite_url(path: Path) -> str:
+    """A migrated SQLite database at `path` (call it from a thread in async code)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    return url
+
+
 # ---- devices ----------------------------------------------------------------------------
 
 
 class FleetDevice:
     """One device: a paho MQTT v5 client on its own network thread. paho queues what is
-    published while the link is down and (re)sends it, and reconnects by itself."""
+    published while the link is down and (re)sends it, and reconnects by itself. Not the
+    tests' DeviceClient, which never reconnects and waits for each PUBACK: a fleet device
+    publishes at a set rate through broker restarts and network cuts."""
 
     def __init__(
         self, host: str, port: int, device_id: str, password: str, reconnect_s: float = 1
@@ -317,10 +340,7 @@ class FleetDevice:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.disconnect()
-        self.client.loop_stop()
-        # paho closes its wake-up socket pair only when garbage collected (warnings are
-        # errors in this suite).
-        self.client._reset_sockets()
+        close_paho(self.client)
 
 
 class Fleet:
@@ -518,3 +538,122 @@ class TcpProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# ---- a PostgreSQL cluster of our own --------------------------------------------------------
+
+
+def _pg_bin_dir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
+    return Path(candidates[0]).parent if candidates else None
+
+
+@dataclass
+class PrivateCluster:
+    """A PostgreSQL server in a temporary directory on a free port, trust auth on
+    127.0.0.1. Run as the `postgres` user when we are root (PostgreSQL refuses root)."""
+
+    bin_dir: Path
+    root: Path
+    port: int
+    user: str | None
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        command = [str(self.bin_dir / args[0]), *args[1:]]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}\n{result.stderr}"
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",
+            "-t", "60", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    async def create_database(self) -> str:
+        name = f"paku_fault_{secrets.token_hex(4)}"
+        conn = await asyncpg.connect(self.dsn())
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+        return self.dsn(name)
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[PrivateCluster]:
+    """A new cluster in `root` (an empty or missing directory), started; stopped after."""
+    bin_dir = _pg_bin_dir()
+    require(bin_dir is not None, "PostgreSQL server binaries (initdb, pg_ctl) not found")
+    assert bin_dir is not None
+    user = None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            require(False, "running as root, but there is no `postgres` user to run PostgreSQL")
+        user = "postgres"
+    root.mkdir(exist_ok=True)
+    if user is not None:
+        shutil.chown(root, user, user)
+    cluster = PrivateCluster(bin_dir, root, listening_port(), user)
+    cluster.init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        if cluster.running:
+            with contextlib.suppress(AssertionError):
+                cluster.stop("immediate")
+
+
+# ---- a disk that fills --------------------------------------------------------------------
+
+
+@dataclass
+class SmallDisk:
+    path: Path
+    size_bytes: int
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.path)
+        return stats.f_bavail * stats.f_frsize
+
+    def fill(self) -> Path:
+        """Write a file until the filesystem has no space left; return it."""
+        filler = self.path / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (1 << 20, 1 << 12, 1):
+                with contextlib.suppress(OSError):
+                    while os.write(fd, b"\0" * chunk):
+                        pass
+        finally:
+            os.close(fd)
+        return filler
