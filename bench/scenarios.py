@@ -32,12 +32,14 @@ from bench.common import (
     stack,
 )
 from paku_iot.broker.files import BrokerPaths
-from paku_iot.server.service import Role, running_service
+from paku_iot.collector.parse import Parsed
+from paku_iot.collector.writer import PubackToken
+from paku_iot.server.service import Role, Service, running_service
 from paku_iot.settings import BACKEND_MQTT_USERNAME
 from paku_iot.storage import schema
 from paku_iot.storage.engine import create_engine
 from paku_iot.storage.partitions import ensure_partitions
-from paku_iot.storage.records import IngestBatch
+from paku_iot.storage.records import TelemetryRecord
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -70,6 +72,50 @@ class PeakMemory:
         self._task.cancel()
 
 
+class CommitClock:
+    """Publish-to-commit latency of every telemetry message the in-process collector stores.
+
+    The collector sends a batch's PUBACKs right after the batch has committed, so the moment
+    a message's PUBACK goes out is its commit time. The clock wraps two public methods of
+    the running collector: `writer.offer`, which tells which PUBACK token a message got (and
+    its `ts`, the publish time), and `link.send_pubacks`, which tells when that token's
+    PUBACK was sent. Production code has no hook for this: the bench instruments from
+    outside.
+    """
+
+    def __init__(self, service: Service) -> None:
+        assert service.writer is not None
+        self.latencies = array("d")  # a million samples in 8 MB, not 32
+        self.committed = 0
+        self.first_publish = float("inf")
+        self.last_commit = 0.0
+        self._published_at: dict[PubackToken, float] = {}
+        writer, link = service.writer, service.link
+        offer, send_pubacks = writer.offer, link.send_pubacks
+
+        def offer_noting_publish(record: Parsed, puback: PubackToken | None) -> None:
+            if puback is not None and isinstance(record, TelemetryRecord):
+                self._published_at[puback] = record.ts.timestamp()
+            offer(record, puback)
+
+        def send_pubacks_noting_commit(tokens: list[PubackToken]) -> None:
+            self._committed(tokens, time.time())
+            send_pubacks(tokens)
+
+        writer.offer = offer_noting_publish  # type: ignore[method-assign]
+        link.send_pubacks = send_pubacks_noting_commit  # type: ignore[method-assign]
+
+    def _committed(self, tokens: list[PubackToken], at: float) -> None:
+        published_at = self._published_at
+        sent = [published_at.pop(token) for token in tokens if token in published_at]
+        if not sent:
+            return
+        self.committed += len(sent)
+        self.first_publish = min(self.first_publish, *sent)
+        self.last_commit = at
+        self.latencies.extend(at - t for t in sent)
+
+
 async def _stored(stack: Stack) -> tuple[int, int]:
     """(rows, distinct (device, ts) pairs) in telemetry."""
     engine = create_engine(stack.url)
@@ -89,23 +135,8 @@ async def ingest(db: str, work: Path, devices: int, rate: float, duration: float
     publish-to-commit latency of every message, CPU and memory."""
     async with stack(db, work) as st:
         creds = await provision(st.settings, devices, "b-", work / "creds.json")
-        latencies = array("d")  # a million samples in 8 MB, not 32
-        committed = 0
-        first_publish, last_commit = float("inf"), 0.0
-
-        def observe(batch: IngestBatch, at: float) -> None:
-            nonlocal committed, first_publish, last_commit
-            if not batch.telemetry:
-                return
-            committed += len(batch.telemetry)
-            sent = [r.ts.timestamp() for r in batch.telemetry]
-            first_publish = min(first_publish, *sent)
-            last_commit = at
-            latencies.extend(at - t for t in sent)
-
         async with running_service(st.settings, frozenset({Role.COLLECTOR})) as service:
-            assert service.writer is not None
-            service.writer.observe_commit = observe
+            clock = CommitClock(service)
             while not service.link.ready:
                 await asyncio.sleep(0.05)
             args = ["--duration", str(duration), "--rate", str(rate)]
@@ -113,13 +144,14 @@ async def ingest(db: str, work: Path, devices: int, rate: float, duration: float
             with PeakMemory({"collector": _self_pid(), "mosquitto": st.broker.pid}) as memory:
                 load = await run_loadgen(st, creds, *args)
                 deadline = time.monotonic() + 120
-                while committed < load["acked"] and time.monotonic() < deadline:
+                while clock.committed < load["acked"] and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
             cpu = time.process_time() - cpu0
             broker_cpu = cpu_seconds(st.broker.pid) - broker_cpu0
         rows, distinct = await _stored(st)
     # From the first message's publish (its `ts`) to the commit of the last one.
-    publishing = max(1e-9, last_commit - first_publish)
+    publishing = max(1e-9, clock.last_commit - clock.first_publish)
+    latencies, committed = clock.latencies, clock.committed
     return {
         "db": db,
         "devices": devices,

@@ -50,10 +50,9 @@ async def test_only_the_delivering_connection_acknowledges(
             client_id=f"ack-test-{secrets.token_hex(4)}",
             persistent_session=True,
             subscriptions=tuple(uplink_subscriptions()),
-        ),
-        deliveries,
+        )
     )
-    link.start()
+    link.start(deliveries)
     try:
         await eventually(lambda: asyncio.sleep(0, link.ready), timeout=10)
         device = await broker.device("ack-1", password).connect()
@@ -66,13 +65,13 @@ async def test_only_the_delivering_connection_acknowledges(
         await eventually(lambda: asyncio.sleep(0, len(deliveries.tokens) == 2))
 
         # An ack for the first connection is not sent on the second one...
-        link.acknowledge([deliveries.tokens[0]])
+        link.send_pubacks([deliveries.tokens[0]])
         await asyncio.sleep(0.3)
         await drop_connection(link)
         await eventually(lambda: asyncio.sleep(0, len(deliveries.tokens) == 3))
 
         # ...while the current connection's ack settles it for good.
-        link.acknowledge([deliveries.tokens[2]])
+        link.send_pubacks([deliveries.tokens[2]])
         await asyncio.sleep(0.3)
         await drop_connection(link)
         await asyncio.sleep(1.5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -13,17 +12,14 @@ from typing import Any
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50
 
+from paku_iot import gmqtt_internals
 from paku_iot.protocol import UplinkFilter
 
 log = logging.getLogger("paku_iot.broker")
 
 DeliveryHandler = Callable[[str, bytes, bool, int | None], None]
-"""(topic, payload, retained, ack token or None for QoS 0). The handler keeps the token and
-passes it to `BrokerLink.acknowledge` once the message is safely stored."""
-
-# A v5 PUBACK with reason "success" and no properties may leave out the reason code.
-_PUBACK = struct.Struct("!BBH")
-_PUBACK_TYPE = 0x40
+"""(topic, payload, retained, PUBACK token or None for QoS 0). The handler keeps the token
+and passes it to `BrokerLink.send_pubacks` once the message is safely stored."""
 
 SHARED_GROUP = "paku-collector"
 # A day: the broker keeps the collector's queue through any outage shorter than this.
@@ -48,11 +44,12 @@ class LinkOptions:
 
 class BrokerLink:
     """One MQTT v5 client: connects in the background, retries until the broker is there,
-    resubscribes on reconnect, and calls the handler for every message it receives."""
+    resubscribes on reconnect, and hands every message it receives to the handler given to
+    `start`."""
 
-    def __init__(self, options: LinkOptions, handler: DeliveryHandler | None = None) -> None:
+    def __init__(self, options: LinkOptions) -> None:
+        gmqtt_internals.require_compatible_gmqtt()
         self._options = options
-        self._handler = handler
         properties: dict[str, Any] = {"receive_maximum": RECEIVE_MAXIMUM}
         if options.persistent_session:
             properties["session_expiry_interval"] = COLLECTOR_SESSION_EXPIRY_S
@@ -70,21 +67,15 @@ class BrokerLink:
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
-        if handler is not None:
-            self._client.on_message = self._on_unacknowledged_message
-            # gmqtt acknowledges a QoS 1 message when its (async) handler returns: one task and
-            # one socket write per message. We take QoS 1 delivery over instead, so that a
-            # whole committed batch is acknowledged in a single write (see `acknowledge`).
-            package_handler = self._client._package_handler
-            package_handler._handle_qos_1_publish_packet = self._on_qos1_publish
         self._client.on_subscribe = self._on_subscribe
+        self._handler: DeliveryHandler | None = None
         self._subscribed = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
         self._stopping = False
         self._ever_lost = False
         # Bumped on every connect and disconnect. A packet id names a message only on the
-        # connection that delivered it: an ack for an older connection must never be sent on
-        # a newer one, where the same id may name a message not yet stored.
+        # connection that delivered it: a PUBACK for an older connection must never be sent
+        # on a newer one, where the same id may name a message not yet stored.
         self._generation = 0
         self.last_error: str | None = None
 
@@ -102,7 +93,21 @@ class BrokerLink:
             return self.connected
         return self.connected and self._subscribed.is_set()
 
-    def start(self) -> None:
+    def start(self, handler: DeliveryHandler | None = None) -> None:
+        """Connect in the background and from then on hand every message received to
+        `handler` (None: this link only publishes).
+
+        The handler comes here rather than to the constructor because whoever takes the
+        messages (the collector's intake) needs this link to be built first: it sends the
+        PUBACKs and pauses reading through it. Nothing can arrive before `start` connects.
+        """
+        if handler is not None:
+            self._handler = handler
+            self._client.on_message = self._on_qos0_message
+            # gmqtt acknowledges a QoS 1 message when its (async) handler returns: one task and
+            # one socket write per message. We take QoS 1 delivery over instead, so that a
+            # whole committed batch is acknowledged in a single write (see `send_pubacks`).
+            gmqtt_internals.take_over_qos1_delivery(self._client, self._on_qos1_publish)
         self._connector = asyncio.create_task(self._connect_until_up(), name="mqtt-connect")
 
     async def _connect_until_up(self) -> None:
@@ -173,7 +178,7 @@ class BrokerLink:
         if not self._stopping:
             log.warning("lost the broker connection, reconnecting")
 
-    def _on_unacknowledged_message(
+    def _on_qos0_message(
         self,
         _client: Client,
         topic: str | bytes,
@@ -181,7 +186,8 @@ class BrokerLink:
         _qos: int,
         properties: dict[str, Any],
     ) -> None:
-        """QoS 0 (state may come that way): nothing to acknowledge."""
+        """A QoS 0 message (state may come that way): no PUBACK to send. QoS 1 messages go to
+        `_on_qos1_publish`."""
         assert self._handler is not None
         self._handler(_text(topic), payload, bool(properties.get("retain")), None)
 
@@ -192,56 +198,25 @@ class BrokerLink:
         token = self._generation << 16 | mid
         self._handler(_text(topic), payload, bool(properties.get("retain")), token)
 
-    def acknowledge(self, tokens: Iterable[int]) -> None:
+    def send_pubacks(self, tokens: Iterable[int]) -> None:
         """Send the PUBACKs for stored messages, all in one write. Tokens from an earlier
         connection are dropped: the broker delivers those messages again, and the duplicate
         is absorbed by the database (the device `ts` is the key)."""
-        transport = self._transport()
-        if transport is None or transport.is_closing():
-            return
         generation = self._generation
-        packets = b"".join(
-            _PUBACK.pack(_PUBACK_TYPE, 2, token & 0xFFFF)
-            for token in tokens
-            if token >> 16 == generation
+        gmqtt_internals.write_pubacks(
+            self._client, (token & 0xFFFF for token in tokens if token >> 16 == generation)
         )
-        if packets:
-            transport.write(packets)
 
-    def _transport(self) -> Any:
-        connection = getattr(self._client, "_connection", None)
-        return getattr(connection, "_transport", None)
-
-    def _reader(self) -> Any:
-        connection = getattr(self._client, "_connection", None)
-        protocol = getattr(connection, "_protocol", None)
-        return getattr(protocol, "_hard_reader", None)
+    def _transport(self) -> asyncio.Transport | None:
+        """The socket of the current connection while it is open."""
+        return gmqtt_internals.open_transport(self._client)
 
     def pause_reading(self) -> None:
         """Stop taking packets from the broker (TCP backpressure) until `resume_reading`."""
-        transport = self._transport()
-        if transport is None or transport.is_closing():
-            return
-        # gmqtt reads through an asyncio.StreamReader, which pauses the transport when its
-        # buffer is full and resumes it when drained (in `_maybe_resume_transport`, and in
-        # `_wait_for_data` if it believes it paused). Take its pause over and make its resume
-        # a no-op while we hold ours, or it resumes under us.
-        reader = self._reader()
-        if reader is not None:
-            reader._maybe_resume_transport = _hold_paused
-            reader._paused = False
-        transport.pause_reading()
+        gmqtt_internals.pause_reading(self._client)
 
     def resume_reading(self) -> None:
-        reader = self._reader()
-        if reader is not None and "_maybe_resume_transport" in vars(reader):
-            del reader._maybe_resume_transport
-        transport = self._transport()
-        if transport is None or transport.is_closing():
-            return
-        if reader is not None and reader._paused:
-            return  # the reader paused for its own buffer and resumes once that drains
-        transport.resume_reading()
+        gmqtt_internals.resume_reading(self._client)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -254,7 +229,7 @@ class BrokerLink:
                 await self._connector
         # Also when not (yet) connected: a connect cut short by this stop may have opened a
         # socket already, and only disconnect() closes it.
-        if getattr(self._client, "_connection", None) is not None:
+        if gmqtt_internals.has_connection(self._client):
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
         if self._ever_lost:
@@ -271,14 +246,9 @@ class BrokerLink:
             self._close_stray_connection()
 
     def _close_stray_connection(self) -> None:
-        connection = getattr(self._client, "_connection", None)
-        transport = getattr(connection, "_transport", None)
-        if transport is not None and not transport.is_closing():
+        transport = self._transport()
+        if transport is not None:
             transport.close()
-
-
-def _hold_paused() -> None:
-    """Stands in for StreamReader._maybe_resume_transport while the intake holds a pause."""
 
 
 def _text(topic: str | bytes) -> str:

@@ -1,9 +1,10 @@
-"""The batch writer: a bounded queue between MQTT intake and the database.
+"""The batch writer: collects parsed messages and commits them to the database in batches.
 
-A message is acknowledged to the broker only when the batch holding it has committed, so a
-crash at any point leaves it with the broker, which delivers it again. Writes are retried
-with backoff while the database is unavailable; meanwhile the queue fills, intake waits, the
-broker stops sending (its in-flight window is full) and keeps the rest.
+After each commit it hands the batch's PUBACK tokens back (`run`'s `on_committed`): nothing
+that was not committed is ever handed over, so a crash at any point leaves the message with
+the broker, which delivers it again. Writes are retried with backoff while the database is
+unavailable; meanwhile messages pile up here, and the intake (collector/intake.py) bounds
+them: past its limit it stops reading from the broker, which keeps the rest.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ log = logging.getLogger("paku_iot.collector")
 _MAX_BACKOFF_S = 5.0
 
 
-AckToken = int
-"""Opaque to the writer: what the intake needs to acknowledge one message once it is stored
+PubackToken = int
+"""Opaque to the writer: what the intake needs to send one message's PUBACK once it is stored
 (QoS 0 messages have none)."""
 
 
@@ -97,8 +98,12 @@ def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
 
 class BatchWriter:
     """Collects parsed messages and commits them in batches of up to `batch_size`, waiting at
-    most `linger_s` for a batch to fill. After each commit it hands the batch's ack tokens to
-    `on_committed`; nothing that was not committed is ever handed over.
+    most `linger_s` for a batch to fill. After each commit it hands the batch's PUBACK tokens
+    to `run`'s `on_committed`; nothing that was not committed is ever handed over.
+
+    `on_online` is told (after commit) which devices just said they are online: their queued
+    commands can go out now. `observe_batch` is told the size and write time of every
+    committed batch (metrics).
 
     Deliberately no task, future or queue entry per message: at tens of thousands of messages
     a second that bookkeeping, not the database, is what limits a Python collector.
@@ -111,39 +116,34 @@ class BatchWriter:
         *,
         batch_size: int,
         linger_s: float,
+        on_online: Callable[[set[str]], None] | None = None,
+        observe_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._engine = engine
         self._stats = stats
         self._batch_size = batch_size
         self._linger_s = linger_s
+        self._on_online = on_online
+        self._observe_batch = observe_batch
         self._records: list[Parsed] = []
-        # One entry per record, None for QoS 0 messages, which are never acknowledged.
-        self._acks: list[AckToken | None] = []
+        # One entry per record, None for QoS 0 messages, which get no PUBACK.
+        self._pubacks: list[PubackToken | None] = []
         # The most messages ever waiting here at once: flow control keeps it near the intake's
         # limit (operators and tests can see that it does).
         self.peak_backlog = 0
         self._arrived = asyncio.Event()
         self._batch_full = asyncio.Event()
         self._stopping = False
-        # Told the ack tokens of every committed batch (the intake acknowledges them).
-        self.on_committed: Callable[[list[AckToken]], None] | None = None
-        # Told (after commit) which devices just said they are online: their queued
-        # commands can go out now.
-        self.on_online: Callable[[set[str]], None] | None = None
-        # Told the size and write time of every committed batch (metrics).
-        self.observe_batch: Callable[[int, float], None] | None = None
-        # Told every committed batch and when it committed (benchmarks measure latency).
-        self.observe_commit: Callable[[IngestBatch, float], None] | None = None
 
     @property
     def backlog(self) -> int:
         """Messages received and not yet committed."""
         return len(self._records)
 
-    def offer(self, record: Parsed, ack: AckToken | None) -> None:
-        """Take one message; its ack token comes back through `on_committed` once stored."""
+    def offer(self, record: Parsed, puback: PubackToken | None) -> None:
+        """Take one message; its PUBACK token comes back through `on_committed` once stored."""
         self._records.append(record)
-        self._acks.append(ack)
+        self._pubacks.append(puback)
         waiting = len(self._records)
         if waiting == 1:
             self._arrived.set()
@@ -151,8 +151,12 @@ class BatchWriter:
             self._batch_full.set()
         self.peak_backlog = max(self.peak_backlog, waiting)
 
-    async def run(self) -> None:
-        """Write batches until `stop()`; then write what is waiting and return."""
+    async def run(self, on_committed: Callable[[list[PubackToken]], None]) -> None:
+        """Write batches until `stop()`; then write what is waiting and return. The PUBACK
+        tokens of every committed batch go to `on_committed`.
+
+        `on_committed` comes here rather than to the constructor because it belongs to the
+        intake, which is built with this writer (it offers messages to it)."""
         while True:
             if not self._records:
                 if self._stopping:
@@ -165,27 +169,27 @@ class BatchWriter:
                 self._batch_full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._batch_full.wait(), timeout=self._linger_s)
-            records, acks = self._take()
+            records, pubacks = self._take()
             try:
                 committed = await self._write_with_retry(records)
             except Exception:
                 # A bug, not bad input (that is set aside) nor an outage (that is retried):
-                # leave these messages unacknowledged (the broker redelivers them on the next
+                # leave these messages without PUBACK (the broker redelivers them on the next
                 # connection) and keep ingesting the rest.
                 log.exception("writing a batch of %d failed", len(records))
                 continue
-            if committed and self.on_committed is not None:
-                self.on_committed([ack for ack in acks if ack is not None])
+            if committed:
+                on_committed([puback for puback in pubacks if puback is not None])
 
-    def _take(self) -> tuple[list[Parsed], list[AckToken | None]]:
+    def _take(self) -> tuple[list[Parsed], list[PubackToken | None]]:
         if len(self._records) <= self._batch_size:
-            records, acks = self._records, self._acks
-            self._records, self._acks = [], []
-            return records, acks
+            records, pubacks = self._records, self._pubacks
+            self._records, self._pubacks = [], []
+            return records, pubacks
         size = self._batch_size
-        records, acks = self._records[:size], self._acks[:size]
-        del self._records[:size], self._acks[:size]
-        return records, acks
+        records, pubacks = self._records[:size], self._pubacks[:size]
+        del self._records[:size], self._pubacks[:size]
+        return records, pubacks
 
     async def _write_with_retry(self, records: list[Parsed]) -> bool:
         """True once committed; False if given up at shutdown (left to the broker)."""
@@ -204,7 +208,7 @@ class BatchWriter:
                         len(records) + len(self._records),
                     )
                     self._records.clear()
-                    self._acks.clear()
+                    self._pubacks.clear()
                     return False
                 log.warning("database write failed (%s), retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -236,15 +240,13 @@ class BatchWriter:
                 await settle_commands(conn, batch.events)
                 await record_ota_reports(conn, batch.events)
         self._count(batch)
-        if self.observe_batch is not None:
-            self.observe_batch(len(records), time.perf_counter() - started)
-        if self.observe_commit is not None:
-            self.observe_commit(batch, time.time())
+        if self._observe_batch is not None:
+            self._observe_batch(len(records), time.perf_counter() - started)
         came_online = {
             s.device_id for s in batch.states if s.live and s.payload.get(STATE_ONLINE) is True
         }
-        if came_online and self.on_online is not None:
-            self.on_online(came_online)
+        if came_online and self._on_online is not None:
+            self._on_online(came_online)
 
     async def _commit_one(self, record: Parsed) -> None:
         try:

@@ -46,6 +46,7 @@ from gmqtt import Client, Message, Subscription
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.storage import PersistentStorage
 
+from paku_iot import gmqtt_internals
 from paku_iot.device.commands import (
     DEFAULT_REMEMBERED_COMMANDS,
     CommandHandler,
@@ -175,6 +176,7 @@ class ReferenceDevice:
         ack_timeout_s: float = 10.0,
         remembered_commands: int = DEFAULT_REMEMBERED_COMMANDS,
     ) -> None:
+        gmqtt_internals.require_compatible_gmqtt()
         self.topics = DeviceTopics(device_id)
         check_state_fields(rssi, fw_version)
         if keepalive <= 0:
@@ -306,11 +308,10 @@ class ReferenceDevice:
                 )
                 await self._ready.wait()
         except Exception as exc:  # OSError, gmqtt's MQTTConnectError, TimeoutError
-            reason = getattr(exc, "_code", None)  # where gmqtt's MQTTConnectError keeps it
             raise DeviceConnectError(
                 f"{self.device_id} cannot connect to {self.host}:{self.port}:"
                 f" {str(exc) or type(exc).__name__}",
-                reason if isinstance(reason, int) else None,
+                gmqtt_internals.connect_refusal_code(exc),
             ) from exc
 
     def _on_connect(self, _client: Any, session_present: int, _rc: int, _props: Any) -> None:
@@ -444,17 +445,15 @@ class ReferenceDevice:
         `connect()` resumes the same session (commands queued meanwhile arrive then)."""
         self._stay_online = False
         await self._stop_reconnecting()
-        connection = self._client._connection
-        if connection is not None and not connection.is_closing():
+        transport = gmqtt_internals.open_transport(self._client)
+        if transport is not None:
             log.info("%s: dropping the connection without DISCONNECT", self.device_id)
-            connection._transport.abort()
+            transport.abort()
         await self._close_link()
 
     async def _close_connection(self) -> None:
-        connection = self._client._connection
-        if connection is not None:
-            # Also cancels gmqtt's keepalive timer; returns once the socket is closed.
-            await connection.close()
+        # Also cancels gmqtt's keepalive timer; returns once the socket is closed.
+        await gmqtt_internals.close_connection(self._client)
 
     async def _close_link(self) -> None:
         """Close the socket and end everything of ours that served it.
@@ -519,7 +518,7 @@ class ReferenceDevice:
         await self._publish(self.topics.state, payload, retain=True)
 
     def _link_up(self) -> bool:
-        return self._client._connection is not None and bool(self._client.is_connected)
+        return gmqtt_internals.has_connection(self._client) and bool(self._client.is_connected)
 
     def _publish_nowait(
         self, topic: str, payload: bytes, *, retain: bool = False

@@ -195,13 +195,28 @@ async def running_service(
             await broker_sync.sync()
 
         stats = IngestStats()
-        writer, intake = _collector_parts(settings, engine, stats, roles)
-        link = _broker_link(settings, password, intake)
-        if intake is not None:
-            intake.broker = link
+        collecting = Role.COLLECTOR in roles
+        # Built first: the intake sends PUBACKs and pauses reading through the link, commands
+        # publish through it. It is handed the intake (its handler) when it starts, below.
+        link = _broker_link(settings, password, collecting=collecting)
         command_store = CommandStore(engine)
         commands = CommandService(command_store, devices, link)
-        metrics = _metrics_source(stats, writer, link)
+        background = TaskSet()
+        # Serving the API, the metrics are built now and the writer reports every batch to
+        # them. A collector alone has no endpoint to expose them on and leaves
+        # prometheus_client unloaded; metrics built there on demand see no batches.
+        batch_metrics = _new_metrics() if Role.API in roles else None
+        writer, intake = _collector_parts(
+            settings,
+            engine,
+            stats,
+            link,
+            roles,
+            # Devices that just came online get their queued commands.
+            on_online=lambda ids: background.spawn_each(commands.dispatch, ids),
+            observe_batch=batch_metrics.observe_batch if batch_metrics else None,
+        )
+        metrics = _metrics_source(batch_metrics, stats, writer, link)
         if Role.API in roles:
             metrics()
         ota = OtaParts(settings, engine, devices)
@@ -229,13 +244,11 @@ async def running_service(
             stats=stats,
             writer=writer,
         )
-        background = TaskSet()
-        if writer is not None:
-            writer.on_online = lambda ids: background.spawn_each(commands.dispatch, ids)
 
         writer_task: asyncio.Task[None] | None = None
         if writer is not None:
-            writer_task = asyncio.create_task(writer.run(), name="batch-writer")
+            assert intake is not None
+            writer_task = asyncio.create_task(writer.run(intake.committed), name="batch-writer")
 
             async def stop_writer() -> None:
                 assert writer is not None
@@ -245,7 +258,7 @@ async def running_service(
 
             # Registered before the link's stop, so it runs after it has disconnected...
             stack.push_async_callback(stop_writer)
-        link.start()
+        link.start(intake.handle if intake is not None else None)
         background.spawn(sweep_forever(commands), name="command-sweeper")
         if writer is not None:
             policy = RetentionPolicy(
@@ -256,29 +269,34 @@ async def running_service(
                 name="maintenance",
             )
         stack.push_async_callback(background.cancel_all)
-        # ...except that what is already queued is written (and acked) before we disconnect.
+        # ...except that what is queued is written, and its PUBACKs sent, before we disconnect.
         stack.push_async_callback(link.stop)
         if writer is not None:
             stack.push_async_callback(_drain, writer)
         yield service
 
 
-def _metrics_source(
-    stats: IngestStats, writer: BatchWriter | None, link: BrokerLink
-) -> Callable[[], Metrics]:
-    @functools.cache
-    def build() -> Metrics:
-        from paku_iot.server.metrics import Metrics  # noqa: PLC0415 - see Service.metrics_source
+def _new_metrics() -> Metrics:
+    from paku_iot.server.metrics import Metrics  # noqa: PLC0415 - see running_service
 
-        metrics = Metrics()
+    return Metrics()
+
+
+def _metrics_source(
+    built: Metrics | None, stats: IngestStats, writer: BatchWriter | None, link: BrokerLink
+) -> Callable[[], Metrics]:
+    """The process's metrics (`built`, or new ones on first use), watching the ingest
+    counters, the writer's backlog and the broker connection."""
+
+    @functools.cache
+    def source() -> Metrics:
+        metrics = built if built is not None else _new_metrics()
         metrics.watch(
             stats, lambda: writer.backlog if writer is not None else 0, lambda: link.connected
         )
-        if writer is not None:
-            writer.observe_batch = metrics.observe_batch
         return metrics
 
-    return build
+    return source
 
 
 def _password_file_sync(
@@ -295,7 +313,14 @@ def _password_file_sync(
 
 
 def _collector_parts(
-    settings: Settings, engine: AsyncEngine, stats: IngestStats, roles: frozenset[Role]
+    settings: Settings,
+    engine: AsyncEngine,
+    stats: IngestStats,
+    link: BrokerLink,
+    roles: frozenset[Role],
+    *,
+    on_online: Callable[[set[str]], None],
+    observe_batch: Callable[[int, float], None] | None,
 ) -> tuple[BatchWriter | None, Intake | None]:
     if Role.COLLECTOR not in roles:
         return None, None
@@ -304,20 +329,23 @@ def _collector_parts(
         stats,
         batch_size=settings.ingest_batch_size,
         linger_s=settings.ingest_linger_ms / 1000,
+        on_online=on_online,
+        observe_batch=observe_batch,
     )
     intake = Intake(
         writer,
+        link,
         max_payload_bytes=settings.max_payload_bytes,
         max_in_flight=settings.ingest_queue_size,
     )
     return writer, intake
 
 
-def _broker_link(settings: Settings, password: str, intake: Intake | None) -> BrokerLink:
+def _broker_link(settings: Settings, password: str, *, collecting: bool) -> BrokerLink:
     """The collector's link keeps a persistent session with the uplink subscriptions (shared
     between replicas when configured); an API-only process gets a plain one to publish
     downlink messages."""
-    client_role = "collector" if intake is not None else "api"
+    client_role = "collector" if collecting else "api"
     return BrokerLink(
         LinkOptions(
             host=settings.mqtt_host,
@@ -325,16 +353,15 @@ def _broker_link(settings: Settings, password: str, intake: Intake | None) -> Br
             username=settings.mqtt_username,
             password=password,
             client_id=f"paku-{client_role}-{settings.broker_session_name}",
-            persistent_session=intake is not None,
-            subscriptions=tuple(uplink_subscriptions()) if intake is not None else (),
+            persistent_session=collecting,
+            subscriptions=tuple(uplink_subscriptions()) if collecting else (),
             shared_group=SHARED_GROUP if settings.collector_shared_subscription else None,
-        ),
-        intake.handle if intake is not None else None,
+        )
     )
 
 
 async def _drain(writer: BatchWriter) -> None:
-    """Give queued messages a moment to commit so their acks go out on this connection."""
+    """Give queued messages a moment to commit so their PUBACKs go out on this connection."""
     deadline = asyncio.get_running_loop().time() + 5
     while writer.backlog and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
