@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -38,6 +40,15 @@ def _config_file() -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMqttEndpoint:
+    """Where devices connect, as a claim answer or the dashboard tells them."""
+
+    host: str
+    port: int
+    tls: bool
 
 
 class Settings(BaseSettings):
@@ -164,6 +175,18 @@ class Settings(BaseSettings):
     def broker_session_name(self) -> str:
         """Names this process's broker sessions; must differ between replicas."""
         return self.instance_id or socket.gethostname()
+
+    @property
+    def device_mqtt_endpoint(self) -> DeviceMqttEndpoint:
+        """The public host (from PAKU_PUBLIC_URL) or the MQTT host, and the TLS port when
+        the broker has a certificate."""
+        tls = self.mqtt_tls_cert_file is not None
+        public_host = urlparse(self.public_url).hostname if self.public_url else None
+        return DeviceMqttEndpoint(
+            host=public_host or self.mqtt_host,
+            port=self.mqtt_tls_port if tls else self.mqtt_port,
+            tls=tls,
+        )
 
     @property
     def http_base_url(self) -> str:

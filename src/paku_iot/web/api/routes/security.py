@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse
@@ -111,14 +110,8 @@ def _client_address(request: Request) -> str:
 
 
 def _mqtt_endpoint(service: Service) -> MqttEndpoint:
-    settings = service.settings
-    tls = settings.mqtt_tls_cert_file is not None
-    public_host = urlparse(settings.public_url).hostname if settings.public_url else None
-    return MqttEndpoint(
-        host=public_host or settings.mqtt_host,
-        port=settings.mqtt_tls_port if tls else settings.mqtt_port,
-        tls=tls,
-    )
+    endpoint = service.settings.device_mqtt_endpoint
+    return MqttEndpoint(host=endpoint.host, port=endpoint.port, tls=endpoint.tls)
 
 
 @router.post(

@@ -26,7 +26,6 @@ from paku_iot.web.deps import ServiceDep
 from paku_iot.web.ui.charts import MAX_ROWS, WINDOWS, chart_data
 from paku_iot.web.ui.guard import ActionSession, DataSession, PageSession
 from paku_iot.web.ui.rendering import SECURITY_HEADERS, render
-from paku_iot.web.ui.routes.provision import mqtt_endpoint
 from paku_iot.web.ui.sessions import Session
 
 router = APIRouter()
@@ -250,7 +249,7 @@ async def rotate_credentials(
         heading=f"New credentials for {device_id}",
         device=result.device,
         password=result.password,
-        mqtt=mqtt_endpoint(service.settings),
+        mqtt=service.settings.device_mqtt_endpoint,
     )
 
 

@@ -3,16 +3,13 @@ once (the server keeps only hashes)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import urlparse
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from paku_iot.exceptions import PakuError
 from paku_iot.security.claims import DEFAULT_TTL_S, MAX_TTL_S
-from paku_iot.settings import Settings
 from paku_iot.web.deps import ServiceDep
 from paku_iot.web.ui.guard import ActionSession, PageSession
 from paku_iot.web.ui.rendering import render
@@ -20,24 +17,6 @@ from paku_iot.web.ui.sessions import Session
 
 router = APIRouter()
 MAX_CLAIM_BATCH = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class MqttEndpoint:
-    host: str
-    port: int
-    tls: bool
-
-
-def mqtt_endpoint(settings: Settings) -> MqttEndpoint:
-    """Where devices connect, as the claim answer (POST /claim) tells them."""
-    tls = settings.mqtt_tls_cert_file is not None
-    public_host = urlparse(settings.public_url).hostname if settings.public_url else None
-    return MqttEndpoint(
-        host=public_host or settings.mqtt_host,
-        port=settings.mqtt_tls_port if tls else settings.mqtt_port,
-        tls=tls,
-    )
 
 
 def _form_page(
@@ -100,7 +79,7 @@ async def provision_device(
         heading=f"Device {result.device.id} provisioned",
         device=result.device,
         password=result.password,
-        mqtt=mqtt_endpoint(service.settings),
+        mqtt=service.settings.device_mqtt_endpoint,
     )
 
 
