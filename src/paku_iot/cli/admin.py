@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from paku_iot.exceptions import InvalidInput, PakuError, SettingsError
 from paku_iot.protocol import DEFAULT_COMMAND_TTL_S
 from paku_iot.secretfiles import write_private_file
+from paku_iot.security.claims import DEFAULT_TTL_S as CLAIM_CODE_TTL_S
 from paku_iot.settings import Settings
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     create_codes.add_argument("--model", required=True)
     create_codes.add_argument("--count", type=int, default=1)
-    create_codes.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds (30 days)")
+    create_codes.add_argument("--ttl", type=int, default=CLAIM_CODE_TTL_S, help="seconds (30 days)")
     create_codes.add_argument(
         "--out", type=Path, required=True, help="CSV for the codes (written 0600)"
     )
