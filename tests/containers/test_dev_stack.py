@@ -1,0 +1,256 @@
+"""compose/dev.yaml on a real Docker engine, as a user runs it (README, the file's header):
+`docker-compose up -d --build` with the published ports moved, every service healthy (the
+one-shots exited 0), a device provisioned through the HTTP API with the dev admin token, its
+telemetry published with a real MQTT client through the published MQTT port and read back
+from the API, then `down -v`, after which nothing of the project is left.
+
+The engine is started when it is not running (scripts/docker-engine.sh); the official images
+are used when present or pullable, local stand-ins otherwise (tests/support/engine.py,
+tests/containers/standins/). Without an engine this skips, except in CI (CI=true), where it
+fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from paku_iot.device import ReferenceDevice
+from tests.support import eventually, free_port, require
+from tests.support.compose import (
+    COMPOSE_FILES,
+    builds_our_image,
+    environment,
+    load_compose,
+    parse_dockerfile,
+    services,
+)
+from tests.support.downlink import wait_status
+from tests.support.engine import ensure_images, start_engine
+from tests.support.mqtt import ConnectRefused, DeviceClient
+from tests.support.processes import provision, stored_telemetry
+
+# The first run builds the stand-ins and the paku-iot image; a cached run takes a minute or two.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
+
+COMPOSE_FILE = COMPOSE_FILES["dev"]
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+HEALTHY_WITHIN = 300.0
+
+
+def default_services() -> dict[str, dict[str, object]]:
+    """The services `up` starts: those without a profile."""
+    return {
+        name: service
+        for name, service in services(load_compose("dev")).items()
+        if not service.get("profiles")
+    }
+
+
+def images_needed() -> list[str]:
+    """Every image the default services and the Dockerfile's stages start from."""
+    names = [
+        str(service["image"])
+        for service in default_services().values()
+        if "image" in service and not builds_our_image(service)
+    ]
+    names += parse_dockerfile().stages
+    return list(dict.fromkeys(names))
+
+
+def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def engine() -> list[str]:
+    """A Docker engine that answers, docker-compose, and the images: what was done to get
+    them (printed, for the test's log)."""
+    reason = start_engine()
+    require(reason is None, str(reason))
+    require(shutil.which("docker-compose") is not None, "docker-compose is not installed")
+    started = time.monotonic()
+    done = ensure_images(images_needed())
+    print(f"images ready in {time.monotonic() - started:.0f} s:", *done, sep="\n  ")
+    return done
+
+
+class Stack:
+    """One compose project of compose/dev.yaml, with its own name and free ports."""
+
+    def __init__(self) -> None:
+        self.project = f"pakutest{secrets.token_hex(4)}"
+        self.http_port = free_port()
+        self.mqtt_port = free_port()
+        self.env = {
+            **os.environ,
+            "PAKU_DEV_HTTP_PORT": str(self.http_port),
+            "PAKU_DEV_MQTT_PORT": str(self.mqtt_port),
+            "PAKU_DEV_PUBLIC_URL": f"http://localhost:{self.http_port}",
+        }
+
+    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker-compose", "-f", str(COMPOSE_FILE), "-p", self.project, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def states(self) -> dict[str, tuple[str, int, str]]:
+        """Each container of the project: its service -> (status, exit code, health)."""
+        ids = docker(
+            "ps", "-a", "-q", "--filter", f"label={PROJECT_LABEL}={self.project}"
+        ).stdout.split()
+        if not ids:
+            return {}
+        template = (
+            f'{{{{index .Config.Labels "{SERVICE_LABEL}"}}}} {{{{.State.Status}}}} '
+            "{{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+        )
+        found = {}
+        for line in docker("inspect", "--format", template, *ids).stdout.splitlines():
+            service, status, code, *health = line.split()
+            found[service] = (status, int(code), health[0] if health else "")
+        return found
+
+    def leftovers(self) -> dict[str, list[str]]:
+        label = f"label={PROJECT_LABEL}={self.project}"
+        return {
+            kind: docker(*command, "--filter", label).stdout.split()
+            for kind, command in {
+                "containers": ("ps", "-a", "-q"),
+                "volumes": ("volume", "ls", "-q"),
+                "networks": ("network", "ls", "-q"),
+            }.items()
+        }
+
+
+async def wait_until_ready(stack: Stack) -> dict[str, tuple[str, int, str]]:
+    """Every default service healthy (or running, without a healthcheck), the one-shots
+    (restart: "no") exited 0; fails at once when one of them cannot get there."""
+    wanted = default_services()
+    deadline = time.monotonic() + HEALTHY_WITHIN
+    states: dict[str, tuple[str, int, str]] = {}
+    while time.monotonic() < deadline:
+        states = stack.states()
+        ready = True
+        for name, service in wanted.items():
+            status, code, health = states.get(name, ("missing", 0, ""))
+            if str(service.get("restart", "")) == "no":
+                assert status != "exited" or code == 0, f"{name} exited {code}: {states}"
+                ready = ready and status == "exited"
+            else:
+                assert status not in ("exited", "dead"), f"{name} stopped: {states}"
+                assert health != "unhealthy", f"{name} is unhealthy: {states}"
+                ready = ready and status == "running" and health in ("healthy", "")
+        if ready:
+            return states
+        await asyncio.sleep(1)
+    raise AssertionError(f"not ready within {HEALTHY_WITHIN:.0f} s: {states}")
+
+
+async def telemetry_round_trip(stack: Stack, device_id: str, token: str) -> str:
+    """Provision through the API, publish through the published MQTT port, read it back.
+
+    The broker container learns of the new password from its watcher, which compares the
+    password file every second (compose/mosquitto/entrypoint.sh): until that reload the
+    device is refused, so it tries again for a few seconds, as a device would."""
+    base_url = f"http://127.0.0.1:{stack.http_port}"
+    password = await provision(base_url, device_id, token)
+
+    async def connected() -> DeviceClient:
+        try:
+            return await DeviceClient("127.0.0.1", stack.mqtt_port, device_id, password).connect()
+        except ConnectRefused as exc:
+            raise AssertionError(f"refused: {exc.reason}") from exc
+
+    device = await eventually(connected, timeout=15)
+    sample = {"ts": int(time.time() * 1000), "v": 7}
+    assert await device.publish(f"paku/{device_id}/telemetry", json.dumps(sample)) == 0
+    await device.disconnect()
+
+    async def stored() -> None:
+        items = await stored_telemetry(base_url, device_id, token)
+        assert [i["payload"] for i in items] == [sample]
+
+    await eventually(stored)
+    return password
+
+
+async def command_round_trip(stack: Stack, device_id: str, password: str, token: str) -> None:
+    """The reference device (paku_iot.device) on the published MQTT port answers a command
+    sent through the API."""
+    device = ReferenceDevice("127.0.0.1", stack.mqtt_port, device_id, password)
+
+    async def blink(params: dict[str, Any]) -> dict[str, Any]:
+        return {"blinked": params.get("times", 1)}
+
+    device.on_command("blink", blink)
+    await device.connect()
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{stack.http_port}",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as api:
+            sent = await api.post(
+                f"/devices/{device_id}/commands", json={"name": "blink", "params": {"times": 3}}
+            )
+            assert sent.status_code in (200, 201, 202), sent.text
+            done = await wait_status(api, device_id, sent.json()["id"], "acked", timeout=15)
+            assert done["result"] == {"blinked": 3}
+    finally:
+        await device.disconnect()
+
+
+async def test_the_dev_stack_runs_on_a_real_engine(engine: list[str]) -> None:
+    stack = Stack()
+    admin_token = environment(default_services()["paku-iot"])["PAKU_ADMIN_TOKEN"]
+    timings: dict[str, float] = {}
+    try:
+        started = time.monotonic()
+        up = stack.compose("up", "-d", "--build", timeout=1800)
+        timings["up --build"] = time.monotonic() - started
+        assert up.returncode == 0, f"docker-compose up failed:\n{up.stdout}\n{up.stderr}"
+
+        started = time.monotonic()
+        await wait_until_ready(stack)
+        timings["healthy"] = time.monotonic() - started
+
+        started = time.monotonic()
+        password = await telemetry_round_trip(stack, "compose-dev-1", admin_token)
+        timings["telemetry round trip"] = time.monotonic() - started
+
+        started = time.monotonic()
+        await command_round_trip(stack, "compose-dev-1", password, admin_token)
+        timings["command round trip"] = time.monotonic() - started
+    except BaseException:
+        logs = stack.compose("logs", "--no-color", "--timestamps")
+        print(f"docker-compose logs of {stack.project}:\n{logs.stdout}\n{logs.stderr}")
+        raise
+    finally:
+        started = time.monotonic()
+        down = stack.compose("down", "-v", "--remove-orphans")
+        timings["down -v"] = time.monotonic() - started
+        print("timings:", {step: round(seconds, 1) for step, seconds in timings.items()})
+    assert down.returncode == 0, f"docker-compose down failed:\n{down.stdout}\n{down.stderr}"
+    assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
