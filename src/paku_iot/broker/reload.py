@@ -15,7 +15,7 @@ log = logging.getLogger("paku_iot.broker")
 
 
 def reload_broker(pid_file: Path) -> bool:
-    """Send SIGHUP to the broker named by `pid_file`. False (and a warning) when it cannot:
+    """Send SIGHUP to the broker named by `pid_file`. False (and a log line) when it cannot:
     no pid file, a stale pid, or a broker owned by another user (compose: a watcher reloads)."""
     try:
         pid = int(pid_file.read_text(encoding="ascii").strip())
@@ -26,7 +26,8 @@ def reload_broker(pid_file: Path) -> bool:
     if comm.exists() and comm.read_text(encoding="ascii", errors="replace").strip() != "mosquitto":
         # In containers the pid file comes from the broker's own PID namespace: pid 1 there is
         # not mosquitto here. Signalling it would hit whatever runs under that number.
-        log.warning("broker not reloaded: process %d is not mosquitto (a watcher reloads)", pid)
+        # Expected under compose, where the broker container's watcher reloads: not a warning.
+        log.info("broker not signalled: process %d is not mosquitto (a watcher reloads)", pid)
         return False
     try:
         os.kill(pid, signal.SIGHUP)
