@@ -21,8 +21,10 @@ from tests.support.faults import Deployment, MakeDeployment, TcpProxy
 KEEPALIVE_S = 2
 # The Will goes out 1.5 x keepalive after the device's last packet; then the collector stores
 # it. The margin covers Mosquitto checking keepalives on whole seconds (up to ~1 s late),
-# that write, and our polling; measured 3.6-4.3 s here.
-OFFLINE_WITHIN_S = KEEPALIVE_S * 1.5 + 3
+# that write, and our polling. Measured here, 13 runs on a loaded 2-core box: either 3.2-4.0 s
+# or, in 5 of them, 8.5-8.9 s (Mosquitto 2.0.11 noticing the lapsed keepalive late; see
+# docs/reliability.md). The limit admits both; a broker that never gives up still fails.
+OFFLINE_WITHIN_S = KEEPALIVE_S * 1.5 + 9
 
 
 async def connect(device: ReferenceDevice) -> None:
