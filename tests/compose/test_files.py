@@ -251,6 +251,16 @@ def test_prod_restarts_rotates_logs_and_fits_the_memory_of_a_small_vm() -> None:
     assert total <= 1536, f"memory limits add up to {total:.0f} MiB"
 
 
+def test_dev_starts_a_crashed_service_again() -> None:
+    """As prod does: a service killed by the kernel (out of memory) or crashing comes back;
+    tests/containers/test_dev_faults.py crashes each on a real engine."""
+    for service_name, service in services(load_compose("dev")).items():
+        if is_one_shot(service):
+            assert service["restart"] == "no"
+        else:
+            assert service.get("restart") == "unless-stopped", service_name
+
+
 def test_prod_holds_no_secrets_and_requires_each_one() -> None:
     text = COMPOSE_FILES["prod"].read_text()
     document = load_compose("prod")

@@ -2,7 +2,11 @@
 `docker-compose up -d --build` with the published ports moved, every service healthy (the
 one-shots exited 0), a device provisioned through the HTTP API with the dev admin token, its
 telemetry published with a real MQTT client through the published MQTT port and read back
-from the API, then `down -v`, after which nothing of the project is left.
+from the API, a command answered by the reference device, a firmware release published
+through the API and installed by the reference device's OTA updater (manifest with its
+device credentials, download, SHA-256 and signature checked), a dashboard sign-in with the
+dev admin token that lists the device, paku-iot's start line in `docker-compose logs`, then
+`down -v`, after which nothing of the project is left.
 
 The engine is started when it is not running (scripts/docker-engine.sh); the official images
 are used when present or pullable, local stand-ins otherwise (tests/support/engine.py,
@@ -12,12 +16,14 @@ fails."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +43,7 @@ from tests.support.downlink import wait_status
 from tests.support.engine import ensure_images, start_engine
 from tests.support.mqtt import ConnectRefused, DeviceClient
 from tests.support.processes import provision, stored_telemetry
+from tests.support.ui import sign_in
 
 # The first run builds the stand-ins and the paku-iot image; a cached run takes a minute or two.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
@@ -222,7 +229,71 @@ async def command_round_trip(stack: Stack, device_id: str, password: str, token:
         await device.disconnect()
 
 
-async def test_the_dev_stack_runs_on_a_real_engine(engine: list[str]) -> None:
+async def ota_round_trip(
+    stack: Stack, device_id: str, password: str, token: str, workdir: Path
+) -> None:
+    """A release published through the API (`POST /ota/firmware`, multipart), then the
+    reference device's OTA updater on the published ports: the manifest with its HTTP Basic
+    device credentials, the download from the URL the manifest names (PAKU_PUBLIC_URL),
+    size, SHA-256 and signature checked, and the restart into the new version, which the
+    release's rollout then counts as updated."""
+    base_url = f"http://127.0.0.1:{stack.http_port}"
+    firmware = os.urandom(300_000)
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as api:
+        published = await api.post(
+            "/ota/firmware",
+            data={"model": "m", "version": "1.1.0", "notes": "compose walk-through"},
+            files={"file": ("firmware.bin", firmware, "application/octet-stream")},
+        )
+        assert published.status_code == 201, published.text
+        release = published.json()
+        assert release["sha256"] == hashlib.sha256(firmware).hexdigest()
+        assert release["url"].startswith(f"http://localhost:{stack.http_port}/ota/firmware/")
+        key = (await api.get("/ota/public-key")).json()["publicKey"]
+        # What a device asks, with its own credentials (not the admin token).
+        async with httpx.AsyncClient(base_url=base_url) as anonymous:
+            manifest = await anonymous.get(
+                "/ota/manifest.json", params={"current": "1.0.0"}, auth=(device_id, password)
+            )
+        assert manifest.status_code == 200, manifest.text
+        assert [(e["version"], e["sha256"]) for e in manifest.json()] == [
+            ("1.1.0", release["sha256"])
+        ]
+
+        device = ReferenceDevice("127.0.0.1", stack.mqtt_port, device_id, password)
+        await device.connect()
+        try:
+            assert await device.update_firmware(base_url, key, workdir) == "1.1.0"
+            assert device.fw_version == "1.1.0"
+            assert (workdir / "firmware-1.1.0.bin").read_bytes() == firmware
+
+            async def updated() -> None:
+                shown = await api.get(f"/ota/releases/{release['id']}")
+                assert device_id in shown.json()["rollout"]["devices"]["updated"], shown.text
+
+            await eventually(updated, timeout=15)
+        finally:
+            await device.disconnect()
+
+
+async def dashboard_lists(stack: Stack, device_id: str, token: str) -> None:
+    """Sign in to the dashboard with the dev admin token, as a browser would (a session
+    cookie over plain HTTP on localhost); the fleet page shows the device."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}") as browser:
+        signin = await browser.get("/ui/signin")
+        assert signin.status_code == 200, signin.text
+        await sign_in(browser, token)
+        fleet = await browser.get("/ui/fleet")
+        assert fleet.status_code == 200
+        assert device_id in fleet.text
+        # Signed out, the page is not shown.
+        async with httpx.AsyncClient(base_url=str(browser.base_url)) as stranger:
+            assert (await stranger.get("/ui/fleet")).status_code in (302, 303, 401)
+
+
+async def test_the_dev_stack_runs_on_a_real_engine(engine: list[str], tmp_path: Path) -> None:
     stack = Stack()
     admin_token = environment(default_services()["paku-iot"])["PAKU_ADMIN_TOKEN"]
     timings: dict[str, float] = {}
@@ -243,6 +314,19 @@ async def test_the_dev_stack_runs_on_a_real_engine(engine: list[str]) -> None:
         started = time.monotonic()
         await command_round_trip(stack, "compose-dev-1", password, admin_token)
         timings["command round trip"] = time.monotonic() - started
+
+        started = time.monotonic()
+        await ota_round_trip(stack, "compose-dev-1", password, admin_token, tmp_path / "ota")
+        timings["ota round trip"] = time.monotonic() - started
+
+        started = time.monotonic()
+        await dashboard_lists(stack, "compose-dev-1", admin_token)
+        timings["dashboard"] = time.monotonic() - started
+
+        logs = stack.compose("logs", "--no-color", "paku-iot")
+        assert logs.returncode == 0, logs.stderr
+        assert "paku-iot api+collector running (database " in logs.stdout, logs.stdout[-2000:]
+        assert "broker mosquitto:1883)" in logs.stdout, logs.stdout[-2000:]
     except BaseException:
         logs = stack.compose("logs", "--no-color", "--timestamps")
         print(f"docker-compose logs of {stack.project}:\n{logs.stdout}\n{logs.stderr}")
