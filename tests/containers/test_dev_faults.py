@@ -29,17 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.containers.test_dev_stack import (
-    Stack,
-    default_services,
-    docker,
-    engine,  # noqa: F401  # the fixture
-    wait_until_ready,
-)
+from tests.containers.test_dev_stack import Stack
 from tests.support import eventually
 from tests.support.compose import environment
 from tests.support.faults import Fleet, Key
 from tests.support.processes import provision
+from tests.support.stacks import default_services, docker, wait_until_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
@@ -70,20 +65,6 @@ class Phase:
     kill_round: int = 0
     acked: set[Key] = field(default_factory=set)
     lost: set[Key] = field(default_factory=set)
-
-
-def container_of(stack: Stack, service: str) -> str:
-    ids = docker(
-        "ps",
-        "-a",
-        "-q",
-        "--filter",
-        f"label=com.docker.compose.project={stack.project}",
-        "--filter",
-        f"label=com.docker.compose.service={service}",
-    ).stdout.split()
-    assert len(ids) == 1, f"{service}: {ids}"
-    return ids[0]
 
 
 def inspect(container: str, template: str) -> str:
@@ -118,7 +99,7 @@ async def recovered(stack: Stack, container: str, restarts: int) -> float:
     async def restarted() -> None:
         assert int(inspect(container, "{{.RestartCount}}")) > restarts, "not restarted yet"
         states = stack.states()
-        for name, service in default_services().items():
+        for name, service in default_services("dev").items():
             if str(service.get("restart", "")) == "no":
                 continue
             status, _code, health = states.get(name, ("missing", 0, ""))
@@ -145,7 +126,7 @@ def stored_keys(stack: Stack) -> list[Key]:
         [
             "docker",
             "exec",
-            container_of(stack, "postgres"),
+            stack.container("postgres"),
             *("psql", "-U", "paku", "-d", "paku", "-At", "-F", " ", "-c", query),
         ],
         capture_output=True,
@@ -165,13 +146,13 @@ def stored_keys(stack: Stack) -> list[Key]:
 async def run_phase(stack: Stack, fleet: Fleet, phase: Phase) -> None:
     """Stream for STREAM_S seconds; KILL_AFTER_S into it, crash `phase.service`. Returns
     once the stream is over and the stack is healthy again."""
-    container = container_of(stack, phase.service)
+    container = stack.container(phase.service)
     phase.first_round = fleet.rounds
     per_device = int(STREAM_S * RATE / len(fleet.devices))
-    frozen = container_of(stack, "paku-iot") if phase.backlog else None
+    frozen = stack.container("paku-iot") if phase.backlog else None
     if frozen:
         assert docker("pause", frozen).returncode == 0
-    broker = container_of(stack, "mosquitto")
+    broker = stack.container("mosquitto")
     cpu = cpu_seconds(broker)
     streaming = asyncio.create_task(asyncio.to_thread(fleet.stream, per_device, RATE))
     await asyncio.sleep(phase.kill_after_s)
@@ -189,13 +170,13 @@ async def run_phase(stack: Stack, fleet: Fleet, phase: Phase) -> None:
 
 
 async def test_crashed_containers_come_back_and_lose_nothing_acknowledged(
-    engine: list[str],  # noqa: F811
+    engine: list[str],
 ) -> None:
-    for name, service in default_services().items():
+    for name, service in default_services("dev").items():
         if str(service.get("restart", "")) != "no":
             assert service.get("restart") == "unless-stopped", name
     stack = Stack()
-    token = environment(default_services()["paku-iot"])["PAKU_ADMIN_TOKEN"]
+    token = environment(default_services("dev")["paku-iot"])["PAKU_ADMIN_TOKEN"]
     base_url = f"http://127.0.0.1:{stack.http_port}"
     phases = [
         Phase("paku-iot"),
@@ -254,7 +235,7 @@ async def test_crashed_containers_come_back_and_lose_nothing_acknowledged(
             for p in phases
         ]
         autosave = docker(
-            "exec", container_of(stack, "mosquitto"), "grep", "autosave", CONFIG
+            "exec", stack.container("mosquitto"), "grep", "autosave", CONFIG
         ).stdout.split("\n")
         print("PUBACK codes:", fleet.codes(), "broker config:", autosave)
         print("phases:", report)
@@ -274,8 +255,7 @@ async def test_crashed_containers_come_back_and_lose_nothing_acknowledged(
         queued = (backlog.kill_round - backlog.first_round) * DEVICES
         assert len(backlog.lost) <= queued, report
     except BaseException:
-        logs = stack.compose("logs", "--no-color", "--timestamps", "--tail", "200")
-        print(f"docker-compose logs of {stack.project}:\n{logs.stdout}\n{logs.stderr}")
+        stack.print_logs("200")
         raise
     finally:
         if fleet is not None:

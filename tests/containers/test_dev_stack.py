@@ -15,13 +15,9 @@ fails."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
-import secrets
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -30,150 +26,34 @@ import httpx
 import pytest
 
 from paku_iot.device import ReferenceDevice
-from tests.support import eventually, free_port, require
-from tests.support.compose import (
-    COMPOSE_FILES,
-    builds_our_image,
-    environment,
-    load_compose,
-    parse_dockerfile,
-    services,
-)
+from tests.support import eventually, free_port
+from tests.support.compose import environment
 from tests.support.downlink import wait_status
-from tests.support.engine import ensure_images, start_engine
 from tests.support.mqtt import ConnectRefused, DeviceClient
 from tests.support.processes import provision, stored_telemetry
+from tests.support.stacks import ComposeProject, default_services, wait_until_ready
 from tests.support.ui import sign_in
 
 # The first run builds the stand-ins and the paku-iot image; a cached run takes a minute or two.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
-COMPOSE_FILE = COMPOSE_FILES["dev"]
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
-HEALTHY_WITHIN = 300.0
 
-
-def default_services() -> dict[str, dict[str, object]]:
-    """The services `up` starts: those without a profile."""
-    return {
-        name: service
-        for name, service in services(load_compose("dev")).items()
-        if not service.get("profiles")
-    }
-
-
-def images_needed() -> list[str]:
-    """Every image the default services and the Dockerfile's stages start from."""
-    names = [
-        str(service["image"])
-        for service in default_services().values()
-        if "image" in service and not builds_our_image(service)
-    ]
-    names += parse_dockerfile().stages
-    return list(dict.fromkeys(names))
-
-
-def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-@pytest.fixture(scope="module")
-def engine() -> list[str]:
-    """A Docker engine that answers, docker-compose, and the images: what was done to get
-    them (printed, for the test's log)."""
-    reason = start_engine()
-    require(reason is None, str(reason))
-    require(shutil.which("docker-compose") is not None, "docker-compose is not installed")
-    started = time.monotonic()
-    done = ensure_images(images_needed())
-    print(f"images ready in {time.monotonic() - started:.0f} s:", *done, sep="\n  ")
-    return done
-
-
-class Stack:
-    """One compose project of compose/dev.yaml, with its own name and free ports."""
+class Stack(ComposeProject):
+    """compose/dev.yaml under a project name of its own, its published ports moved to free
+    ones (PAKU_DEV_HTTP_PORT, PAKU_DEV_MQTT_PORT)."""
 
     def __init__(self) -> None:
-        self.project = f"pakutest{secrets.token_hex(4)}"
         self.http_port = free_port()
         self.mqtt_port = free_port()
-        self.env = {
-            **os.environ,
-            "PAKU_DEV_HTTP_PORT": str(self.http_port),
-            "PAKU_DEV_MQTT_PORT": str(self.mqtt_port),
-            "PAKU_DEV_PUBLIC_URL": f"http://localhost:{self.http_port}",
-        }
-
-    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["docker-compose", "-f", str(COMPOSE_FILE), "-p", self.project, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
+        super().__init__(
+            "dev",
+            {
+                **os.environ,
+                "PAKU_DEV_HTTP_PORT": str(self.http_port),
+                "PAKU_DEV_MQTT_PORT": str(self.mqtt_port),
+                "PAKU_DEV_PUBLIC_URL": f"http://localhost:{self.http_port}",
+            },
         )
-
-    def states(self) -> dict[str, tuple[str, int, str]]:
-        """Each container of the project: its service -> (status, exit code, health)."""
-        ids = docker(
-            "ps", "-a", "-q", "--filter", f"label={PROJECT_LABEL}={self.project}"
-        ).stdout.split()
-        if not ids:
-            return {}
-        template = (
-            f'{{{{index .Config.Labels "{SERVICE_LABEL}"}}}} {{{{.State.Status}}}} '
-            "{{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
-        )
-        found = {}
-        for line in docker("inspect", "--format", template, *ids).stdout.splitlines():
-            service, status, code, *health = line.split()
-            found[service] = (status, int(code), health[0] if health else "")
-        return found
-
-    def leftovers(self) -> dict[str, list[str]]:
-        label = f"label={PROJECT_LABEL}={self.project}"
-        return {
-            kind: docker(*command, "--filter", label).stdout.split()
-            for kind, command in {
-                "containers": ("ps", "-a", "-q"),
-                "volumes": ("volume", "ls", "-q"),
-                "networks": ("network", "ls", "-q"),
-            }.items()
-        }
-
-
-async def wait_until_ready(stack: Stack) -> dict[str, tuple[str, int, str]]:
-    """Every default service healthy (or running, without a healthcheck), the one-shots
-    (restart: "no") exited 0; fails at once when one of them cannot get there."""
-    wanted = default_services()
-    deadline = time.monotonic() + HEALTHY_WITHIN
-    states: dict[str, tuple[str, int, str]] = {}
-    while time.monotonic() < deadline:
-        states = stack.states()
-        ready = True
-        for name, service in wanted.items():
-            status, code, health = states.get(name, ("missing", 0, ""))
-            if str(service.get("restart", "")) == "no":
-                assert status != "exited" or code == 0, f"{name} exited {code}: {states}"
-                ready = ready and status == "exited"
-            else:
-                assert status not in ("exited", "dead"), f"{name} stopped: {states}"
-                assert health != "unhealthy", f"{name} is unhealthy: {states}"
-                ready = ready and status == "running" and health in ("healthy", "")
-        if ready:
-            return states
-        await asyncio.sleep(1)
-    raise AssertionError(f"not ready within {HEALTHY_WITHIN:.0f} s: {states}")
 
 
 async def telemetry_round_trip(stack: Stack, device_id: str, token: str) -> str:
@@ -295,7 +175,7 @@ async def dashboard_lists(stack: Stack, device_id: str, token: str) -> None:
 
 async def test_the_dev_stack_runs_on_a_real_engine(engine: list[str], tmp_path: Path) -> None:
     stack = Stack()
-    admin_token = environment(default_services()["paku-iot"])["PAKU_ADMIN_TOKEN"]
+    admin_token = environment(default_services("dev")["paku-iot"])["PAKU_ADMIN_TOKEN"]
     timings: dict[str, float] = {}
     try:
         started = time.monotonic()
@@ -328,8 +208,7 @@ async def test_the_dev_stack_runs_on_a_real_engine(engine: list[str], tmp_path: 
         assert "paku-iot api+collector running (database " in logs.stdout, logs.stdout[-2000:]
         assert "broker mosquitto:1883)" in logs.stdout, logs.stdout[-2000:]
     except BaseException:
-        logs = stack.compose("logs", "--no-color", "--timestamps")
-        print(f"docker-compose logs of {stack.project}:\n{logs.stdout}\n{logs.stderr}")
+        stack.print_logs()
         raise
     finally:
         started = time.monotonic()

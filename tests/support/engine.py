@@ -33,6 +33,7 @@ STANDINS = {
     "python:3.11-slim-bookworm": "python",
     "eclipse-mosquitto:2": "eclipse-mosquitto",
     "postgres:15": "postgres",
+    "caddy:2": "caddy",
 }
 BASE_TAG = "paku-standin/base:bookworm"
 ROOTFS_REPOSITORY = "paku-standin/rootfs"
