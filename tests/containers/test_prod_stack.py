@@ -141,14 +141,15 @@ def internal_ca_override(directory: Path) -> Path:
 class ProdStack(ComposeProject):
     """compose/prod.yaml with a data root and env file of its own, and the test's override."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, overrides: tuple[Path, ...] = ()) -> None:
         self.root = root
         self.env_file = root.parent / f"{root.name}.env"
         root.parent.mkdir(parents=True, exist_ok=True)
         install(root, self.env_file)
         override = internal_ca_override(root.parent)
+        # compose/.env's values only: the shell's own would take precedence over the file.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PAKU_", "POSTGRES_"))}
-        super().__init__("prod", env, overrides=(override,), env_file=self.env_file)
+        super().__init__("prod", env, overrides=(override, *overrides), env_file=self.env_file)
         self.admin_token = env_value(self.env_file, "PAKU_ADMIN_TOKEN")
 
     @property
