@@ -18,17 +18,15 @@ from pathlib import Path
 
 from paku_iot.exceptions import InvalidInput
 
-# OpenSSL's X509_V_ERR_* codes a person can do something about, with what to do.
-_NOT_TRUSTED = {
-    2: "unable to get issuer certificate",
-    18: "self-signed certificate",
-    19: "self-signed certificate in certificate chain",
-    20: "unable to get local issuer certificate",
-}
+# OpenSSL's X509_V_ERR_* codes a person can act on: the chain does not reach a trusted CA
+# (unable to get issuer certificate, self-signed certificate, self-signed certificate in
+# certificate chain, unable to get local issuer certificate), or the name does not match.
+_NOT_TRUSTED = {2, 18, 19, 20}
 _NAME_MISMATCH = {62, 64}  # hostname mismatch, IP address mismatch
 _TRUST_HINT = "the server's certificate is not issued by a CA trusted here"
 _NAME_HINT = "the certificate does not name the host connected to; connect by a name it carries"
 _NOT_TLS_HINT = "is this a TLS port?"
+_NOT_TLS_REASONS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_EOF_WHILE_READING"}
 
 
 def client_context(cafile: Path | str | None = None) -> ssl.SSLContext:
@@ -76,11 +74,11 @@ def explain_tls_failure(exc: BaseException, address: str) -> str | None:
             return f"{what} ({_NAME_HINT})"
         return what
     reason = error.reason or str(error)
-    # A plain listener answers a ClientHello with something that is not TLS.
-    hint = (
-        f" ({_NOT_TLS_HINT})" if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE") else ""
+    # A plain listener answers a ClientHello with something that is not TLS, or hangs up.
+    not_tls = isinstance(error, ssl.SSLEOFError) or reason in _NOT_TLS_REASONS
+    return f"TLS handshake with {address} failed: {reason}" + (
+        f" ({_NOT_TLS_HINT})" if not_tls else ""
     )
-    return f"TLS handshake with {address} failed: {reason}{hint}"
 
 
 def _ssl_error_in(exc: BaseException) -> ssl.SSLError | None:
