@@ -12,6 +12,7 @@ import asyncio
 import csv
 import io
 import json
+import ssl
 import sys
 import tempfile
 import time
@@ -148,7 +149,24 @@ def _add_simulate_parser(commands: Any, common: argparse.ArgumentParser) -> None
     )
     simulate.add_argument("--save", type=Path, help="write the provisioned credentials (0600)")
     simulate.add_argument("--mqtt-host", help="broker address (default: PAKU_MQTT_HOST)")
-    simulate.add_argument("--mqtt-port", type=int, help="broker port (default: PAKU_MQTT_PORT)")
+    simulate.add_argument(
+        "--mqtt-port",
+        type=int,
+        help="broker port (default: PAKU_MQTT_PORT, or PAKU_MQTT_TLS_PORT with TLS)",
+    )
+    simulate.add_argument(
+        "--mqtt-tls",
+        action="store_true",
+        help="MQTT over TLS, verifying the broker (chain and host name) with the system's CAs "
+        "(the HTTPS API too)",
+    )
+    simulate.add_argument(
+        "--cafile",
+        type=Path,
+        metavar="FILE",
+        help="trust only the CA certificates in this PEM file (e.g. Caddy's root.crt), for "
+        "MQTT (implies --mqtt-tls) and for the HTTPS API",
+    )
     simulate.add_argument(
         "--ota-check",
         type=float,
@@ -171,7 +189,9 @@ def _add_config_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     ).add_argument("device_id")
 
 
-def _client(settings: Settings, args: argparse.Namespace) -> ApiClient:
+def _client(
+    settings: Settings, args: argparse.Namespace, verify: ssl.SSLContext | bool = True
+) -> ApiClient:
     # Imported here, as in _simulate: `paku-iot serve` builds this parser too, and a collector
     # process should not carry an HTTP client or the simulated fleet in its memory.
     from paku_iot.cli.apiclient import ApiClient  # noqa: PLC0415
@@ -185,7 +205,7 @@ def _client(settings: Settings, args: argparse.Namespace) -> ApiClient:
                 f"{token_file} exists"
             )
         token = token_file.read_text(encoding="utf-8").strip()
-    return ApiClient(args.url or settings.http_base_url, token)
+    return ApiClient(args.url or settings.http_base_url, token, verify=verify)
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -228,26 +248,41 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return handler(api, args)
 
 
-def _ota_plan(settings: Settings, args: argparse.Namespace, workdir: Path) -> OtaPlan:
+def _ota_plan(
+    settings: Settings, args: argparse.Namespace, workdir: Path, verify: ssl.SSLContext | bool
+) -> OtaPlan:
     """The simulated devices pin the signing key as firmware does: read it from the API."""
     from paku_iot.cli.apiclient import ApiClient  # noqa: PLC0415
     from paku_iot.device.simulate import OtaPlan  # noqa: PLC0415
 
     url = args.url or settings.http_base_url
-    with ApiClient(url, None) as api:
+    with ApiClient(url, None, verify=verify) as api:
         key = api.request("GET", "/ota/public-key")["publicKey"]
     return OtaPlan(url, key, workdir, args.ota_check)
+
+
+def _simulate_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The one context the fleet verifies servers with (MQTT and HTTPS), or None (plain
+    MQTT; HTTPS with httpx's default CAs)."""
+    if args.cafile is None and not args.mqtt_tls:
+        return None
+    from paku_iot.device.tls import client_context  # noqa: PLC0415
+
+    return client_context(args.cafile)
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     from paku_iot.device.simulate import read_credentials, run_fleet  # noqa: PLC0415
 
+    # First: a CA file that cannot be read should stop the run before anything is made.
+    tls = _simulate_tls(args)
+    verify: ssl.SSLContext | bool = tls if tls is not None else True
     if args.credentials is not None:
         creds = read_credentials(args.credentials)
     else:
         if not 1 <= args.devices <= 10_000:
             raise InvalidInput("--devices must be between 1 and 10000")
-        with _client(settings, args) as api:
+        with _client(settings, args, verify) as api:
             creds = []
             for _ in range(args.devices):
                 device = api.request("POST", "/devices", json={"model": "simulated"})
@@ -256,21 +291,29 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
             _write_private_csv(args.save, ["username", "password"], [list(c) for c in creds])
     if args.ota_check < 0:
         raise InvalidInput("--ota-check must be 0 (never) or a number of seconds")
+    host = args.mqtt_host or settings.mqtt_host
+    port = args.mqtt_port or (settings.mqtt_port if tls is None else settings.mqtt_tls_port)
     with tempfile.TemporaryDirectory(prefix="paku-simulate-") as workdir:
-        ota = _ota_plan(settings, args, Path(workdir)) if args.ota_check else None
-        print(f"simulating {len(creds)} devices at {args.rate:g} msgs/s; Ctrl-C stops", flush=True)
+        ota = _ota_plan(settings, args, Path(workdir), verify) if args.ota_check else None
+        print(
+            f"simulating {len(creds)} devices at {args.rate:g} msgs/s against "
+            f"{'mqtts' if tls else 'mqtt'}://{host}:{port}; Ctrl-C stops",
+            flush=True,
+        )
         stats = asyncio.run(
             run_fleet(
-                args.mqtt_host or settings.mqtt_host,
-                args.mqtt_port or settings.mqtt_port,
+                host,
+                port,
                 creds,
                 rate=args.rate,
                 duration_s=args.duration,
                 progress=lambda s: print(s.line(), flush=True),
                 ota=ota,
+                tls=tls,
             )
         )
-    print(f"done: {stats.line()}", flush=True)
+    # The last line is the summary; with --json, the counts as one JSON object.
+    print(json.dumps(stats.summary()) if args.json else f"done: {stats.line()}", flush=True)
     return 0 if stats.connected == len(creds) and not stats.errors else 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -18,12 +19,21 @@ class ApiError(PakuError):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
-        """`token` None: for the few routes anyone may read (the OTA public key)."""
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """`token` None: for the few routes anyone may read (the OTA public key). `verify`:
+        the TLS context an HTTPS server is verified with (True: httpx's default CAs)."""
         self._http = httpx.Client(
             base_url=base_url,
             headers={"Authorization": f"Bearer {token}"} if token is not None else {},
             timeout=timeout,
+            verify=verify,
         )
         self.base_url = base_url
 
@@ -52,7 +62,9 @@ class ApiClient:
                 method, path, json=json, params=params, headers=headers, data=data, files=files
             )
         except httpx.TransportError as exc:
-            raise Unavailable(f"cannot reach the paku-iot API at {self.base_url}: {exc}") from None
+            raise Unavailable(
+                f"cannot reach the paku-iot API at {self.base_url}: {self._why(exc)}"
+            ) from None
         if response.status_code == 204:
             return None
         try:
@@ -67,6 +79,14 @@ class ApiClient:
                 str(error.get("message", response.text[:200] or response.reason_phrase)),
             )
         return body
+
+    def _why(self, exc: httpx.TransportError) -> str:
+        # Imported here: only a failure needs the device's TLS wording (and its imports).
+        from paku_iot.device.tls import explain_tls_failure  # noqa: PLC0415
+
+        url = self._http.base_url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return explain_tls_failure(exc, f"{url.host}:{port}") or str(exc)
 
     def pages(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Every item of a paged listing, following `next` cursors."""

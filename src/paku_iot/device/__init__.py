@@ -6,7 +6,12 @@ simulators drive it. `python -m paku_iot.device --help` runs one from the comman
 
 from __future__ import annotations
 
-from paku_iot.device.client import ConfigHandler, DeviceConnectError, ReferenceDevice
+from paku_iot.device.client import (
+    ConfigHandler,
+    DeviceConnectError,
+    DeviceTlsError,
+    ReferenceDevice,
+)
 from paku_iot.device.commands import CommandError, CommandHandler, ReceivedCommand
 from paku_iot.device.messages import Command, ConfigUpdate, DeviceTopics, encode_payload, now_ms
 from paku_iot.device.ota import (
@@ -17,6 +22,7 @@ from paku_iot.device.ota import (
     OtaUpdater,
     OtaVerificationError,
 )
+from paku_iot.device.tls import client_context
 
 __all__ = [
     "Command",
@@ -25,6 +31,7 @@ __all__ = [
     "ConfigHandler",
     "ConfigUpdate",
     "DeviceConnectError",
+    "DeviceTlsError",
     "DeviceTopics",
     "ManifestEntry",
     "OtaError",
@@ -34,6 +41,7 @@ __all__ = [
     "OtaVerificationError",
     "ReceivedCommand",
     "ReferenceDevice",
+    "client_context",
     "encode_payload",
     "now_ms",
 ]

@@ -5,6 +5,11 @@ It publishes simulated telemetry every `--interval` seconds and answers the comm
 Ctrl-C (or SIGTERM) disconnects gracefully: the retained state becomes `"online": false`.
 The password may come from the environment (PAKU_DEVICE_PASSWORD) to keep it out of `ps`.
 
+With `--tls` it connects over TLS and verifies the broker (certificate chain and host name)
+with the system's CAs; `--cafile FILE` trusts only the CA certificates in FILE instead (the
+`ca.crt` of `paku-iot dev --tls`, Caddy's internal root) and implies `--tls`. The HTTPS of
+firmware updates is verified the same way.
+
 With `--api-url` and `--ota-public-key` (the `publicKey` of `GET /ota/public-key`, pinned as
 firmware would) it also checks for firmware updates at start and every `--ota-interval`
 seconds, and installs them (device/ota.py): the running `fwVersion` then changes.
@@ -23,8 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from paku_iot.device.client import DeviceConnectError, ReferenceDevice
+from paku_iot.device.client import DeviceConnectError, DeviceTlsError, ReferenceDevice
 from paku_iot.device.ota import OtaError, load_public_key
+from paku_iot.device.tls import client_context
+from paku_iot.exceptions import InvalidInput
 
 log = logging.getLogger("paku_iot.device")
 
@@ -38,7 +45,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m paku_iot.device", description="Run a paku reference device."
     )
     parser.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
+    parser.add_argument(
+        "--port", type=int, help="broker port (default 1883, or 8883 with --tls or --cafile)"
+    )
+    parser.add_argument(
+        "--tls", action="store_true", help="MQTT over TLS, verifying the broker with the system CAs"
+    )
+    parser.add_argument(
+        "--cafile",
+        type=Path,
+        metavar="FILE",
+        help="trust only the CA certificates in this PEM file (implies --tls)",
+    )
     parser.add_argument("--id", required=True, dest="device_id", help="device id (= username)")
     parser.add_argument(
         "--password",
@@ -73,6 +91,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(str(exc))
     if args.ota_dir is None:
         args.ota_dir = Path(f"ota-{args.device_id}")
+    args.tls_context = None
+    if args.tls or args.cafile is not None:
+        try:
+            args.tls_context = client_context(args.cafile)
+        except InvalidInput as exc:
+            parser.error(exc.message)
+    if args.port is None:
+        args.port = 1883 if args.tls_context is None else 8883
     return args
 
 
@@ -109,6 +135,8 @@ async def connect_with_backoff(device: ReferenceDevice, stop: asyncio.Event) -> 
         try:
             await device.connect()
             return True
+        except DeviceTlsError:
+            raise  # the certificate or the address must change first: retrying cannot help
         except DeviceConnectError as exc:
             log.warning("%s; retrying in %.0f s", exc, delay)
         await sleep_unless_stopped(stop, delay)
@@ -148,6 +176,7 @@ async def run(args: argparse.Namespace) -> None:
         args.password,
         fw_version=args.fw_version,
         keepalive=args.keepalive,
+        tls=args.tls_context,
     )
     device.on_command("ping", ping)
     device.on_command("reboot", reboot)
@@ -182,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     # gmqtt narrates every packet at INFO; its warnings are enough.
     logging.getLogger("gmqtt").setLevel(logging.WARNING)
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except DeviceTlsError as exc:
+        raise SystemExit(f"python -m paku_iot.device: {exc}") from None
 
 
 if __name__ == "__main__":

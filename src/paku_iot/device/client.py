@@ -31,6 +31,10 @@ and a command interrupted by a disconnect is delivered again in the next connect
 
 A lost connection is retried with backoff (`reconnect_delay_s` doubling up to
 `max_reconnect_delay_s`, 5 s to 5 min by default, as section 2 asks), refusals included.
+
+With `tls` (an `ssl.SSLContext`, from `device/tls.py`'s `client_context`) every connection,
+reconnects included, is MQTT over TLS verifying the broker: its certificate chain, and that
+it names `host`. The same context verifies the HTTPS server of firmware updates.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,7 @@ from paku_iot.device.messages import (
     parse_config,
 )
 from paku_iot.device.ota import OtaUpdater
+from paku_iot.device.tls import explain_tls_failure, require_verification
 from paku_iot.protocol import STATE_CONFIG_VERSION, STATE_FW_VERSION, STATE_ONLINE, STATE_RSSI
 
 log = logging.getLogger("paku_iot.device")
@@ -85,6 +91,12 @@ class DeviceConnectError(ConnectionError):
     def __init__(self, message: str, reason_code: int | None = None) -> None:
         super().__init__(message)
         self.reason_code = reason_code
+
+
+class DeviceTlsError(DeviceConnectError):
+    """The TLS handshake failed: the broker's certificate did not verify (not issued by a
+    trusted CA, or not naming the host connected to), or no TLS was spoken there. Retrying
+    does not help until the certificate, the CA or the address changes."""
 
 
 class _Client(Client):  # type: ignore[misc]  # gmqtt has no type stubs
@@ -111,6 +123,8 @@ class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has
         super().__init__()
         self._last_mid: int | None = None
         self._waiters: dict[int, asyncio.Future[bool]] = {}
+        self._counted: set[int] = set()
+        self.counted_acknowledged = 0
 
     def push_message(self, mid: int, raw_package: bytes) -> None:
         super().push_message(mid, raw_package)
@@ -124,6 +138,12 @@ class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has
         self._waiters[self._last_mid] = waiter
         return waiter
 
+    def count_last(self) -> None:
+        """Count the PUBACK of the message just published, whenever it comes: also after
+        its waiter timed out and gmqtt resent it on a resumed session."""
+        assert self._last_mid is not None
+        self._counted.add(self._last_mid)
+
     def forget(self, waiter: asyncio.Future[bool]) -> None:
         for mid, known in list(self._waiters.items()):
             if known is waiter:
@@ -131,12 +151,16 @@ class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
+        if mid in self._counted:
+            self._counted.discard(mid)
+            self.counted_acknowledged += 1
         waiter = self._waiters.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
     def clear(self) -> None:
         super().clear()
+        self._counted.clear()  # dropped with the old session: never acknowledged
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(False)
@@ -154,9 +178,12 @@ class ReferenceDevice:
         await device.send_telemetry({"temp": 21.5})
         await device.disconnect()                # step 6
 
+    Over TLS: `ReferenceDevice("paku.example.com", 8883, ..., tls=client_context())`.
+
     For tests: `commands_received` lists every command delivery (redeliveries included),
     `commands_executed` every handler run, and `wait_for` awaits a condition on them, on
-    `config_version` or on `connected` without sleeping.
+    `config_version` or on `connected` without sleeping. `telemetry_published` and
+    `telemetry_acknowledged` count telemetry handed to the broker and PUBACKed by it.
     """
 
     def __init__(
@@ -175,8 +202,11 @@ class ReferenceDevice:
         max_reconnect_delay_s: float = 300.0,
         ack_timeout_s: float = 10.0,
         remembered_commands: int = DEFAULT_REMEMBERED_COMMANDS,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         gmqtt_internals.require_compatible_gmqtt()
+        if tls is not None:
+            require_verification(tls)
         self.topics = DeviceTopics(device_id)
         check_state_fields(rssi, fw_version)
         if keepalive <= 0:
@@ -188,6 +218,7 @@ class ReferenceDevice:
         self._password = password
         self.host = host
         self.port = port
+        self.tls = tls
         self.fw_version = fw_version
         self.rssi = rssi
         self.keepalive = keepalive
@@ -208,6 +239,7 @@ class ReferenceDevice:
         # True from a successful connect() to disconnect()/drop(): a lost link is retried.
         self._stay_online = False
         self._last_telemetry_ts = 0
+        self.telemetry_published = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._after_connect_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -265,6 +297,17 @@ class ReferenceDevice:
         return self.device_id, self._password
 
     @property
+    def telemetry_acknowledged(self) -> int:
+        """Telemetry messages the broker has PUBACKed, late ones included (a PUBACK that
+        came after `send_telemetry` gave up waiting, for the copy resent on reconnect)."""
+        return self._storage.counted_acknowledged
+
+    @property
+    def address(self) -> str:
+        """host:port, as messages name the broker."""
+        return f"{self.host}:{self.port}"
+
+    @property
     def connected(self) -> bool:
         """Connected, subscribed, and the online state acknowledged by the broker."""
         return self._ready.is_set() and self._link_up()
@@ -297,22 +340,38 @@ class ReferenceDevice:
             await self._close_link()
             raise
         self._stay_online = True
-        log.info("%s online at %s:%d", self.device_id, self.host, self.port)
+        log.info("%s online at %s%s", self.device_id, self.address, " (TLS)" if self.tls else "")
 
     async def _connect_once(self, timeout: float) -> None:  # noqa: ASYNC109
         self._ready.clear()
         try:
             async with asyncio.timeout(timeout):
+                # gmqtt passes `ssl` to asyncio's create_connection, which verifies the
+                # certificate against `host`; False means plain TCP.
                 await self._client.connect(
-                    self.host, self.port, keepalive=self.keepalive, version=MQTTv50
+                    self.host,
+                    self.port,
+                    ssl=self.tls if self.tls is not None else False,
+                    keepalive=self.keepalive,
+                    version=MQTTv50,
                 )
                 await self._ready.wait()
-        except Exception as exc:  # OSError, gmqtt's MQTTConnectError, TimeoutError
-            raise DeviceConnectError(
-                f"{self.device_id} cannot connect to {self.host}:{self.port}:"
-                f" {str(exc) or type(exc).__name__}",
-                gmqtt_internals.connect_refusal_code(exc),
-            ) from exc
+        except Exception as exc:  # OSError, ssl.SSLError, gmqtt's MQTTConnectError, Timeout
+            raise self._connect_error(exc) from exc
+
+    def _connect_error(self, exc: Exception) -> DeviceConnectError:
+        if self.tls is not None:
+            tls_failure = explain_tls_failure(exc, self.address)
+            if tls_failure is not None:
+                return DeviceTlsError(f"{self.device_id} cannot connect: {tls_failure}")
+        detail = str(exc) or type(exc).__name__
+        if self.tls is not None and isinstance(exc, ConnectionResetError):
+            # A plain listener resets a connection that opens with a TLS ClientHello.
+            detail += " (is this a TLS port?)"
+        return DeviceConnectError(
+            f"{self.device_id} cannot connect to {self.address}: {detail}",
+            gmqtt_internals.connect_refusal_code(exc),
+        )
 
     def _on_connect(self, _client: Any, session_present: int, _rc: int, _props: Any) -> None:
         log.info("%s: connected (session present: %s)", self.device_id, bool(session_present))
@@ -494,7 +553,10 @@ class ReferenceDevice:
         if ts_ms is not None:
             check_ts_ms(ts_ms)
             document["ts"] = ts_ms
-        await self._publish(self.topics.telemetry, encode_payload(document))
+        waiter = self._publish_nowait(self.topics.telemetry, encode_payload(document))
+        self._storage.count_last()
+        self.telemetry_published += 1
+        await self._wait_for_puback(waiter, self.topics.telemetry)
         return document
 
     async def send_event(
@@ -534,7 +596,9 @@ class ReferenceDevice:
 
         gmqtt does not report the PUBACK reason code, so a publish the ACL denies (0x87)
         would look acknowledged here; this device publishes only to its own topics."""
-        waiter = self._publish_nowait(topic, payload, retain=retain)
+        await self._wait_for_puback(self._publish_nowait(topic, payload, retain=retain), topic)
+
+    async def _wait_for_puback(self, waiter: asyncio.Future[bool], topic: str) -> None:
         try:
             async with asyncio.timeout(self._ack_timeout_s):
                 acknowledged = await asyncio.shield(waiter)

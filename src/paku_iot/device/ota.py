@@ -64,6 +64,7 @@ import semver
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from paku_iot.device.tls import explain_tls_failure
 from paku_iot.protocol import OTA_EVENT, OTA_MANIFEST_PATH
 
 if TYPE_CHECKING:
@@ -192,6 +193,14 @@ def load_public_key(public_key_b64: str | bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def _http_failure(exc: httpx.HTTPError, url: str) -> str:
+    """Why a request to `url` failed: a TLS failure named as such, else httpx's words."""
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    explained = explain_tls_failure(exc, f"{parsed.host}:{port}")
+    return explained or str(exc) or type(exc).__name__
+
+
 def verify_image(
     entry: ManifestEntry, size: int, sha256_digest: bytes, public_key: Ed25519PublicKey
 ) -> None:
@@ -296,6 +305,9 @@ class OtaUpdater:
 
     or `await ota.update(api_url, workdir)` for all of it. Every method may raise an
     `OtaError` subclass; what was reported on `event/ota` is in `reports`.
+
+    HTTPS servers are verified with the device's TLS context when it has one (the CA bundle
+    firmware carries serves MQTT and HTTPS alike), else with httpx's default CAs.
     """
 
     def __init__(
@@ -313,7 +325,9 @@ class OtaUpdater:
         )
         self.chunk_bytes = chunk_bytes
         self._own_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout_s)
+        self._client = client or httpx.AsyncClient(
+            timeout=timeout_s, verify=device.tls if device.tls is not None else True
+        )
         self.reports: list[dict[str, Any]] = []
 
     async def aclose(self) -> None:
@@ -344,7 +358,7 @@ class OtaUpdater:
                 url, params={"current": current}, auth=httpx.BasicAuth(username, password)
             )
         except httpx.HTTPError as exc:
-            raise OtaServerError(f"cannot reach {url}: {str(exc) or type(exc).__name__}") from exc
+            raise OtaServerError(f"cannot reach {url}: {_http_failure(exc, url)}") from exc
         if response.status_code == HTTP_UNAUTHORIZED:
             raise OtaUnauthorized(
                 f"{url}: 401, the server refused the device credentials of {username!r}"
@@ -464,7 +478,7 @@ class OtaUpdater:
                 received = _size_on_disk(partial)
                 raise OtaInterrupted(
                     f"firmware {entry.version}: download interrupted at byte {received}: "
-                    f"{str(exc) or type(exc).__name__}",
+                    f"{_http_failure(exc, entry.url)}",
                     received,
                 ) from exc
         raise OtaServerError(f"firmware {entry.version}: the server refuses every range")

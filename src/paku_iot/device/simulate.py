@@ -5,6 +5,17 @@ manifest now and then, downloading, verifying and restarting) as the reference d
 
 `paku-iot simulate` provisions the devices through the HTTP API (or reads credentials from a
 CSV) and prints progress and a summary; `paku-iot dev --simulate N` runs a demo fleet.
+
+With a TLS context (`tls.client_context`) every device speaks MQTT over TLS verifying the
+broker, and its firmware updates verify the HTTPS server with the same context. A
+certificate that does not verify stops the fleet before it starts: it would fail the same
+way for every device.
+
+The counts a run ends with: telemetry `sent` (handed to the broker on a live connection) and
+`acked` (PUBACKed by the broker, late acknowledgements included). What the backend stored of
+the fleet's telemetry should equal `acked`: fewer means the broker acknowledged something
+that was then lost; more, that the broker took a message whose PUBACK never reached the
+device before the run ended (then `sent` is above `acked` too).
 """
 
 from __future__ import annotations
@@ -16,40 +27,75 @@ import logging
 import math
 import random
 import shutil
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paku_iot.device import ReferenceDevice
-from paku_iot.exceptions import InvalidInput
+from paku_iot.device.client import DeviceTlsError, ReferenceDevice
+from paku_iot.exceptions import InvalidInput, SettingsError, Unavailable
 
 log = logging.getLogger("paku_iot.device.simulate")
 
 Credentials = list[tuple[str, str]]
 
+# Devices connecting at the same time: over a WAN each connect is several round trips (TCP,
+# TLS, CONNECT, SUBSCRIBE, the state's PUBACK), too slow one by one for a thousand devices.
+CONNECT_CONCURRENCY = 20
+
 
 @dataclass(slots=True)
 class FleetStats:
+    devices: int = 0
     connected: int = 0
-    telemetry_sent: int = 0
+    telemetry_sent: int = 0  # handed to the broker (QoS 1)
+    telemetry_acked: int = 0  # PUBACKed by the broker
     events_sent: int = 0
     commands_answered: int = 0
     updates_installed: int = 0
     update_failures: int = 0
     errors: int = 0
     started: float = field(default_factory=time.monotonic)
+    elapsed_s: float | None = None  # set when the run ends
+
+    def tally(self, devices: Iterable[ReferenceDevice]) -> None:
+        """Take the telemetry counts from the devices, which count every PUBACK."""
+        devices = list(devices)
+        self.telemetry_sent = sum(d.telemetry_published for d in devices)
+        self.telemetry_acked = sum(d.telemetry_acknowledged for d in devices)
+
+    def elapsed(self) -> float:
+        if self.elapsed_s is not None:
+            return self.elapsed_s
+        return max(time.monotonic() - self.started, 1e-9)
 
     def line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+        elapsed = self.elapsed()
         return (
-            f"{elapsed:6.1f}s  connected {self.connected}  telemetry {self.telemetry_sent} "
-            f"({self.telemetry_sent / elapsed:,.0f}/s)  events {self.events_sent}  "
+            f"{elapsed:6.1f}s  connected {self.connected}  telemetry sent "
+            f"{self.telemetry_sent} acked {self.telemetry_acked} "
+            f"({self.telemetry_acked / elapsed:,.0f}/s)  events {self.events_sent}  "
             f"commands answered {self.commands_answered}  updates {self.updates_installed}"
             f"{f' ({self.update_failures} failed)' if self.update_failures else ''}  "
             f"errors {self.errors}"
         )
+
+    def summary(self) -> dict[str, Any]:
+        """The final counts, as `paku-iot simulate --json` prints them."""
+        return {
+            "devices": self.devices,
+            "connected": self.connected,
+            "seconds": round(self.elapsed(), 3),
+            "telemetrySent": self.telemetry_sent,
+            "telemetryAcked": self.telemetry_acked,
+            "eventsSent": self.events_sent,
+            "commandsAnswered": self.commands_answered,
+            "updatesInstalled": self.updates_installed,
+            "updateFailures": self.update_failures,
+            "errors": self.errors,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +155,7 @@ async def _run_device(
     while not stop.is_set():
         started = time.monotonic()
         try:
+            # Counted by the device: sent once handed over, acked at its PUBACK.
             await device.send_telemetry(
                 {
                     "temp": round(21 + 3 * math.sin(phase + n / 30), 2),
@@ -116,7 +163,6 @@ async def _run_device(
                     "n": n,
                 }
             )
-            stats.telemetry_sent += 1
             if n % 100 == 99:
                 await device.send_event("heartbeat", {"n": n})
                 stats.events_sent += 1
@@ -130,6 +176,46 @@ async def _run_device(
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
+async def _connect_all(
+    devices: list[ReferenceDevice], stats: FleetStats, concurrency: int
+) -> list[ReferenceDevice]:
+    """Connect the devices, `concurrency` at a time; returns those connected. A failure is
+    counted and the device left out, except a TLS failure, which every device would meet:
+    then the connected ones leave again and SettingsError says what failed. When no device
+    connects at all, Unavailable says why the first one did not."""
+    gate = asyncio.Semaphore(concurrency)
+    tls_failures: list[DeviceTlsError] = []
+    failures: list[Exception] = []
+
+    async def connect(device: ReferenceDevice) -> bool:
+        async with gate:
+            if tls_failures:
+                return False
+            try:
+                await device.connect()
+            except DeviceTlsError as exc:
+                tls_failures.append(exc)
+                return False
+            except Exception as exc:
+                stats.errors += 1
+                failures.append(exc)
+                log.warning("%s could not connect: %s", device.device_id, exc)
+                return False
+            stats.connected += 1
+            return True
+
+    results = await asyncio.gather(*(connect(device) for device in devices))
+    connected = [device for device, ok in zip(devices, results, strict=True) if ok]
+    if tls_failures:
+        await asyncio.gather(*(d.disconnect() for d in connected), return_exceptions=True)
+        raise SettingsError(str(tls_failures[0])) from tls_failures[0]
+    if failures and not connected:
+        raise Unavailable(
+            f"none of the {len(devices)} devices could connect; the first: {failures[0]}"
+        ) from failures[0]
+    return connected
+
+
 async def run_fleet(
     host: str,
     port: int,
@@ -141,31 +227,31 @@ async def run_fleet(
     progress: Callable[[FleetStats], None] | None = None,
     progress_every_s: float = 2.0,
     ota: OtaPlan | None = None,
+    tls: ssl.SSLContext | None = None,
+    connect_concurrency: int = CONNECT_CONCURRENCY,
 ) -> FleetStats:
-    """Run the fleet until `duration_s` passes or `stop` is set; returns the counts."""
+    """Run the fleet until `duration_s` passes or `stop` is set; returns the counts.
+
+    `tls`: connect over TLS, verifying the broker (and the OTA server) with this context.
+    Raises SettingsError when the broker's certificate does not verify."""
     if rate <= 0:
         raise InvalidInput("rate must be above 0 messages per second")
     stop = stop or asyncio.Event()
-    stats = FleetStats()
+    stats = FleetStats(devices=len(credentials))
     interval_s = len(credentials) / rate
-    devices: list[ReferenceDevice] = []
 
     async def answer(_params: dict[str, Any]) -> dict[str, Any]:
         stats.commands_answered += 1
         return {"pong": True}
 
+    fleet = []
     for device_id, password in credentials:
-        device = ReferenceDevice(host, port, device_id, password, fw_version="1.0.0")
+        device = ReferenceDevice(host, port, device_id, password, fw_version="1.0.0", tls=tls)
         device.on_command("ping", answer)
         device.on_command("reboot", answer)
-        try:
-            await device.connect()
-        except Exception as exc:
-            stats.errors += 1
-            log.warning("%s could not connect: %s", device_id, exc)
-            continue
-        stats.connected += 1
-        devices.append(device)
+        fleet.append(device)
+    devices = await _connect_all(fleet, stats, connect_concurrency)
+    stats.started = time.monotonic()  # rates and the duration count from here, not connecting
     tasks = [asyncio.create_task(_run_device(d, interval_s, stop, stats)) for d in devices]
     if ota is not None:
         tasks += [asyncio.create_task(_take_updates(d, ota, stop, stats)) for d in devices]
@@ -180,9 +266,12 @@ async def run_fleet(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=remaining)
             if progress is not None:
+                stats.tally(devices)
                 progress(stats)
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        stats.elapsed_s = time.monotonic() - stats.started
         await asyncio.gather(*(d.disconnect() for d in devices), return_exceptions=True)
+        stats.tally(devices)
     return stats
