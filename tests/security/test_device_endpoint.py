@@ -70,6 +70,14 @@ async def test_the_claim_answer_and_credentials_pages_show_the_configured_endpoi
     async with dashboard_and_device_side(public) as client:
         answer = await claim_answer(client, "claimed-1")
         assert answer["mqtt"] == {"host": "mqtt.example.net", "port": 9883, "tls": True}
+        # The whole answer, as docs/protocol.md section 1a shows it.
+        assert set(answer) == {"deviceId", "credentials", "mqtt"}
+        assert answer["credentials"]["username"] == answer["deviceId"] == "claimed-1"
+        assert len(answer["credentials"]["password"]) == 32
+        for bad in ({}, {"claimCode": ""}, {"claimCode": "A" * 101}, {"code": "x"}):
+            refused = await client.post("/claim", json=bad)
+            assert refused.status_code == 422, bad
+            assert refused.json()["error"]["code"] == "invalid_input"
         for page in await credentials_pages(client, "made-1"):
             assert '<dd class="mono" id="cred-broker">mqtts://mqtt.example.net:9883</dd>' in page
             assert '<dd class="mono" id="cred-host">mqtt.example.net</dd>' in page
