@@ -78,3 +78,76 @@ def test_a_taken_port_names_the_setting() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(SettingsError, match="PAKU_HTTP_PORT"):
             ensure_port_free("127.0.0.1", port, "PAKU_HTTP_PORT")
+
+
+@pytest.fixture
+def away_from_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No developer's .env in the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
+def endpoint(monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[str, int, bool]:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    found = load_settings().device_mqtt_endpoint
+    return found.host, found.port, found.tls
+
+
+@pytest.mark.usefixtures("away_from_dotenv")
+def test_the_device_endpoint_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert endpoint(monkeypatch) == ("127.0.0.1", 1883, False)
+    # A wildcard listener is not an address: this machine is.
+    assert endpoint(monkeypatch, PAKU_MQTT_HOST="0.0.0.0") == ("127.0.0.1", 1883, False)
+    # With a certificate the broker has a TLS listener, and devices are sent there.
+    assert endpoint(
+        monkeypatch, PAKU_MQTT_TLS_CERT_FILE="/c.pem", PAKU_PUBLIC_URL="http://lab.local:8000"
+    ) == ("lab.local", 8883, True)
+
+
+@pytest.mark.usefixtures("away_from_dotenv")
+def test_the_device_endpoint_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What compose/prod.yaml sets: the public name, no certificate known to paku-iot (the
+    # broker container adds the TLS listener itself), the backend on the plain port inside.
+    prod = {
+        "PAKU_ENV": "production",
+        "PAKU_PUBLIC_URL": "https://iot.example.com",
+        "PAKU_MQTT_HOST": "mosquitto",
+        "PAKU_MQTT_PORT": "1883",
+    }
+    assert endpoint(monkeypatch, **prod) == ("iot.example.com", 8883, True)
+    assert endpoint(monkeypatch, PAKU_MQTT_TLS_PORT="9883") == ("iot.example.com", 9883, True)
+
+
+@pytest.mark.usefixtures("away_from_dotenv")
+def test_the_device_endpoint_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert endpoint(
+        monkeypatch,
+        PAKU_PUBLIC_URL="https://iot.example.com",
+        PAKU_DEVICE_MQTT_HOST="mqtt.example.net",
+        PAKU_DEVICE_MQTT_PORT="443",
+        PAKU_DEVICE_MQTT_TLS="true",
+    ) == ("mqtt.example.net", 443, True)
+    assert endpoint(monkeypatch, PAKU_DEVICE_MQTT_HOST="::1") == ("::1", 443, True)
+
+
+@pytest.mark.usefixtures("away_from_dotenv")
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("mqtts://mqtt.example.net", "without scheme"),
+        ("mqtt.example.net:8883", "PAKU_DEVICE_MQTT_PORT"),
+        ("mqtt example", "not a host name"),
+        (" ", "required"),
+    ],
+)
+def test_a_device_host_that_is_not_a_host_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str, why: str
+) -> None:
+    monkeypatch.setenv("PAKU_DEVICE_MQTT_HOST", value)
+    with pytest.raises(SettingsError, match="PAKU_DEVICE_MQTT_HOST") as refused:
+        load_settings()
+    assert why in refused.value.message
+    monkeypatch.setenv("PAKU_DEVICE_MQTT_PORT", "0")
+    monkeypatch.delenv("PAKU_DEVICE_MQTT_HOST")
+    with pytest.raises(SettingsError, match="PAKU_DEVICE_MQTT_PORT"):
+        load_settings()

@@ -6,6 +6,7 @@ object (or plain values taken from it) from the composition root.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ class DeviceMqttEndpoint:
     port: int
     tls: bool
 
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
 
 class Settings(BaseSettings):
     """Every setting paku-iot has. The field name in upper case with a `PAKU_` prefix is the
@@ -85,6 +90,12 @@ class Settings(BaseSettings):
     # Production refuses a plain (non-TLS) MQTT listener on anything but loopback unless this
     # says the network in front is trusted (a private network, a TLS-terminating proxy).
     mqtt_allow_plain: bool = False
+    # The public broker address devices are told to use (claim answers, the dashboard's
+    # credentials pages), which is not where the backend connects (mqtt_host: in compose, a
+    # container name). Unset: see `device_mqtt_endpoint`.
+    device_mqtt_host: str | None = None
+    device_mqtt_port: int | None = Field(default=None, ge=1, le=65535)
+    device_mqtt_tls: bool | None = None
     broker_dir: Path | None = None
     mosquitto_bin: str | None = None
     broker_max_queued_messages: int = Field(default=100_000, ge=1000)
@@ -125,6 +136,27 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("device_mqtt_host")
+    @classmethod
+    def _bare_host(cls, value: str | None) -> str | None:
+        # Firmware puts this into its MQTT client as the host: a URL or "host:port" here
+        # would reach every device as an address it cannot resolve.
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("a host name or IP address is required")
+        if "://" in value or "/" in value or any(ch.isspace() for ch in value):
+            raise ValueError(
+                f"{value!r} is not a host name or IP address: give the host alone, without "
+                "scheme or path (the port is PAKU_DEVICE_MQTT_PORT, TLS PAKU_DEVICE_MQTT_TLS)"
+            )
+        if ":" in value and not _is_ipv6(value):
+            raise ValueError(
+                f"{value!r} is not a host name or IP address: give the port on its own, in "
+                "PAKU_DEVICE_MQTT_PORT"
+            )
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -178,13 +210,18 @@ class Settings(BaseSettings):
 
     @property
     def device_mqtt_endpoint(self) -> DeviceMqttEndpoint:
-        """The public host (from PAKU_PUBLIC_URL) or the MQTT host, and the TLS port when
-        the broker has a certificate."""
-        tls = self.mqtt_tls_cert_file is not None
+        """Where devices connect. Each part is its PAKU_DEVICE_MQTT_* setting when set, else:
+        TLS in production (where only the TLS listener is published) or when the broker has
+        a certificate; the TLS port with TLS, the plain one without; the host of
+        PAKU_PUBLIC_URL, else the MQTT host (loopback for a wildcard address). Production
+        refuses to start with TLS off (`server.hardening.check_device_endpoint`)."""
+        tls = self.device_mqtt_tls
+        if tls is None:
+            tls = self.env == "production" or self.mqtt_tls_cert_file is not None
         public_host = urlparse(self.public_url).hostname if self.public_url else None
         return DeviceMqttEndpoint(
-            host=public_host or self.mqtt_host,
-            port=self.mqtt_tls_port if tls else self.mqtt_port,
+            host=self.device_mqtt_host or public_host or _reachable(self.mqtt_host),
+            port=self.device_mqtt_port or (self.mqtt_tls_port if tls else self.mqtt_port),
             tls=tls,
         )
 
@@ -192,8 +229,19 @@ class Settings(BaseSettings):
     def http_base_url(self) -> str:
         if self.public_url:
             return self.public_url
-        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::", "") else self.http_host
-        return f"http://{host}:{self.http_port}"
+        return f"http://{_reachable(self.http_host)}:{self.http_port}"
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == 6
+    except ValueError:
+        return False
+
+
+def _reachable(listen_host: str) -> str:
+    """A listening address as a client can name it: a wildcard means this machine."""
+    return "127.0.0.1" if listen_host in ("0.0.0.0", "::", "") else listen_host
 
 
 def load_settings(**overrides: Any) -> Settings:

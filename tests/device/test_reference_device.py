@@ -262,14 +262,24 @@ async def test_an_expired_command_is_not_run(backend: Inbox, devices: DeviceFact
         params={"why": "new"},
         expiresAt="2199-01-01T00:00:00+01:00",
     )
+    # Epoch milliseconds win over the RFC 3339 form: what firmware without a date parser reads.
+    await cmd(
+        backend,
+        id="c-old-ms",
+        name="reboot",
+        params={"why": "old-ms"},
+        expiresAt="2199-01-01T00:00:00Z",
+        expiresAtMs=1_577_836_800_000,  # 2020-01-01
+    )
 
-    acks = {ack["id"]: ack for ack in await backend.wait(ACK, count=2)}
+    acks = {ack["id"]: ack for ack in await backend.wait(ACK, count=3)}
     assert acks["c-old"] == {
         "id": "c-old",
         "ok": False,
         "error": "expired",
         "ts": acks["c-old"]["ts"],
     }
+    assert acks["c-old-ms"]["error"] == "expired"
     assert acks["c-new"]["ok"] is True
     assert runs == ["new"]
 
@@ -318,11 +328,13 @@ async def test_malformed_commands_are_ignored_or_refused(
     # With an id, the backend can be told what is wrong.
     await cmd(backend, id="c-bad", name="ping", params=[1], expiresAt=None)
     await cmd(backend, id="c-zone", name="ping", params={}, expiresAt="2199-01-01T00:00:00")
+    await cmd(backend, id="c-ms", name="ping", params={}, expiresAtMs="7258118400000")
     await cmd(backend, id="c-name", name="ping/all", params={}, expiresAt=None)
     await cmd(backend, id="c-ok", name="ping")  # params and expiresAt may be left out
 
-    acks = {ack["id"]: ack for ack in await backend.wait(ACK, count=4)}
-    assert set(acks) == {"c-bad", "c-zone", "c-name", "c-ok"}
+    acks = {ack["id"]: ack for ack in await backend.wait(ACK, count=5)}
+    assert set(acks) == {"c-bad", "c-zone", "c-ms", "c-name", "c-ok"}
+    assert "expiresAtMs '7258118400000' is not epoch milliseconds" in acks["c-ms"]["error"]
     assert acks["c-name"]["error"].startswith("invalid command: name 'ping/all'")
     assert acks["c-bad"]["error"] == "invalid command: params is not an object"
     assert acks["c-zone"]["ok"] is False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -14,6 +15,12 @@ import pytest
 from tests.support import eventually, require
 from tests.support.broker import Broker
 from tests.support.downlink import command_status, go_online, next_message, provision, wait_status
+
+
+def epoch_ms(rfc3339: str) -> int:
+    """The API's `expiresAt` in epoch milliseconds, computed apart from the backend's code."""
+    instant = datetime.fromisoformat(rfc3339)
+    return (instant - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 async def test_command_to_an_online_device_is_sent_then_acked_or_failed(
@@ -50,7 +57,11 @@ async def test_command_to_an_online_device_is_sent_then_acked_or_failed(
         "name": "blink",
         "params": {"times": 3},
         "expiresAt": command["expiresAt"],
+        "expiresAtMs": epoch_ms(command["expiresAt"]),
+        "ttlSeconds": sent["ttlSeconds"],
     }
+    # Whole seconds left when it was published: just under the default hour.
+    assert 3590 <= sent["ttlSeconds"] < 3600
 
     await device.publish(
         "paku/lamp-1/event/ack", json.dumps({"id": sent["id"], "ok": True, "result": {"on": 1}})
@@ -83,8 +94,11 @@ async def test_command_to_an_offline_device_waits_until_it_comes_online(
     assert (await command_status(api, "lamp-2", queued["id"]))["status"] == "queued"
 
     device = await go_online(api, broker, "lamp-2", password)
-    message = await next_message(device)
-    assert json.loads(message.payload)["id"] == queued["id"]
+    message = json.loads((await next_message(device)).payload)
+    assert message["id"] == queued["id"]
+    # The expiry a device without a date parser reads: absolute, and what was left at sending.
+    assert message["expiresAtMs"] == epoch_ms(queued["expiresAt"])
+    assert 3590 <= message["ttlSeconds"] <= 3600 - 2  # it waited 1.5 s and more
     await wait_status(api, "lamp-2", queued["id"], "sent")
     await device.publish("paku/lamp-2/event/ack", json.dumps({"id": queued["id"], "ok": True}))
     await wait_status(api, "lamp-2", queued["id"], "acked")

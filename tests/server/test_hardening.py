@@ -1,5 +1,6 @@
-"""Production refuses guessable admin tokens and plain MQTT beyond loopback, as one clear line
-from the command; and `paku-iot dev --tls` serves devices over TLS with a generated CA."""
+"""Production refuses guessable admin tokens, plain MQTT beyond loopback and telling devices
+to connect without TLS, as one clear line from the command; and `paku-iot dev --tls` serves
+devices over TLS with a generated CA."""
 
 from __future__ import annotations
 
@@ -90,6 +91,18 @@ def test_a_plain_listener_elsewhere_needs_allow_plain(host: str) -> None:
     hardening.check_plain_listener(Settings(), host)
 
 
+def test_production_never_tells_devices_plain_mqtt() -> None:
+    with pytest.raises(SettingsError, match="PAKU_DEVICE_MQTT_TLS=false") as refused:
+        hardening.check_device_endpoint(production(device_mqtt_tls=False))
+    assert "clear text" in refused.value.message
+    # Not even where the backend's own plain listener is allowed.
+    with pytest.raises(SettingsError, match="PAKU_DEVICE_MQTT_TLS"):
+        hardening.check_device_endpoint(production(device_mqtt_tls=False, mqtt_allow_plain=True))
+    hardening.check_device_endpoint(production())  # the default: TLS
+    hardening.check_device_endpoint(production(device_mqtt_tls=True, device_mqtt_port=443))
+    hardening.check_device_endpoint(Settings(device_mqtt_tls=False))  # development
+
+
 # --- from the command line ----------------------------------------------------------------
 
 
@@ -127,6 +140,19 @@ def test_serve_with_a_good_token_gets_past_the_checks(tmp_path: Path) -> None:
         assert "PAKU_ADMIN_TOKEN" not in result.stderr
     # A collector alone serves no API: it needs no admin token.
     env.pop("PAKU_ADMIN_TOKEN")
+    result = run_paku("serve", "--role", "collector", env=env, cwd=tmp_path)
+    assert "cannot reach the database" in result.stderr
+
+
+def test_serve_refuses_to_tell_devices_plain_mqtt_in_production(tmp_path: Path) -> None:
+    env = {**PRODUCTION, "PAKU_ADMIN_TOKEN": GOOD_TOKEN, "PAKU_DEVICE_MQTT_TLS": "false"}
+    for role in ("all", "api"):
+        result = run_paku("serve", "--role", role, env=env, cwd=tmp_path)
+        assert result.returncode == 1
+        assert_one_clear_line(result.stderr, "PAKU_DEVICE_MQTT_TLS=false", "clear text")
+    # A collector alone tells devices nothing: it goes on (to the missing database).
+    env["PAKU_DATABASE_URL"] = f"postgresql://paku@127.0.0.1:{free_port()}/paku"
+    env["PAKU_MQTT_PASSWORD"] = "x"
     result = run_paku("serve", "--role", "collector", env=env, cwd=tmp_path)
     assert "cannot reach the database" in result.stderr
 

@@ -136,6 +136,7 @@ def _dev(settings: Settings, tls: bool, simulate: int = 0, simulate_rate: float 
 
     hardening.check_admin_token(settings)
     hardening.check_plain_listener(settings, settings.mqtt_host)
+    hardening.check_device_endpoint(settings)
     token_note = (
         "(from PAKU_ADMIN_TOKEN)"
         if settings.admin_token
@@ -158,6 +159,7 @@ def _serve(settings: Settings, role: str) -> None:
     roles = ALL_ROLES if role == "all" else frozenset({Role(role)})
     if Role.API in roles:  # the token guards the API; a collector alone never uses it
         hardening.check_admin_token(settings)
+        hardening.check_device_endpoint(settings)  # the API tells devices where to connect
     asyncio.run(runner.serve(settings, roles))
 
 

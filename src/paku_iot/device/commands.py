@@ -85,8 +85,10 @@ class CommandRunner:
       ack bytes again, `ts` included, so the backend stores the ack once; not run again. A
       redelivery that arrives while the first delivery still runs waits for its answer.
     - Other invalid fields (a name outside 1-64 of `A-Z a-z 0-9 _ . -`, params not an object,
-      expiresAt not RFC 3339 with a zone): `{"ok": false, "error": "invalid command: ..."}`.
-    - `expiresAt` not in the future: `{"ok": false, "error": "expired"}`, not run.
+      expiresAtMs not an integer, expiresAt not RFC 3339 with a zone):
+      `{"ok": false, "error": "invalid command: ..."}`.
+    - The expiry (`expiresAtMs`, else `expiresAt`) not in the future:
+      `{"ok": false, "error": "expired"}`, not run.
     - No handler for the name: `{"ok": false, "error": "unknown command: <name>"}`.
     - Otherwise the handler runs: `{"ok": true, "result": <its return value>}`, or
       `{"ok": false, "error": <message>}` when it raises.

@@ -149,7 +149,8 @@ class InvalidCommand(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A parsed `cmd` message: `{"id", "name", "params", "expiresAt"}`."""
+    """A parsed `cmd` message: `{"id", "name", "params", "expiresAt", "expiresAtMs",
+    "ttlSeconds"}` (the device goes by `expiresAtMs`; see `_expiry`)."""
 
     id: str
     name: str
@@ -175,9 +176,10 @@ def _loads_object(payload: bytes) -> dict[str, Any]:
 def parse_command(payload: bytes) -> Command:
     """Parse a `cmd` payload.
 
-    Lenient where nothing is lost: `params` may be absent or null (no parameters) and
-    `expiresAt` absent or null (never expires). Strict where guessing could do harm: an
-    `expiresAt` without a time zone is refused rather than read in some local time.
+    Lenient where nothing is lost: `params` may be absent or null (no parameters) and the
+    expiry absent or null (never expires). Strict where guessing could do harm: an
+    `expiresAt` without a time zone is refused rather than read in some local time, and an
+    `expiresAtMs` that is not a whole number is refused rather than rounded.
     """
     try:
         document = _loads_object(payload)
@@ -194,22 +196,41 @@ def parse_command(payload: bytes) -> Command:
         params = {}
     if not isinstance(params, dict):
         raise InvalidCommand("invalid command: params is not an object", command_id)
-    expires_raw = document.get("expiresAt")
-    expires_at: datetime | None = None
-    if expires_raw is not None:
-        if not isinstance(expires_raw, str):
-            raise InvalidCommand("invalid command: expiresAt is not a string", command_id)
-        try:
-            expires_at = datetime.fromisoformat(expires_raw)
-        except ValueError:
+    return Command(command_id, name, params, _expiry(document, command_id))
+
+
+def _expiry(document: dict[str, Any], command_id: str) -> datetime | None:
+    """`expiresAtMs` (epoch milliseconds, what firmware without a date parser reads) when
+    present, else `expiresAt` (RFC 3339); None when neither is given."""
+    expires_ms = document.get("expiresAtMs")
+    if expires_ms is not None:
+        if not isinstance(expires_ms, int) or isinstance(expires_ms, bool):
             raise InvalidCommand(
-                f"invalid command: expiresAt {expires_raw!r} is not RFC 3339", command_id
-            ) from None
-        if expires_at.tzinfo is None:
-            raise InvalidCommand(
-                f"invalid command: expiresAt {expires_raw!r} has no time zone", command_id
+                f"invalid command: expiresAtMs {expires_ms!r} is not epoch milliseconds",
+                command_id,
             )
-    return Command(command_id, name, params, expires_at)
+        try:
+            return datetime.fromtimestamp(expires_ms / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidCommand(
+                f"invalid command: expiresAtMs {expires_ms!r} is out of range", command_id
+            ) from None
+    expires_raw = document.get("expiresAt")
+    if expires_raw is None:
+        return None
+    if not isinstance(expires_raw, str):
+        raise InvalidCommand("invalid command: expiresAt is not a string", command_id)
+    try:
+        expires_at = datetime.fromisoformat(expires_raw)
+    except ValueError:
+        raise InvalidCommand(
+            f"invalid command: expiresAt {expires_raw!r} is not RFC 3339", command_id
+        ) from None
+    if expires_at.tzinfo is None:
+        raise InvalidCommand(
+            f"invalid command: expiresAt {expires_raw!r} has no time zone", command_id
+        )
+    return expires_at
 
 
 @dataclass(frozen=True, slots=True)

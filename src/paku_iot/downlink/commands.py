@@ -31,6 +31,9 @@ from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.records import CommandRecord
 
 log = logging.getLogger("paku_iot.downlink")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_ONE_SECOND = timedelta(seconds=1)
 
 
 def _now() -> datetime:
@@ -41,14 +44,21 @@ def new_command_id() -> str:
     return "c-" + secrets.token_hex(10)
 
 
-def command_message(command: CommandRecord) -> bytes:
-    """The JSON a device receives on paku/<id>/cmd."""
+def command_message(command: CommandRecord, now: datetime) -> bytes:
+    """The JSON a device receives on paku/<id>/cmd, published at `now`.
+
+    The expiry comes in three forms, so that firmware needs no date parser: `expiresAt`
+    (RFC 3339), `expiresAtMs` (epoch milliseconds, for a device whose clock is set) and
+    `ttlSeconds` (whole seconds left at `now`, for one whose clock is not set yet: counted
+    from when the device receives it, it can only be later than the truth)."""
     return json.dumps(
         {
             "id": command.id,
             "name": command.name,
             "params": command.params,
             "expiresAt": command.expires_at.isoformat().replace("+00:00", "Z"),
+            "expiresAtMs": (command.expires_at - _EPOCH) // _ONE_MS,
+            "ttlSeconds": max(0, (command.expires_at - now) // _ONE_SECOND),
         },
         separators=(",", ":"),
     ).encode()
@@ -139,13 +149,16 @@ class CommandService:
         """Send queued, unexpired commands of online devices (of one device, or all)."""
         if not self._publisher.connected:
             return 0
-        claimed = await self._commands.claim_queued(self._clock(), device_id=device_id)
+        now = self._clock()
+        claimed = await self._commands.claim_queued(now, device_id=device_id)
         unsent: list[str] = []
         for command in claimed:
             if not self._publisher.connected:
                 unsent.append(command.id)
                 continue
-            self._publisher.publish(command_topic(command.device_id), command_message(command))
+            self._publisher.publish(
+                command_topic(command.device_id), command_message(command, self._clock())
+            )
             log.info(
                 "sent command %s (%s) to %s",
                 command.id,

@@ -7,7 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from paku_iot.storage.messages import MessageStore, TimeKey
-from paku_iot.storage.records import EventRecord, RejectedRecord, TelemetryRecord
+from paku_iot.storage.records import (
+    EventRecord,
+    RejectedRecord,
+    RejectionCount,
+    TelemetryRecord,
+)
 
 
 class DeviceHistory:
@@ -55,3 +60,7 @@ class DeviceHistory:
         return await self._store.rejected(
             limit=limit, before_id=before_id, device_id=device_id, reason=reason
         )
+
+    async def rejection_counts(self, *, since: datetime) -> list[RejectionCount]:
+        """Rejections since `since` by reason, the most frequent first."""
+        return await self._store.rejection_counts(since=since)

@@ -1,7 +1,7 @@
 """What production (PAKU_ENV=production) refuses to start with: an admin token anyone could
-guess, and a plain MQTT listener that carries device passwords in clear text beyond this
-machine. Each check raises `SettingsError` naming the setting to change; outside production
-they do nothing."""
+guess, a plain MQTT listener that carries device passwords in clear text beyond this
+machine, and telling devices to connect without TLS. Each check raises `SettingsError`
+naming the setting to change; outside production they do nothing."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ def check_plain_listener(settings: Settings, listen_host: str) -> None:
         "PAKU_MQTT_HOST (or broker-config's --listen) to 127.0.0.1, or PAKU_MQTT_ALLOW_PLAIN=true "
         "if only a trusted network reaches that address; devices beyond it connect to the TLS "
         "listener (PAKU_MQTT_TLS_CERT_FILE, PAKU_MQTT_TLS_KEY_FILE)"
+    )
+
+
+def check_device_endpoint(settings: Settings) -> None:
+    """In production, what devices are told (claim answers, the dashboard) is never plain
+    MQTT: a device that follows it would send its password in clear text, and the production
+    stack publishes only the TLS listener anyway. Not even with PAKU_MQTT_ALLOW_PLAIN, which
+    is about the backend's own listener on a trusted network, not about devices."""
+    if settings.env != "production" or settings.device_mqtt_endpoint.tls:
+        return
+    raise SettingsError(
+        "refusing PAKU_DEVICE_MQTT_TLS=false in production: devices would be told to connect "
+        "without TLS and send their passwords in clear text. Remove it (production tells "
+        "devices TLS, on PAKU_DEVICE_MQTT_PORT, default PAKU_MQTT_TLS_PORT 8883)"
     )
 
 

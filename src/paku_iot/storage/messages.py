@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Table, and_, bindparam, or_, select, text, update
+from sqlalchemy import Insert, Table, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -19,6 +19,7 @@ from paku_iot.storage.records import (
     EventRecord,
     IngestBatch,
     RejectedRecord,
+    RejectionCount,
     StateReport,
     TelemetryRecord,
 )
@@ -240,3 +241,22 @@ class MessageStore:
         async with translated_errors(), self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [RejectedRecord(**row) for row in rows]
+
+    async def rejection_counts(self, *, since: datetime) -> list[RejectionCount]:
+        """Rejections received since `since`, by reason, the most frequent first."""
+        r = schema.rejected_messages
+        messages = func.count().label("messages")
+        query = (
+            select(
+                r.c.reason,
+                messages,
+                func.count(r.c.device_id.distinct()).label("devices"),
+                func.max(r.c.received_at).label("latest_at"),
+            )
+            .where(r.c.received_at >= since)
+            .group_by(r.c.reason)
+            .order_by(messages.desc(), r.c.reason)
+        )
+        async with translated_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [RejectionCount(**row) for row in rows]

@@ -81,6 +81,16 @@ class RejectedRecord:
     id: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class RejectionCount:
+    """How often one reason was given since some time, and to how many devices."""
+
+    reason: str
+    messages: int
+    devices: int
+    latest_at: datetime
+
+
 @dataclass(slots=True)
 class IngestBatch:
     """Everything one collector batch writes, in one transaction."""

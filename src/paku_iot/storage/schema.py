@@ -87,6 +87,7 @@ rejected_messages = Table(
     Column("payload", LargeBinary, nullable=False),
     Column("payload_size", Integer, nullable=False),
     Index(None, "received_at"),
+    Index(None, "device_id", "id"),  # a device's newest rejections (the dashboard)
 )
 
 commands = Table(

@@ -14,7 +14,7 @@ from paku_iot.web.ui.sessions import COOKIE_NAME, SessionCodec
 from tests.support import ADMIN_TOKEN
 from tests.support.ui import csrf_of, sign_in
 
-PAGES = ["/ui/fleet", "/ui/devices/kitchen-01", "/ui/firmware", "/ui/provision"]
+PAGES = ["/ui/fleet", "/ui/devices/kitchen-01", "/ui/rejected", "/ui/firmware", "/ui/provision"]
 ACTIONS = [
     "/ui/devices/kitchen-01/commands",
     "/ui/devices/kitchen-01/config",

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from paku_iot.web.ui.routes import device, firmware, fleet, provision, signin, static
+from paku_iot.web.ui.routes import (
+    device,
+    firmware,
+    fleet,
+    provision,
+    rejected,
+    signin,
+    static,
+)
 
 router = APIRouter(include_in_schema=False)
-for _module in (signin, static, fleet, device, firmware, provision):
+for _module in (signin, static, fleet, device, rejected, firmware, provision):
     router.include_router(_module.router)
 
 __all__ = ["router"]

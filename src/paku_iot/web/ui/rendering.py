@@ -63,6 +63,22 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
+PAYLOAD_START_CHARS = 160
+
+
+def payload_start(payload: bytes, size: int, limit: int = PAYLOAD_START_CHARS) -> str:
+    """The first characters of a payload as a device sent it, legible whatever it holds:
+    bytes that are not UTF-8 as `\\xNN`, control characters as escapes (a NUL or a newline
+    would otherwise vanish from the page), and an ellipsis when there is more. HTML is
+    escaped by the template, like everything else."""
+    text = payload.decode("utf-8", errors="backslashreplace")
+    shown = "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        for ch in text[:limit]
+    )
+    return shown + "…" if len(text) > limit or size > len(payload) else shown
+
+
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATE_DIR)
     env = templates.env
@@ -72,6 +88,7 @@ def _templates() -> Jinja2Templates:
         iso=iso_time,
         pretty_json=pretty_json,
         compact_json=compact_json,
+        payload_start=payload_start,
     )
     env.globals["version"] = __version__
     return templates

@@ -143,7 +143,9 @@ async def manifest(
     current: Annotated[str | None, Query(description="The running version (semver).")] = None,
 ) -> list[ManifestEntry]:
     """Releases newer than `current`, newest first: a device takes the first. Devices
-    authenticate with HTTP Basic (their MQTT credentials) and see their own model only."""
+    authenticate with HTTP Basic (their MQTT credentials) and see their own model only.
+    Without credentials (PAKU_OTA_ALLOW_ANONYMOUS=true) `model` is required, and only
+    unpaused releases at 100% rollout are listed."""
     if caller.device is not None:
         if model is not None and model != caller.device.model:
             raise InvalidInput(
@@ -151,6 +153,14 @@ async def manifest(
                 code="wrong_model",
             )
         model = caller.device.model
+    elif not caller.admin and not model:
+        # An anonymous caller is taken to be a device that knows its model: without one, the
+        # answer would mix every model's firmware, and "take the first" would brick devices.
+        raise InvalidInput(
+            "model is required without device credentials: "
+            f"{OTA_MANIFEST_PATH}?model=<model>&current=<version>",
+            code="model_required",
+        )
     records = await service.releases.manifest(
         model=model, current=current, device=caller.device, admin=caller.admin
     )

@@ -1,5 +1,6 @@
-"""One device's page: state, telemetry chart, raw payloads, events, commands, configuration;
-and its actions: send a command, set the configuration, rotate the credentials."""
+"""One device's page: state, telemetry chart, raw payloads, events, commands, configuration,
+rejected messages; and its actions: send a command, set the configuration, rotate the
+credentials."""
 
 from __future__ import annotations
 
@@ -80,16 +81,22 @@ async def _device_or_404(
 async def _live_context(
     service: Service, device: DeviceRecord, part: LivePart | None = None
 ) -> dict[str, Any]:
-    """What the page's live regions show: `state` (the device row), `activity` (the rest),
+    """What the page's live regions show: `state` (the device row, with its latest rejected
+    message, so missing data is explained at the top of the page), `activity` (the rest),
     or both for the whole page."""
+    rejected = await service.history.rejected(
+        limit=1 if part == "state" else RECENT, device_id=device.id
+    )
+    state = {"device": device, "last_rejected": rejected[0] if rejected else None}
     if part == "state":
-        return {"device": device}
+        return state
     return {
-        "device": device,
+        **state,
         "telemetry": await service.history.telemetry(device.id, limit=RECENT),
         "events": await service.history.events(device.id, limit=RECENT),
         "commands": await service.commands.page(device.id, limit=RECENT),
         "config": await service.configs.get(device),
+        "rejected": rejected,
     }
 
 
