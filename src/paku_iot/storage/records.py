@@ -38,7 +38,7 @@ KEEP = Keep.KEEP
 class DeviceDetails:
     """What an admin changes about a device; KEEP leaves a field as it is."""
 
-    notes: str | None | Keep = KEEP
+    notes: str | Keep | None = KEEP
     metadata: JsonObject | Keep = KEEP
 
 
