@@ -75,7 +75,15 @@ async def publish_firmware(
     actor: Actor,
     model: Annotated[str, Form(min_length=1, max_length=64, pattern=NO_NUL)],
     version: Annotated[str, Form(min_length=1, max_length=64, pattern=NO_NUL)],
-    file: Annotated[UploadFile, File(description="The firmware image (firmware.bin).")],
+    file: Annotated[
+        UploadFile,
+        # `format: binary` beside OpenAPI 3.1's contentMediaType: client generators know it
+        # as a file to upload, not a string field.
+        File(
+            description="The firmware image (firmware.bin).",
+            json_schema_extra={"format": "binary"},
+        ),
+    ],
     notes: Annotated[str | None, Form(max_length=4000, pattern=NO_NUL)] = None,
     rollout_percent: Annotated[int, Form(alias="rolloutPercent", ge=0, le=100)] = 100,
 ) -> Release:
