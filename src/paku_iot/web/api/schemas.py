@@ -74,6 +74,8 @@ class DeviceCreate(RequestModel):
 class DeviceUpdate(RequestModel):
     """The fields to change; a field left out keeps its value."""
 
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
     notes: Notes = None
     metadata: Metadata = Field(
         default=None,

@@ -37,6 +37,8 @@ def _required_token(service: Service) -> str | None:
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
         401: error("A metrics token is required here and this is not it."),
     },
+    # `{}` beside MetricsToken: whether a token is needed at all depends on the settings.
+    openapi_extra={"security": [{}]},
 )
 async def metrics(
     service: ServiceDep,
