@@ -1,7 +1,7 @@
 """Fixtures that run real services: a Mosquitto per test on a free port with the project's
 generated config, PostgreSQL databases made from a migrated template, SQLite files, the
-service in process, and a `paku-iot dev` of the test's own. The helpers they use are in
-tests/support."""
+service in process, and a `paku-iot serve` and a `paku-iot dev` of the test's own. The helpers
+they use are in tests/support."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tests.support import ADMIN_TOKEN, require
 from tests.support.broker import Broker, start_broker
 from tests.support.postgres import PG_ADMIN_DSN, pg_admin, pg_dsn
 from tests.support.processes import dev_environment, paku, read_until, stop
+from tests.support.served import Served, serve
 
 PG_TEMPLATE = f"paku_template_{os.getpid()}"
 
@@ -125,6 +126,13 @@ async def api(service: Service) -> AsyncIterator[httpx.AsyncClient]:
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     ) as client:
         yield client
+
+
+@pytest.fixture
+def served(tmp_path: Path, database_url: str, broker: Broker) -> Iterator[Served]:
+    """A `paku-iot serve` process of the test's own (uvicorn on a free port)."""
+    with serve(tmp_path, database_url, broker) as running:
+        yield running
 
 
 @pytest.fixture

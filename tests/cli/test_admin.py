@@ -24,6 +24,13 @@ async def test_devices_commands_and_config_from_the_command_line(
     listed = await cli(env, tmp_path, "devices", "list", "--json")
     assert [d["id"] for d in json.loads(listed.stdout)] == ["lamp-1"]
 
+    update = ("devices", "update", "lamp-1", "--notes", "hall", "--metadata", '{"floor": 1}')
+    updated = await cli(env, tmp_path, *update)
+    assert updated.returncode == 0, updated.stderr
+    assert "notes:    hall" in updated.stdout
+    assert 'metadata: {"floor": 1}' in updated.stdout
+    assert "reported: nothing yet" in updated.stdout
+
     device = await DeviceClient("127.0.0.1", mqtt_port, "lamp-1", password).connect()
     assert await device.subscribe("paku/lamp-1/cmd") == 1
     await device.publish("paku/lamp-1/state", '{"online": true}', retain=True)
@@ -33,6 +40,11 @@ async def test_devices_commands_and_config_from_the_command_line(
         assert json.loads(shown.stdout)["online"] is True
 
     await eventually(online)
+    shown = await cli(env, tmp_path, "devices", "show", "lamp-1")
+    assert 'reported: {"online": true}' in shown.stdout
+    cleared = await cli(env, tmp_path, "devices", "update", "lamp-1", "--notes", "", "--json")
+    assert json.loads(cleared.stdout)["notes"] is None
+    assert json.loads(cleared.stdout)["metadata"] == {"floor": 1}
 
     async def answer() -> None:
         message = await asyncio.to_thread(device.messages.get, True, 20)
@@ -70,6 +82,9 @@ async def test_cli_errors_are_one_line(dev_api: tuple[dict[str, str], int], tmp_
     env, _ = dev_api
     for args, expected in [
         (("devices", "show", "ghost-1"), "no device 'ghost-1'"),
+        (("devices", "update", "ghost-1", "--notes", "x"), "no device 'ghost-1'"),
+        (("devices", "update", "ghost-1"), "nothing to change: give --notes, --metadata"),
+        (("devices", "update", "ghost-1", "--metadata", "[1]"), "--metadata must be a JSON"),
         (("cmd", "send", "ghost-1", "x", "--params", "[1]"), "--params must be a JSON object"),
         (("config", "set", "ghost-1", "/nonexistent.json"), "cannot read /nonexistent.json"),
         (("devices", "list", "--url", "http://127.0.0.1:9"), "cannot reach the paku-iot API"),

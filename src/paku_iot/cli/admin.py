@@ -46,7 +46,7 @@ def add_parsers(commands: Any) -> None:
 
 
 def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
-    devices = commands.add_parser("devices", help="list, show, create, delete devices")
+    devices = commands.add_parser("devices", help="list, show, create, update, delete devices")
     dev = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = dev.add_parser("list", parents=[common], help="list devices")
     listing.add_argument("--model")
@@ -58,6 +58,10 @@ def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--model", required=True)
     create.add_argument("--id", dest="device_id")
     create.add_argument("--notes")
+    update = dev.add_parser("update", parents=[common], help="change a device's notes or metadata")
+    update.add_argument("device_id")
+    update.add_argument("--notes", help="free text ('' clears it)")
+    update.add_argument("--metadata", help="JSON object; replaces the whole metadata ('{}' clears)")
     dev.add_parser("delete", parents=[common], help="delete a device").add_argument("device_id")
     dev.add_parser("rotate", parents=[common], help="give a device a new password").add_argument(
         "device_id"
@@ -326,9 +330,34 @@ def _devices_list(api: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_details(d: dict[str, Any]) -> str:
+    reported = json.dumps(d["reported"]) if d["reported"] is not None else "nothing yet"
+    return "\n".join(
+        [
+            _device_line(d),
+            f"  notes:    {d['notes'] or '-'}",
+            f"  metadata: {json.dumps(d['metadata'])}",
+            f"  reported: {reported}",
+        ]
+    )
+
+
 def _devices_show(api: ApiClient, args: argparse.Namespace) -> int:
     device = api.request("GET", f"/devices/{args.device_id}")
-    _print(args, device, _device_line(device))
+    _print(args, device, _device_details(device))
+    return 0
+
+
+def _devices_update(api: ApiClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.notes is not None:
+        body["notes"] = args.notes or None
+    if args.metadata is not None:
+        body["metadata"] = _json_object(args.metadata, "--metadata")
+    if not body:
+        raise InvalidInput("nothing to change: give --notes, --metadata or both")
+    device = api.request("PATCH", f"/devices/{args.device_id}", json=body)
+    _print(args, device, _device_details(device))
     return 0
 
 
@@ -543,6 +572,7 @@ _HANDLERS = {
     ("devices", "list"): _devices_list,
     ("devices", "show"): _devices_show,
     ("devices", "create"): _devices_create,
+    ("devices", "update"): _devices_update,
     ("devices", "delete"): _devices_delete,
     ("devices", "rotate"): _devices_rotate,
     ("cmd", "send"): _cmd_send,

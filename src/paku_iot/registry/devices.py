@@ -15,7 +15,7 @@ from paku_iot.exceptions import Conflict, InvalidInput, NotFound
 from paku_iot.protocol import config_topic, is_valid_device_id, state_topic
 from paku_iot.registry.ids import new_device_id
 from paku_iot.storage.devices import DeviceStore
-from paku_iot.storage.records import DeviceRecord, NewDevice
+from paku_iot.storage.records import DeviceDetails, DeviceRecord, NewDevice
 
 log = logging.getLogger("paku_iot.registry")
 
@@ -86,6 +86,14 @@ class DeviceRegistry:
 
     async def get(self, device_id: str) -> DeviceRecord:
         device = await self._store.get(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r}", code="device_not_found")
+        return device
+
+    async def update_details(self, device_id: str, changes: DeviceDetails) -> DeviceRecord:
+        """Change a device's notes and metadata (what admins keep about it, not what it
+        reports); the broker is not involved."""
+        device = await self._store.update_details(device_id, changes)
         if device is None:
             raise NotFound(f"no device {device_id!r}", code="device_not_found")
         return device

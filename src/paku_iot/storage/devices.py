@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from paku_iot.exceptions import Conflict
 from paku_iot.storage import schema
 from paku_iot.storage.engine import transaction, translated_errors
-from paku_iot.storage.records import DeviceRecord, NewDevice
+from paku_iot.storage.records import KEEP, DeviceDetails, DeviceRecord, NewDevice
 
 _d = schema.devices
 _DEVICE_COLUMNS = (
@@ -183,6 +183,18 @@ class DeviceStore:
             ):
                 await conn.execute(delete(table).where(table.c.device_id == device_id))
             return True
+
+    async def update_details(self, device_id: str, changes: DeviceDetails) -> DeviceRecord | None:
+        """Set the given notes and metadata; None when there is no such device."""
+        values: dict[str, Any] = {}
+        if changes.notes is not KEEP:
+            values["notes"] = changes.notes
+        if changes.metadata is not KEEP:
+            values["metadata"] = changes.metadata
+        async with transaction(self._engine) as conn:
+            if values:
+                await conn.execute(update(_d).where(_d.c.id == device_id).values(**values))
+            return await self._get(conn, device_id)
 
     async def set_password_hash(self, device_id: str, password_hash: str, now: datetime) -> bool:
         async with transaction(self._engine) as conn:

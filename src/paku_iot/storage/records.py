@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 JsonObject = dict[str, Any]
@@ -22,6 +23,23 @@ class DeviceRecord:
     fw_version: str | None
     rssi: int | None
     reported_state: JsonObject | None
+
+
+class Keep(Enum):
+    """A field of a change that is left as it is (None would mean: set it to null)."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDetails:
+    """What an admin changes about a device; KEEP leaves a field as it is."""
+
+    notes: str | Keep | None = KEEP
+    metadata: JsonObject | Keep = KEEP
 
 
 @dataclass(frozen=True, slots=True)

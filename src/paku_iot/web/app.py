@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from paku_iot import __version__
 from paku_iot.web.api.errors import install_error_handlers
 from paku_iot.web.api.inputs import RefuseNulInUrl
 from paku_iot.web.api.observability import install_observability
+from paku_iot.web.api.responses import INVALID_INPUT
 from paku_iot.web.api.routes import (
     commands,
     config,
@@ -27,11 +29,19 @@ if TYPE_CHECKING:
     from paku_iot.server.service import Service
 
 
+def operation_id(route: APIRoute) -> str:
+    """The route function's name (snake_case): what generated clients name their calls, so it
+    stays the same from one build to the next (FastAPI's default appends the path)."""
+    return route.name
+
+
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(
         title="paku-iot",
         version=__version__,
         description="Provision paku devices, read what they send, and manage them.",
+        generate_unique_id_function=operation_id,
+        responses=INVALID_INPUT,
     )
     app.state.service = service
     install_error_handlers(app)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
 import pytest
 
 from paku_iot.protocol import is_valid_device_id
+from tests.support import eventually
+from tests.support.broker import Broker
 
 DEVICE_FIELDS = {
     "id",
@@ -45,8 +50,9 @@ async def test_provision_returns_device_and_credentials_once(api: httpx.AsyncCli
 
     again = await api.get("/devices/kitchen-01")
     assert again.status_code == 200
-    assert set(again.json()) == DEVICE_FIELDS  # the password is never shown again
+    assert set(again.json()) == DEVICE_FIELDS | {"reported"}  # never the password again
     assert again.json()["metadata"] == {"room": "kitchen"}
+    assert again.json()["reported"] is None  # it has said nothing yet
 
 
 async def test_provision_without_id_makes_one(api: httpx.AsyncClient) -> None:
@@ -105,6 +111,7 @@ async def test_admin_calls_need_the_token(api: httpx.AsyncClient, headers: dict[
             ("GET", "/devices"),
             ("POST", "/devices"),
             ("GET", "/devices/x-1"),
+            ("PATCH", "/devices/x-1"),
             ("DELETE", "/devices/x-1"),
             ("GET", "/devices/x-1/telemetry"),
             ("GET", "/rejected"),
@@ -213,3 +220,82 @@ async def test_openapi_is_served(api: httpx.AsyncClient) -> None:
     docs = await api.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+async def test_a_device_shows_all_it_reported_in_its_state(
+    api: httpx.AsyncClient, broker: Broker
+) -> None:
+    created = (await api.post("/devices", json={"model": "m", "id": "rep-1"})).json()
+    device = await broker.device("rep-1", created["credentials"]["password"]).connect()
+    full = {"online": True, "rssi": -61, "fwVersion": "1.4.2", "configVersion": 3, "battery": 87}
+    await device.publish("paku/rep-1/state", json.dumps(full), retain=True)
+    await device.publish("paku/rep-1/state", '{"online": true, "battery": 80}', retain=True)
+
+    async def merged() -> dict[str, Any]:
+        shown = (await api.get("/devices/rep-1")).json()
+        assert shown["reported"] == full | {"battery": 80}  # key by key, newest value wins
+        return shown
+
+    shown = await eventually(merged)
+    assert (shown["online"], shown["rssi"], shown["fwVersion"]) == (True, -61, "1.4.2")
+    # Pages of the list stay lean: the full state is the single device's.
+    [listed] = (await api.get("/devices")).json()["items"]
+    assert set(listed) == DEVICE_FIELDS
+    await device.disconnect()
+
+
+async def test_patch_changes_notes_and_metadata(api: httpx.AsyncClient) -> None:
+    await api.post(
+        "/devices", json={"model": "m", "id": "pat-1", "notes": "old", "metadata": {"a": 1}}
+    )
+    response = await api.patch("/devices/pat-1", json={"notes": "by the door"})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == DEVICE_FIELDS | {"reported"}
+    assert (body["notes"], body["metadata"]) == ("by the door", {"a": 1})  # metadata kept
+
+    replaced = (await api.patch("/devices/pat-1", json={"metadata": {"room": "hall"}})).json()
+    assert (replaced["notes"], replaced["metadata"]) == ("by the door", {"room": "hall"})
+
+    cleared = (await api.patch("/devices/pat-1", json={"notes": None, "metadata": {}})).json()
+    assert (cleared["notes"], cleared["metadata"]) == (None, {})
+    assert (await api.get("/devices/pat-1")).json() == cleared
+
+    trail = (await api.get("/audit", params={"action": "device.update"})).json()["items"]
+    assert [(e["actor"], e["target"], e["details"]) for e in trail] == [
+        ("admin", "pat-1", {"fields": ["metadata", "notes"]}),
+        ("admin", "pat-1", {"fields": ["metadata"]}),
+        ("admin", "pat-1", {"fields": ["notes"]}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({}, "nothing to change"),
+        ({"notes": "x" * 4001}, "notes"),
+        ({"notes": 5}, "notes"),
+        ({"metadata": [1]}, "metadata"),
+        ({"metadata": "room=hall"}, "metadata"),
+        ({"metadata": {"k": "a\x00b"}}, "NUL"),
+        ({"model": "other"}, "model"),  # what a device is stays as it was made
+        ({"id": "new-id"}, "id"),
+    ],
+)
+async def test_patch_refuses_what_creation_refuses(
+    api: httpx.AsyncClient, body: dict[str, object], named: str
+) -> None:
+    await api.post("/devices", json={"model": "m", "id": "pat-2", "notes": "kept"})
+    response = await api.patch("/devices/pat-2", json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert named in error["message"]
+    assert (await api.get("/devices/pat-2")).json()["notes"] == "kept"
+
+
+async def test_patch_of_an_unknown_device_is_404(api: httpx.AsyncClient) -> None:
+    response = await api.patch("/devices/nope-1", json={"notes": "x"})
+    assert response.status_code == 404
+    assert response.json()["error"] == {"code": "device_not_found", "message": "no device 'nope-1'"}
+    assert (await api.get("/audit", params={"target": "nope-1"})).json()["items"] == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -49,6 +49,16 @@ class ErrorResponse(ApiModel):
     error: ErrorBody
 
 
+# What an admin may say about a device, the same when it is made and when it is changed.
+Notes = Annotated[
+    str | None, Field(max_length=4000, description="Free text for people; null: none.")
+]
+Metadata = Annotated[
+    dict[str, Any] | None,
+    Field(description="Any JSON object, stored as given; null is the same as {}."),
+]
+
+
 class DeviceCreate(RequestModel):
     model: str = Field(min_length=1, max_length=64, examples=["paku-sensor-v1"])
     id: str | None = Field(
@@ -57,8 +67,26 @@ class DeviceCreate(RequestModel):
         description="3-64 characters of A-Z a-z 0-9 _ -; generated when absent.",
         examples=["kitchen-01"],
     )
-    notes: str | None = Field(default=None, max_length=4000)
-    metadata: dict[str, Any] | None = None
+    notes: Notes = None
+    metadata: Metadata = None
+
+
+class DeviceUpdate(RequestModel):
+    """The fields to change; a field left out keeps its value."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    notes: Notes = None
+    metadata: Metadata = Field(
+        default=None,
+        description="Replaces the whole object (it is not merged); null or {} clears it.",
+    )
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> DeviceUpdate:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: send notes, metadata or both")
+        return self
 
 
 class Device(ApiModel):
@@ -85,6 +113,18 @@ class Device(ApiModel):
             notes=record.notes,
             metadata=record.metadata,
         )
+
+
+class DeviceDetail(Device):
+    reported: dict[str, Any] | None = Field(
+        description="The device's state as it reported it (paku/<id>/state: `online`, `rssi`, "
+        "`fwVersion`, `configVersion` and any other key), each key as last received; "
+        "null until it first reports."
+    )
+
+    @classmethod
+    def of(cls, record: DeviceRecord) -> DeviceDetail:
+        return cls(**Device.of(record).model_dump(), reported=record.reported_state)
 
 
 class Credentials(ApiModel):

@@ -1,27 +1,23 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, status
 
 from paku_iot.downlink.commands import NewCommand
 from paku_iot.web.api.auth import Actor, require_admin
 from paku_iot.web.api.cursors import decode_time_text_cursor, encode_cursor
+from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
 from paku_iot.web.api.schemas import (
     BulkCommandCreate,
     Command,
     CommandBatch,
     CommandCreate,
     CommandPage,
-    ErrorResponse,
 )
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(
-    tags=["commands"],
-    dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
-)
+router = APIRouter(tags=["commands"], dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -30,7 +26,6 @@ IdempotencyKey = Annotated[
         description="Retrying a POST with the same key returns the same command(s).",
     ),
 ]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 Status = Annotated[
     str | None, Query(pattern="^(queued|sent|acked|failed|expired)$", alias="status")
 ]
@@ -44,7 +39,7 @@ def _new(body: CommandCreate) -> NewCommand:
     "/devices/{device_id}/commands",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Command,
-    responses=NOT_FOUND,
+    responses=NO_DEVICE,
 )
 async def send_command(
     device_id: str,
@@ -68,7 +63,7 @@ async def send_command(
     "/commands",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CommandBatch,
-    responses=NOT_FOUND,
+    responses={404: error("One of `deviceIds` is no device (`device_not_found`).")},
 )
 async def send_bulk_command(
     body: BulkCommandCreate,
@@ -88,7 +83,7 @@ async def send_bulk_command(
     return CommandBatch(items=[Command.of(c) for c in commands])
 
 
-@router.get("/devices/{device_id}/commands", response_model=CommandPage, responses=NOT_FOUND)
+@router.get("/devices/{device_id}/commands", response_model=CommandPage, responses=NO_DEVICE)
 async def list_commands(
     device_id: str,
     service: ServiceDep,
@@ -112,7 +107,9 @@ async def list_commands(
 
 
 @router.get(
-    "/devices/{device_id}/commands/{command_id}", response_model=Command, responses=NOT_FOUND
+    "/devices/{device_id}/commands/{command_id}",
+    response_model=Command,
+    responses={404: error("No such device, or no such command of it.")},
 )
 async def get_command(device_id: str, command_id: str, service: ServiceDep) -> Command:
     return Command.of(await service.commands.get(device_id, command_id))

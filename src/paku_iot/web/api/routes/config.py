@@ -1,25 +1,22 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends
 
 from paku_iot.web.api.auth import Actor, require_admin
-from paku_iot.web.api.schemas import ConfigPut, DeviceConfig, ErrorResponse
+from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
+from paku_iot.web.api.schemas import ConfigPut, DeviceConfig
 from paku_iot.web.deps import ServiceDep
 
 router = APIRouter(
-    tags=["config"],
-    dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    tags=["config"], dependencies=[Depends(require_admin)], responses={**ADMIN_ONLY, **NO_DEVICE}
 )
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse},
-    503: {"model": ErrorResponse, "description": "The broker is unreachable; nothing changed."},
-}
 
 
-@router.put("/devices/{device_id}/config", response_model=DeviceConfig, responses=RESPONSES)
+@router.put(
+    "/devices/{device_id}/config",
+    response_model=DeviceConfig,
+    responses={503: error("The broker is unreachable; nothing changed (`unavailable`).")},
+)
 async def put_config(
     device_id: str, body: ConfigPut, service: ServiceDep, actor: Actor
 ) -> DeviceConfig:
@@ -31,7 +28,7 @@ async def put_config(
     return DeviceConfig.of(view)
 
 
-@router.get("/devices/{device_id}/config", response_model=DeviceConfig, responses=RESPONSES)
+@router.get("/devices/{device_id}/config", response_model=DeviceConfig)
 async def get_config(device_id: str, service: ServiceDep) -> DeviceConfig:
     """Desired configuration and the version the device reports it has applied."""
     device = await service.registry.get(device_id)

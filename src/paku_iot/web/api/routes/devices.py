@@ -1,28 +1,26 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
 from paku_iot.registry.devices import ProvisionedDevice as Provisioned
+from paku_iot.storage.records import KEEP, DeviceDetails
 from paku_iot.web.api.auth import Actor, require_admin
 from paku_iot.web.api.cursors import decode_id_cursor, encode_cursor
+from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
 from paku_iot.web.api.schemas import (
     Credentials,
     Device,
     DeviceCreate,
+    DeviceDetail,
     DevicePage,
-    ErrorResponse,
+    DeviceUpdate,
     ProvisionedDevice,
 )
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(
-    tags=["devices"],
-    dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
-)
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+router = APIRouter(tags=["devices"], dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
 
 
 def _provisioned(result: Provisioned) -> ProvisionedDevice:
@@ -36,7 +34,7 @@ def _provisioned(result: Provisioned) -> ProvisionedDevice:
     "/devices",
     status_code=status.HTTP_201_CREATED,
     response_model=ProvisionedDevice,
-    responses={409: {"model": ErrorResponse}},
+    responses={409: error("A device with this id exists (`device_exists`).")},
 )
 async def provision_device(
     body: DeviceCreate, service: ServiceDep, actor: Actor
@@ -58,19 +56,38 @@ async def list_devices(
     model: str | None = None,
     online: bool | None = None,
 ) -> DevicePage:
-    """Devices in id order, a page at a time; pass `next` back as `cursor` for the next page."""
+    """Devices in id order, a page at a time; pass `next` back as `cursor` for the next page.
+    `GET /devices/{id}` has each one's full reported state."""
     after = decode_id_cursor(cursor) if cursor else None
     records = await service.registry.page(limit=limit, after_id=after, model=model, online=online)
     next_cursor = encode_cursor(records[-1].id) if len(records) == limit else None
     return DevicePage(items=[Device.of(r) for r in records], next=next_cursor)
 
 
-@router.get("/devices/{device_id}", response_model=Device, responses=NOT_FOUND)
-async def get_device(device_id: str, service: ServiceDep) -> Device:
-    return Device.of(await service.registry.get(device_id))
+@router.get("/devices/{device_id}", response_model=DeviceDetail, responses=NO_DEVICE)
+async def get_device(device_id: str, service: ServiceDep) -> DeviceDetail:
+    """One device, with `reported`: everything its state messages said."""
+    return DeviceDetail.of(await service.registry.get(device_id))
 
 
-@router.delete("/devices/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.patch("/devices/{device_id}", response_model=DeviceDetail, responses=NO_DEVICE)
+async def update_device(
+    device_id: str, body: DeviceUpdate, service: ServiceDep, actor: Actor
+) -> DeviceDetail:
+    """Change `notes`, `metadata` or both; a field left out keeps its value. Answers the
+    device as it is now."""
+    given = body.model_fields_set
+    changes = DeviceDetails(
+        notes=body.notes if "notes" in given else KEEP,
+        metadata=(body.metadata or {}) if "metadata" in given else KEEP,
+    )
+    device = await service.registry.update_details(device_id, changes)
+    # The audit log names what changed, not the values: metadata can be large.
+    await service.audit.record(actor, "device.update", device_id, {"fields": sorted(given)})
+    return DeviceDetail.of(device)
+
+
+@router.delete("/devices/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NO_DEVICE)
 async def delete_device(device_id: str, service: ServiceDep, actor: Actor) -> Response:
     """Remove the device with its data. Its credentials stop working at once and a live
     connection is dropped."""
@@ -80,7 +97,7 @@ async def delete_device(device_id: str, service: ServiceDep, actor: Actor) -> Re
 
 
 @router.post(
-    "/devices/{device_id}/credentials", response_model=ProvisionedDevice, responses=NOT_FOUND
+    "/devices/{device_id}/credentials", response_model=ProvisionedDevice, responses=NO_DEVICE
 )
 async def rotate_credentials(
     device_id: str, service: ServiceDep, actor: Actor

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query
 from paku_iot.exceptions import InvalidInput
 from paku_iot.web.api.auth import require_admin
 from paku_iot.web.api.cursors import decode_int_cursor, decode_time_cursor, encode_cursor
+from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE
 from paku_iot.web.api.schemas import (
-    ErrorResponse,
     EventItem,
     EventPage,
     RejectedItem,
@@ -19,10 +19,7 @@ from paku_iot.web.api.schemas import (
 )
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(
-    dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
-)
+router = APIRouter(dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 From = Annotated[datetime | None, Query(alias="from", description="RFC 3339; inclusive.")]
 To = Annotated[datetime | None, Query(description="RFC 3339; exclusive.")]
@@ -40,7 +37,7 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
     "/devices/{device_id}/telemetry",
     response_model=TelemetryPage,
     tags=["telemetry"],
-    responses={404: {"model": ErrorResponse}},
+    responses=NO_DEVICE,
 )
 async def device_telemetry(
     device_id: str,
@@ -70,7 +67,7 @@ async def device_telemetry(
     "/devices/{device_id}/events",
     response_model=EventPage,
     tags=["events"],
-    responses={404: {"model": ErrorResponse}},
+    responses=NO_DEVICE,
 )
 async def device_events(
     device_id: str,

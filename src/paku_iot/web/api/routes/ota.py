@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse
@@ -12,8 +12,8 @@ from paku_iot.server.service import Service
 from paku_iot.storage.records import ReleaseRecord
 from paku_iot.web.api.auth import Actor, require_admin
 from paku_iot.web.api.device_auth import Caller, identify_caller
+from paku_iot.web.api.responses import ADMIN_ONLY, Responses, error
 from paku_iot.web.api.schemas import (
-    ErrorResponse,
     ManifestEntry,
     PublicKey,
     Release,
@@ -25,13 +25,24 @@ from paku_iot.web.api.schemas import (
 from paku_iot.web.deps import ServiceDep
 
 router = APIRouter(tags=["ota"])
-admin = APIRouter(
-    tags=["ota"],
-    dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
-)
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+admin = APIRouter(tags=["ota"], dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
+NO_RELEASE: Responses = {404: error("No release with this id (`release_not_found`).")}
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL cannot store NUL in text
+
+
+_IMAGE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+# The byte-range answers are Starlette's FileResponse's own (plain text, not our JSON errors).
+FIRMWARE_RESPONSES: Responses = {
+    200: {"description": "The whole image.", "content": _IMAGE},
+    206: {"description": "The part `Range` asked for.", "content": _IMAGE},
+    400: {"description": "The `Range` header is malformed.", "content": _TEXT},
+    404: error("No image with this SHA-256 (`firmware_not_found`)."),
+    416: {
+        "description": "`Range` starts past the end; `Content-Range` gives the size.",
+        "content": _TEXT,
+    },
+}
 
 
 class PayloadTooLarge(PakuError):
@@ -53,9 +64,9 @@ def _release(request: Request, service: Service, record: ReleaseRecord) -> Relea
     status_code=status.HTTP_201_CREATED,
     response_model=Release,
     responses={
-        400: {"model": ErrorResponse, "description": "The multipart body is malformed."},
-        409: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
+        400: error("The multipart body is malformed."),
+        409: error("This model already has a release of this version (`release_exists`)."),
+        413: error("Content-Length says the upload is over PAKU_OTA_MAX_FIRMWARE_BYTES."),
     },
 )
 async def publish_firmware(
@@ -64,7 +75,15 @@ async def publish_firmware(
     actor: Actor,
     model: Annotated[str, Form(min_length=1, max_length=64, pattern=NO_NUL)],
     version: Annotated[str, Form(min_length=1, max_length=64, pattern=NO_NUL)],
-    file: Annotated[UploadFile, File(description="The firmware image (firmware.bin).")],
+    file: Annotated[
+        UploadFile,
+        # `format: binary` beside OpenAPI 3.1's contentMediaType: client generators know it
+        # as a file to upload, not a string field.
+        File(
+            description="The firmware image (firmware.bin).",
+            json_schema_extra={"format": "binary"},
+        ),
+    ],
     notes: Annotated[str | None, Form(max_length=4000, pattern=NO_NUL)] = None,
     rollout_percent: Annotated[int, Form(alias="rolloutPercent", ge=0, le=100)] = 100,
 ) -> Release:
@@ -104,7 +123,7 @@ async def list_releases(
     return ReleaseList(items=[_release(request, service, r) for r in records])
 
 
-@admin.get("/ota/releases/{release_id}", response_model=ReleaseWithStatus, responses=NOT_FOUND)
+@admin.get("/ota/releases/{release_id}", response_model=ReleaseWithStatus, responses=NO_RELEASE)
 async def get_release(request: Request, release_id: str, service: ServiceDep) -> ReleaseWithStatus:
     """A release and where its model's devices stand: `pending` (offered, no report yet),
     `downloading`, `installing`, `installed` (reported, not yet running it), `failed`, and
@@ -117,7 +136,7 @@ async def get_release(request: Request, release_id: str, service: ServiceDep) ->
     )
 
 
-@admin.patch("/ota/releases/{release_id}", response_model=Release, responses=NOT_FOUND)
+@admin.patch("/ota/releases/{release_id}", response_model=Release, responses=NO_RELEASE)
 async def update_release(
     request: Request, release_id: str, body: ReleaseUpdate, service: ServiceDep, actor: Actor
 ) -> Release:
@@ -133,7 +152,16 @@ async def update_release(
 @router.get(
     OTA_MANIFEST_PATH,
     response_model=list[ManifestEntry],
-    responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
+    responses={
+        401: error(
+            "No credentials (unless PAKU_OTA_ALLOW_ANONYMOUS), or wrong ones: a device gets "
+            '`WWW-Authenticate: Basic realm="paku-iot"`.'
+        ),
+        422: error(
+            "`current` is not a semantic version, or `model` is not the device's own "
+            "(`wrong_model`)."
+        ),
+    },
 )
 async def manifest(
     request: Request,
@@ -181,13 +209,13 @@ async def manifest(
     "/ota/firmware/{sha256}.bin",
     operation_id="download_firmware",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorResponse}},
+    responses=FIRMWARE_RESPONSES,
 )
 @router.head(
     "/ota/firmware/{sha256}.bin",
     operation_id="firmware_headers",
     response_class=FileResponse,
-    responses={404: {"model": ErrorResponse}},
+    responses=FIRMWARE_RESPONSES,
 )
 async def download_firmware(sha256: str, service: ServiceDep) -> FileResponse:
     """The image, with Content-Length, ETag (its sha256) and byte ranges, so an interrupted

@@ -13,11 +13,11 @@ from paku_iot.server.service import Service
 from paku_iot.storage.records import AuditRecord
 from paku_iot.web.api.auth import Actor, require_admin
 from paku_iot.web.api.cursors import decode_int_cursor, encode_cursor
-from paku_iot.web.api.schemas import ApiModel, Credentials, ErrorResponse, RequestModel
+from paku_iot.web.api.responses import ADMIN_ONLY, error
+from paku_iot.web.api.schemas import ApiModel, Credentials, RequestModel
 from paku_iot.web.deps import ServiceDep
 
 router = APIRouter(tags=["security"])
-ADMIN: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
 
 
 class ClaimCodesCreate(RequestModel):
@@ -85,7 +85,7 @@ class AuditPage(ApiModel):
     status_code=status.HTTP_201_CREATED,
     response_model=ClaimCodeBatch,
     dependencies=[Depends(require_admin)],
-    responses={**ADMIN, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={**ADMIN_ONLY, 409: error("One of `ids` is a device already (`device_exists`).")},
 )
 async def create_claim_codes(
     body: ClaimCodesCreate, service: ServiceDep, actor: Actor
@@ -117,7 +117,10 @@ def _mqtt_endpoint(service: Service) -> MqttEndpoint:
 @router.post(
     "/claim",
     response_model=ClaimResult,
-    responses={403: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    responses={
+        403: error("Not a live claim code: unknown, used or expired (`invalid_claim_code`)."),
+        429: error("Too many refused claims from this address; see `Retry-After`."),
+    },
 )
 async def claim(body: ClaimRequest, request: Request, service: ServiceDep) -> Any:
     """A device trades its claim code for its MQTT credentials, once. Every refusal is the
@@ -145,7 +148,10 @@ async def claim(body: ClaimRequest, request: Request, service: ServiceDep) -> An
 
 
 @router.get(
-    "/audit", response_model=AuditPage, dependencies=[Depends(require_admin)], responses=ADMIN
+    "/audit",
+    response_model=AuditPage,
+    dependencies=[Depends(require_admin)],
+    responses=ADMIN_ONLY,
 )
 async def audit_log(
     service: ServiceDep,

@@ -1,0 +1,389 @@
+"""The OpenAPI document as a client generator reads it: security schemes, stable operation
+ids, and for every operation exactly the statuses it can answer.
+
+The last is checked by asking: each operation gets a request for every status it can answer
+(`probes`), each request must get that status with the documented body, and then the
+statuses seen must be the statuses documented, no more and no fewer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from paku_iot.settings import Settings
+from tests.support import eventually
+from tests.support.broker import Broker
+
+# The schema does not depend on the database: one kind is enough.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+METRICS_TOKEN = "test-metrics-token-0123456789"
+MAX_FIRMWARE = 1024  # the smallest limit the settings allow, so that 413 is cheap to reach
+
+# What generated clients name their calls: changing one breaks their users' code.
+OPERATION_IDS = {
+    ("get", "/health"): "health",
+    ("get", "/metrics"): "metrics",
+    ("post", "/devices"): "provision_device",
+    ("get", "/devices"): "list_devices",
+    ("get", "/devices/{device_id}"): "get_device",
+    ("patch", "/devices/{device_id}"): "update_device",
+    ("delete", "/devices/{device_id}"): "delete_device",
+    ("post", "/devices/{device_id}/credentials"): "rotate_credentials",
+    ("get", "/devices/{device_id}/telemetry"): "device_telemetry",
+    ("get", "/devices/{device_id}/events"): "device_events",
+    ("get", "/rejected"): "rejected_messages",
+    ("post", "/devices/{device_id}/commands"): "send_command",
+    ("get", "/devices/{device_id}/commands"): "list_commands",
+    ("post", "/commands"): "send_bulk_command",
+    ("get", "/devices/{device_id}/commands/{command_id}"): "get_command",
+    ("put", "/devices/{device_id}/config"): "put_config",
+    ("get", "/devices/{device_id}/config"): "get_config",
+    ("post", "/ota/firmware"): "publish_firmware",
+    ("get", "/ota/releases"): "list_releases",
+    ("get", "/ota/releases/{release_id}"): "get_release",
+    ("patch", "/ota/releases/{release_id}"): "update_release",
+    ("get", "/ota/manifest.json"): "manifest",
+    ("get", "/ota/firmware/{sha256}.bin"): "download_firmware",
+    ("head", "/ota/firmware/{sha256}.bin"): "firmware_headers",
+    ("get", "/ota/public-key"): "public_key",
+    ("post", "/claim-codes"): "create_claim_codes",
+    ("post", "/claim"): "claim",
+    ("get", "/audit"): "audit_log",
+}
+PUBLIC = {"health", "download_firmware", "firmware_headers", "public_key", "claim"}
+DEVICE_OR_ADMIN = {"manifest"}
+METRICS = {"metrics"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"metrics_token": METRICS_TOKEN, "ota_max_firmware_bytes": MAX_FIRMWARE}
+    )
+
+
+async def openapi(api: httpx.AsyncClient) -> dict[str, Any]:
+    response = await api.get("/openapi.json", headers={"Authorization": ""})
+    assert response.status_code == 200
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def operations(document: dict[str, Any]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """operationId -> (method, path, operation)."""
+    found: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            found[operation["operationId"]] = (method, path, operation)
+    return found
+
+
+async def test_every_operation_has_its_stable_snake_case_id(api: httpx.AsyncClient) -> None:
+    document = await openapi(api)
+    ids = [op["operationId"] for methods in document["paths"].values() for op in methods.values()]
+    assert len(ids) == len(set(ids)), "operation ids repeat"
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", i) for i in ids), ids
+    found = {
+        (m, p): op["operationId"] for p, ms in document["paths"].items() for m, op in ms.items()
+    }
+    assert found == OPERATION_IDS
+
+
+async def test_security_schemes_say_who_may_call_what(api: httpx.AsyncClient) -> None:
+    document = await openapi(api)
+    schemes = document["components"]["securitySchemes"]
+    assert {name: (s["type"], s["scheme"]) for name, s in schemes.items()} == {
+        "AdminToken": ("http", "bearer"),
+        "DeviceCredentials": ("http", "basic"),
+        "MetricsToken": ("http", "bearer"),
+    }
+    for operation_id, (method, path, operation) in operations(document).items():
+        security = operation.get("security")
+        if operation_id in PUBLIC:
+            assert security is None, (method, path)
+        elif operation_id in DEVICE_OR_ADMIN:
+            assert security == [{"AdminToken": []}, {"DeviceCredentials": []}], (method, path)
+        elif operation_id in METRICS:
+            assert security == [{"MetricsToken": []}, {}]  # optional, as settings say
+        else:
+            assert security == [{"AdminToken": []}], (method, path)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A request that gets `status` from the operation at `method` `path` (a template)."""
+
+    status: int
+    method: str
+    path: str
+    values: dict[str, str] = field(default_factory=dict)  # the path's parameters
+    request: dict[str, Any] = field(default_factory=dict)  # httpx.request's other arguments
+
+    @property
+    def url(self) -> str:
+        return self.path.format(**self.values)
+
+
+NOBODY = {"headers": {"Authorization": ""}}
+WRONG_TOKEN = {"headers": {"Authorization": "Bearer wrong"}}
+NUL_IN_QUERY = {"params": {"q": "\x00"}}  # refused before routing, whatever the route
+NUL = "a%00b"  # a path parameter with a NUL, refused the same way
+
+
+@dataclass
+class Fleet:
+    """What the probes need to exist: a device (with its password), a command, a release,
+    and a claim code."""
+
+    password: str
+    command_id: str
+    release_id: str
+    sha256: str
+    claim_code: str
+
+
+async def make_fleet(api: httpx.AsyncClient) -> Fleet:
+    created = (await api.post("/devices", json={"model": "lamp", "id": "dev-1"})).json()
+    await api.post("/devices", json={"model": "lamp", "id": "gone-1"})
+    command = (await api.post("/devices/dev-1/commands", json={"name": "blink"})).json()
+    release = (
+        await api.post(
+            "/ota/firmware",
+            data={"model": "lamp", "version": "1.0.0"},
+            files={"file": ("firmware.bin", b"\x01" * 100)},
+        )
+    ).json()
+    [code] = (await api.post("/claim-codes", json={"model": "lamp"})).json()["items"]
+    return Fleet(
+        password=created["credentials"]["password"],
+        command_id=command["id"],
+        release_id=release["id"],
+        sha256=release["sha256"],
+        claim_code=code["claimCode"],
+    )
+
+
+def probes(fleet: Fleet) -> list[Probe]:
+    dev = {"device_id": "dev-1"}
+    ghost = {"device_id": "ghost-1"}
+    command = {"device_id": "dev-1", "command_id": fleet.command_id}
+    release = {"release_id": fleet.release_id}
+    image = {"sha256": fleet.sha256}
+    device_auth = {"auth": ("dev-1", fleet.password)}
+    table = [
+        Probe(200, "get", "/health"),
+        Probe(422, "get", "/health", request=NUL_IN_QUERY),
+        Probe(
+            200,
+            "get",
+            "/metrics",
+            request={"headers": {"Authorization": f"Bearer {METRICS_TOKEN}"}},
+        ),
+        Probe(401, "get", "/metrics"),  # the admin token is not the metrics token
+        Probe(422, "get", "/metrics", request=NUL_IN_QUERY),
+        Probe(201, "post", "/devices", request={"json": {"model": "lamp", "id": "dev-2"}}),
+        Probe(401, "post", "/devices", request={"json": {"model": "lamp"}, **NOBODY}),
+        Probe(409, "post", "/devices", request={"json": {"model": "lamp", "id": "dev-1"}}),
+        Probe(422, "post", "/devices", request={"json": {"model": ""}}),
+        Probe(200, "get", "/devices"),
+        Probe(401, "get", "/devices", request=WRONG_TOKEN),
+        Probe(422, "get", "/devices", request={"params": {"limit": 0}}),
+        Probe(200, "get", "/devices/{device_id}", dev),
+        Probe(401, "get", "/devices/{device_id}", dev, NOBODY),
+        Probe(404, "get", "/devices/{device_id}", ghost),
+        Probe(422, "get", "/devices/{device_id}", {"device_id": NUL}),
+        Probe(200, "patch", "/devices/{device_id}", dev, {"json": {"notes": "hall"}}),
+        Probe(401, "patch", "/devices/{device_id}", dev, {"json": {"notes": "x"}, **NOBODY}),
+        Probe(404, "patch", "/devices/{device_id}", ghost, {"json": {"notes": "x"}}),
+        Probe(422, "patch", "/devices/{device_id}", dev, {"json": {}}),
+        Probe(204, "delete", "/devices/{device_id}", {"device_id": "gone-1"}),
+        Probe(401, "delete", "/devices/{device_id}", dev, NOBODY),
+        Probe(404, "delete", "/devices/{device_id}", ghost),
+        Probe(422, "delete", "/devices/{device_id}", {"device_id": NUL}),
+        Probe(200, "post", "/devices/{device_id}/credentials", {"device_id": "dev-2"}),
+        Probe(401, "post", "/devices/{device_id}/credentials", dev, NOBODY),
+        Probe(404, "post", "/devices/{device_id}/credentials", ghost),
+        Probe(422, "post", "/devices/{device_id}/credentials", {"device_id": NUL}),
+    ]
+    for path in ("/devices/{device_id}/telemetry", "/devices/{device_id}/events"):
+        table += [
+            Probe(200, "get", path, dev),
+            Probe(401, "get", path, dev, NOBODY),
+            Probe(404, "get", path, ghost),
+            Probe(422, "get", path, dev, {"params": {"from": "2026-01-01T00:00:00"}}),  # no zone
+        ]
+    table += [
+        Probe(200, "get", "/rejected"),
+        Probe(401, "get", "/rejected", request=NOBODY),
+        Probe(422, "get", "/rejected", request={"params": {"cursor": "nonsense!"}}),
+        Probe(202, "post", "/devices/{device_id}/commands", dev, {"json": {"name": "blink"}}),
+        Probe(401, "post", "/devices/{device_id}/commands", dev, {"json": {"name": "x"}, **NOBODY}),
+        Probe(404, "post", "/devices/{device_id}/commands", ghost, {"json": {"name": "blink"}}),
+        Probe(422, "post", "/devices/{device_id}/commands", dev, {"json": {"name": "a b"}}),
+        Probe(200, "get", "/devices/{device_id}/commands", dev),
+        Probe(401, "get", "/devices/{device_id}/commands", dev, NOBODY),
+        Probe(404, "get", "/devices/{device_id}/commands", ghost),
+        Probe(422, "get", "/devices/{device_id}/commands", dev, {"params": {"status": "lost"}}),
+        Probe(202, "post", "/commands", request={"json": {"name": "x", "deviceIds": ["dev-1"]}}),
+        Probe(401, "post", "/commands", request={"json": {"name": "x", "model": "m"}, **NOBODY}),
+        Probe(404, "post", "/commands", request={"json": {"name": "x", "deviceIds": ["ghost-1"]}}),
+        Probe(422, "post", "/commands", request={"json": {"name": "x"}}),  # nobody to send to
+        Probe(200, "get", "/devices/{device_id}/commands/{command_id}", command),
+        Probe(401, "get", "/devices/{device_id}/commands/{command_id}", command, NOBODY),
+        Probe(
+            404, "get", "/devices/{device_id}/commands/{command_id}", dev | {"command_id": "c-0"}
+        ),
+        Probe(422, "get", "/devices/{device_id}/commands/{command_id}", dev | {"command_id": NUL}),
+        Probe(200, "put", "/devices/{device_id}/config", dev, {"json": {"config": {"a": 1}}}),
+        Probe(401, "put", "/devices/{device_id}/config", dev, {"json": {"config": {}}, **NOBODY}),
+        Probe(404, "put", "/devices/{device_id}/config", ghost, {"json": {"config": {}}}),
+        Probe(422, "put", "/devices/{device_id}/config", dev, {"json": {"config": [1]}}),
+        Probe(200, "get", "/devices/{device_id}/config", dev),
+        Probe(401, "get", "/devices/{device_id}/config", dev, NOBODY),
+        Probe(404, "get", "/devices/{device_id}/config", ghost),
+        Probe(422, "get", "/devices/{device_id}/config", {"device_id": NUL}),
+    ]
+    firmware = {"data": {"model": "lamp", "version": "1.1.0"}}
+    table += [
+        Probe(201, "post", "/ota/firmware", request={**firmware, "files": {"file": b"\x02" * 9}}),
+        Probe(
+            400,
+            "post",
+            "/ota/firmware",
+            request={
+                "content": b"--xyz\r\nTrue--xyz--\r\n",
+                "headers": {"content-type": "multipart/form-data; boundary=xyz"},
+            },
+        ),
+        Probe(
+            401, "post", "/ota/firmware", request={**firmware, "files": {"file": b"x"}, **NOBODY}
+        ),
+        Probe(409, "post", "/ota/firmware", request={**firmware, "files": {"file": b"\x03"}}),
+        Probe(
+            413,
+            "post",
+            "/ota/firmware",
+            request={
+                "data": {"model": "lamp", "version": "9.0.0"},
+                "files": {"file": b"\x04" * (MAX_FIRMWARE + 65 * 1024)},
+            },
+        ),
+        Probe(
+            422,
+            "post",
+            "/ota/firmware",
+            request={"data": {"model": "lamp", "version": "one"}, "files": {"file": b"x"}},
+        ),
+        Probe(200, "get", "/ota/releases"),
+        Probe(401, "get", "/ota/releases", request=NOBODY),
+        Probe(422, "get", "/ota/releases", request={"params": {"model": "\x00"}}),
+        Probe(200, "get", "/ota/releases/{release_id}", release),
+        Probe(401, "get", "/ota/releases/{release_id}", release, NOBODY),
+        Probe(404, "get", "/ota/releases/{release_id}", {"release_id": "fw-0"}),
+        Probe(422, "get", "/ota/releases/{release_id}", {"release_id": NUL}),
+        Probe(200, "patch", "/ota/releases/{release_id}", release, {"json": {"paused": False}}),
+        Probe(401, "patch", "/ota/releases/{release_id}", release, {"json": {}, **NOBODY}),
+        Probe(404, "patch", "/ota/releases/{release_id}", {"release_id": "fw-0"}, {"json": {}}),
+        Probe(
+            422, "patch", "/ota/releases/{release_id}", release, {"json": {"rolloutPercent": 101}}
+        ),
+        Probe(200, "get", "/ota/manifest.json", request={**device_auth, **NOBODY}),
+        Probe(401, "get", "/ota/manifest.json", request=NOBODY),
+        Probe(401, "get", "/ota/manifest.json", request={"auth": ("dev-1", "wrong")}),
+        Probe(
+            422, "get", "/ota/manifest.json", request={**device_auth, "params": {"model": "fan"}}
+        ),
+        Probe(200, "get", "/ota/public-key"),
+        Probe(422, "get", "/ota/public-key", request=NUL_IN_QUERY),
+        Probe(201, "post", "/claim-codes", request={"json": {"model": "lamp", "count": 1}}),
+        Probe(401, "post", "/claim-codes", request={"json": {"model": "lamp"}, **NOBODY}),
+        Probe(409, "post", "/claim-codes", request={"json": {"model": "lamp", "ids": ["dev-1"]}}),
+        Probe(422, "post", "/claim-codes", request={"json": {"model": "lamp", "count": 0}}),
+        Probe(200, "post", "/claim", request={"json": {"claimCode": fleet.claim_code}}),
+        Probe(422, "post", "/claim", request={"json": {}}),
+        # Ten refusals from one address, then it has to wait.
+        *[Probe(403, "post", "/claim", request={"json": {"claimCode": "WRONG"}})] * 10,
+        Probe(429, "post", "/claim", request={"json": {"claimCode": "WRONG"}}),
+        Probe(200, "get", "/audit"),
+        Probe(401, "get", "/audit", request=NOBODY),
+        Probe(422, "get", "/audit", request={"params": {"limit": 1001}}),
+    ]
+    for method in ("get", "head"):
+        path = "/ota/firmware/{sha256}.bin"
+        table += [
+            Probe(200, method, path, image),
+            Probe(206, method, path, image, {"headers": {"Range": "bytes=10-"}}),
+            Probe(400, method, path, image, {"headers": {"Range": "pages=1-2"}}),
+            Probe(404, method, path, {"sha256": "0" * 64}),
+            Probe(416, method, path, image, {"headers": {"Range": "bytes=5000-"}}),
+            Probe(422, method, path, {"sha256": NUL}),
+        ]
+    return table
+
+
+# With the broker away: health says so, and a configuration that could not reach the device
+# is refused.
+WITHOUT_BROKER = [
+    Probe(503, "get", "/health"),
+    Probe(
+        503, "put", "/devices/{device_id}/config", {"device_id": "dev-1"}, {"json": {"config": {}}}
+    ),
+]
+
+
+def check_body(probe: Probe, response: httpx.Response, documented: dict[str, Any]) -> None:
+    """The answer has the documented body: our error shape, or the declared content type."""
+    content = documented.get("content", {})
+    if probe.method == "head" or not content:
+        assert response.content == b"", probe
+        return
+    if "application/json" in content:
+        schema = content["application/json"]["schema"]
+        if schema.get("$ref", "").endswith("/ErrorResponse"):
+            error = response.json()["error"]
+            assert isinstance(error["code"], str), probe
+            assert error["message"], probe
+        return
+    [media_type] = content
+    assert response.headers["content-type"].startswith(media_type), (probe, response.headers)
+
+
+async def run(
+    api: httpx.AsyncClient, document: dict[str, Any], table: list[Probe]
+) -> dict[str, set[int]]:
+    by_route = {(m, p): op for p, ms in document["paths"].items() for m, op in ms.items()}
+    answered: dict[str, set[int]] = {}
+    for probe in table:
+        operation = by_route[(probe.method, probe.path)]
+        response = await api.request(probe.method.upper(), probe.url, **probe.request)
+        assert response.status_code == probe.status, (probe, response.text[:500])
+        answered.setdefault(operation["operationId"], set()).add(response.status_code)
+        documented = operation["responses"].get(str(response.status_code))
+        assert documented is not None, (
+            f"{operation['operationId']} answered an undocumented {response.status_code}"
+        )
+        check_body(probe, response, documented)
+    return answered
+
+
+@pytest.mark.timeout(60)
+async def test_each_operation_documents_exactly_the_statuses_it_answers(
+    api: httpx.AsyncClient, broker: Broker
+) -> None:
+    document = await openapi(api)
+    assert "HTTPValidationError" not in document["components"]["schemas"]  # FastAPI's shape
+    answered = await run(api, document, probes(await make_fleet(api)))
+
+    broker.stop()  # the backend notices within moments
+    without_broker = await eventually(lambda: run(api, document, WITHOUT_BROKER))
+    for operation_id, seen in without_broker.items():
+        answered[operation_id] |= seen
+
+    for operation_id, (method, path, operation) in operations(document).items():
+        documented = {int(status) for status in operation["responses"]}
+        assert answered.get(operation_id, set()) == documented, (method, path)
