@@ -219,6 +219,21 @@ def test_ts_edges_are_the_window_edges() -> None:
     assert datetime(2200, 1, 1, tzinfo=UTC) == protocol.TS_WINDOW_END
 
 
+def test_epoch_numbers_below_10_to_the_11_are_seconds_above_milliseconds() -> None:
+    assert protocol.TS_SECONDS_BELOW == 10**11
+    start_s, end_s = TS_WINDOW_START_MS // 1000, TS_WINDOW_END_MS // 1000
+    assert parse_device_ts(start_s) == protocol.TS_WINDOW_START == parse_device_ts(start_s * 1000)
+    assert parse_device_ts(1764000000.5) == parse_device_ts(1764000000500)
+    assert parse_device_ts(end_s - 1) == datetime(2199, 12, 31, 23, 59, 59, tzinfo=UTC)
+    for outside in (start_s - 1, end_s, 10**11 - 1, 10**11, -1, 0):
+        with pytest.raises(TimestampError, match="below 10\\^11 is epoch seconds"):
+            parse_device_ts(outside)
+    with pytest.raises(TimestampError, match="epoch milliseconds: 1973-03-03"):
+        parse_device_ts(10**11)
+    with pytest.raises(TimestampError, match="JSON number"):
+        parse_device_ts("1764000000")
+
+
 # ---- state values ---------------------------------------------------------------------------
 
 

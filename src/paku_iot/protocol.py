@@ -162,36 +162,57 @@ TS_WINDOW_END_MS: Final = (TS_WINDOW_END - _EPOCH) // timedelta(milliseconds=1)
 TS_WINDOW_YEARS: Final = f"{TS_WINDOW_START.year}-{TS_WINDOW_END.year - 1}"
 
 
+# An epoch number is seconds or milliseconds, told apart by its size: inside the window,
+# seconds are below 7.3 x 10^9 and milliseconds above 9.4 x 10^11, so any cut between them is
+# unambiguous. 10^11 is a round one: as seconds the year 5138, as milliseconds 1973-03-03.
+TS_SECONDS_BELOW: Final = 10**11
+TS_UNIT_RULE: Final = "a number below 10^11 is epoch seconds, from 10^11 on epoch milliseconds"
+
+
 class TimestampError(ValueError):
     pass
 
 
 def parse_device_ts(value: object) -> datetime:
-    """A `ts` as sent (epoch milliseconds, or RFC 3339 with a zone) as a UTC datetime.
-    Raises TimestampError, with a reason fit for the device's operator, for anything else."""
+    """A `ts` as sent (epoch seconds or milliseconds, by TS_SECONDS_BELOW; or RFC 3339 with a
+    zone) as a UTC datetime. Raises TimestampError, with a reason fit for the device's
+    operator, for anything else."""
     if isinstance(value, bool):
-        raise TimestampError("ts must be epoch milliseconds or an RFC 3339 string, not a boolean")
+        raise TimestampError("ts must be an epoch number or an RFC 3339 string, not a boolean")
     if isinstance(value, (int, float)):  # a tuple: faster than int | float on this hot path
         # isnan on an int converts it to a float, which overflows for a huge one.
         if isinstance(value, float) and math.isnan(value):
             raise TimestampError("ts is not a number")
+        seconds = value < TS_SECONDS_BELOW
         try:
-            ts = datetime.fromtimestamp(value / 1000, tz=UTC)
+            ts = datetime.fromtimestamp(value if seconds else value / 1000, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise TimestampError(f"ts {value!r} is out of range") from None
-    elif isinstance(value, str):
+            raise TimestampError(f"ts {value!r} is out of range ({TS_UNIT_RULE})") from None
+        if not TS_WINDOW_START <= ts < TS_WINDOW_END:
+            unit = "epoch seconds" if seconds else "epoch milliseconds"
+            raise TimestampError(
+                f"ts {value!r} ({unit}: {ts.isoformat()}) is outside {TS_WINDOW_YEARS}: is the "
+                f"device's clock set (NTP)? ({TS_UNIT_RULE})"
+            )
+        return ts
+    if isinstance(value, str):
         try:
             ts = datetime.fromisoformat(value)
         except ValueError:
-            raise TimestampError(f"ts {value[:64]!r} is not an RFC 3339 time") from None
+            hint = " (send an epoch time as a JSON number)" if _NUMERIC.fullmatch(value) else ""
+            raise TimestampError(f"ts {value[:64]!r} is not an RFC 3339 time{hint}") from None
         if ts.tzinfo is None:
             raise TimestampError("ts must carry a time zone (Z or +hh:mm)")
         ts = ts.astimezone(UTC)
-    else:
-        raise TimestampError("ts must be epoch milliseconds or an RFC 3339 string")
-    if not TS_WINDOW_START <= ts < TS_WINDOW_END:
-        raise TimestampError(f"ts {ts.isoformat()} is outside {TS_WINDOW_YEARS}: is the clock set?")
-    return ts
+        if not TS_WINDOW_START <= ts < TS_WINDOW_END:
+            raise TimestampError(
+                f"ts {ts.isoformat()} is outside {TS_WINDOW_YEARS}: is the device's clock set?"
+            )
+        return ts
+    raise TimestampError("ts must be an epoch number or an RFC 3339 string")
+
+
+_NUMERIC = re.compile(r"\s*-?[0-9]+(\.[0-9]*)?\s*")
 
 
 # ---- state (section 4) --------------------------------------------------------------------
