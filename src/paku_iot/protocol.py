@@ -225,9 +225,28 @@ STATE_CONFIG_VERSION: Final = "configVersion"
 RSSI_MIN_DBM: Final = -200
 RSSI_MAX_DBM: Final = 50
 FW_VERSION_MAX_CHARS: Final = 64
+# The rules as a rejection states them (docs/protocol.md section 7).
+STATE_ONLINE_RULE: Final = "must be true or false"
+STATE_RSSI_RULE: Final = f"must be an integer dBm from {RSSI_MIN_DBM} to {RSSI_MAX_DBM}"
+STATE_FW_VERSION_RULE: Final = f"must be a string of 1-{FW_VERSION_MAX_CHARS} characters"
+STATE_CONFIG_VERSION_RULE: Final = "must be a non-negative integer"
 
 # The value checks below say nothing about null: where a field may be null (it clears the
-# value), the caller decides.
+# value), the caller decides. They say what a device should send; the backend also takes an
+# integer written as a float (`whole_number`).
+
+
+def whole_number(value: object) -> int | None:
+    """A JSON number with a whole value, as an int: -61 and -61.0 both give -61 (firmware
+    that keeps a value in a float prints it with `.0`). None for anything else: a fraction,
+    a string, a boolean (Python counts those as ints)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def is_valid_rssi(value: object) -> TypeGuard[int]:

@@ -57,6 +57,8 @@ def _topic_of(record: Parsed) -> str:
 def _payload_of(record: Parsed) -> bytes:
     if isinstance(record, RejectedRecord):
         return record.payload
+    if isinstance(record, StateReport) and record.sent:
+        return record.sent  # as sent: its payload lacks what was set aside
     return json.dumps(record.payload, separators=(",", ":")).encode()
 
 
@@ -93,6 +95,7 @@ def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
             batch.events.append(record)
         elif isinstance(record, StateReport):
             batch.states.append(record)
+            batch.rejected.extend(record.set_aside)
     return batch
 
 
