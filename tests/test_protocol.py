@@ -256,6 +256,32 @@ def test_state_value_rules() -> None:
     assert not any(is_valid_config_version(v) for v in (-1, True, 1.0, "1", None))
 
 
+def test_whole_numbers_written_as_floats_count_as_integers() -> None:
+    assert [protocol.whole_number(v) for v in (-61, -61.0, 0.0, 10**20)] == [-61, -61, 0, 10**20]
+    assert [protocol.whole_number(v) for v in (-61.5, True, "-61", None, float("inf"))] == [
+        None
+    ] * 5
+
+
+def test_a_command_answer_has_the_same_rules_on_event_ack_and_in_state() -> None:
+    assert protocol.STATE_ACK == "ack"
+    parse = protocol.parse_command_ack
+    assert parse({"id": "c-1", "ok": True, "result": [1]}) == protocol.CommandAck("c-1", True, [1])
+    assert parse({"id": "c-1", "ok": False, "error": 5}).error == "5"
+    assert parse({"id": "c-1", "ok": True, "ts": 1764000000}).ok is True
+    for body, message in [
+        ({"id": "c-1", "ok": "true"}, 'not the string "true"'),
+        ({"id": "c-1"}, "ok must be true or false; got none"),
+        ({"id": "", "ok": True}, "id must be the command's id"),
+        ({"id": 5, "ok": True}, "got 5"),
+        (["c-1", True], "must be an object"),
+    ]:
+        with pytest.raises(protocol.AckError, match=message):
+            parse(body)
+    with pytest.raises(TimestampError):
+        parse({"id": "c-1", "ok": True, "ts": 12})
+
+
 # ---- limits the rest of the code takes from here ------------------------------------------
 
 

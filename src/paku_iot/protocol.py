@@ -221,6 +221,9 @@ STATE_ONLINE: Final = "online"
 STATE_RSSI: Final = "rssi"
 STATE_FW_VERSION: Final = "fwVersion"
 STATE_CONFIG_VERSION: Final = "configVersion"
+# A command answer carried in the state, with the fields of an `event/ack` body. It settles
+# the command and is not kept as part of the reported state.
+STATE_ACK: Final = "ack"
 
 RSSI_MIN_DBM: Final = -200
 RSSI_MAX_DBM: Final = 50
@@ -269,8 +272,52 @@ def is_valid_config_version(value: object) -> TypeGuard[int]:
 
 # ---- commands and their acknowledgement (section 8) ---------------------------------------
 
-# Every ack is an event of this name, `paku/<id>/event/ack`.
+# An ack is an event of this name, `paku/<id>/event/ack`, or the `ack` object of a state.
 ACK_EVENT: Final = "ack"
+# How much of a failed command's `error` is kept.
+ACK_ERROR_MAX_CHARS: Final = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAck:
+    """A device's answer to one of its commands."""
+
+    command_id: str
+    ok: bool
+    result: object = None
+    error: str | None = None
+
+
+class AckError(ValueError):
+    pass
+
+
+def parse_command_ack(body: object) -> CommandAck:
+    """The answer in an `event/ack` body or a state's `ack` object: `{"id": <the command's
+    id>, "ok": true|false, "result"?: any, "error"?: string, "ts"?: as for events}`.
+    Raises AckError, or TimestampError for a `ts` outside the contract."""
+    if not isinstance(body, dict):
+        raise AckError(f"ack must be an object with id and ok, not {type(body).__name__}")
+    command_id = body.get("id")
+    if not isinstance(command_id, str) or not command_id:
+        got = "none" if command_id is None else repr(command_id)[:80]
+        raise AckError(f"ack: id must be the command's id, a non-empty string; got {got}")
+    ok = body.get("ok")
+    if not isinstance(ok, bool):
+        if isinstance(ok, str):
+            raise AckError(f'ack: ok must be true or false, not the string "{ok[:20]}"')
+        got = "none" if ok is None else repr(ok)[:40]
+        raise AckError(f"ack: ok must be true or false; got {got}")
+    if body.get("ts") is not None:
+        parse_device_ts(body["ts"])
+    error = body.get("error")
+    return CommandAck(
+        command_id,
+        ok,
+        body.get("result"),
+        None if error is None else str(error)[:ACK_ERROR_MAX_CHARS],
+    )
+
 
 # How long a command may wait for its device and its answer. Not to be confused with the
 # lifetime of claim codes (security/claims.py), which is no business of a device.

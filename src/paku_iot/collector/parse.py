@@ -19,6 +19,7 @@ from paku_iot.jsonlimits import MAX_JSON_DEPTH, too_deep
 from paku_iot.protocol import (
     RSSI_MAX_DBM,
     RSSI_MIN_DBM,
+    STATE_ACK,
     STATE_CONFIG_VERSION,
     STATE_CONFIG_VERSION_RULE,
     STATE_FW_VERSION,
@@ -52,6 +53,10 @@ class RejectReason(StrEnum):
     NOT_OBJECT = "not_object"
     INVALID_TS = "invalid_ts"
     INVALID_STATE = "invalid_state"
+    # A command answer (event/ack, or the `ack` of a state) that settled nothing.
+    INVALID_ACK = "invalid_ack"
+    UNKNOWN_COMMAND = "unknown_command"
+    ALREADY_ANSWERED = "already_answered"
     UNKNOWN_DEVICE = "unknown_device"
     UNSTORABLE = "unstorable"
 
@@ -191,17 +196,27 @@ def parse_message(
         return reject(*body)
 
     if uplink.kind is UplinkKind.STATE:
+        # A command answer rides along; it is checked where commands are (collector/acks.py).
+        ack = body.pop(STATE_ACK, None)
         problems = _set_aside_bad_fields(body)
         if not problems:
-            return StateReport(device_id, received_at, body, live=not retained, sent=payload)
-        if not body:
+            return StateReport(
+                device_id, received_at, body, live=not retained, ack=ack, sent=payload
+            )
+        if not body and ack is None:
             return reject(RejectReason.INVALID_STATE, "; ".join(problems) + "; nothing was applied")
         # One bad field must not cost the good ones (`online: true` above all, which sends
         # the device its queued commands): apply the rest, and show what was left out.
         detail = "; ".join(problems) + "; the other fields were applied"
         set_aside = (reject(RejectReason.INVALID_STATE, detail),)
         return StateReport(
-            device_id, received_at, body, live=not retained, set_aside=set_aside, sent=payload
+            device_id,
+            received_at,
+            body,
+            live=not retained,
+            set_aside=set_aside,
+            ack=ack,
+            sent=payload,
         )
 
     ts = received_at

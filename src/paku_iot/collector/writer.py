@@ -25,7 +25,7 @@ from paku_iot.collector.stats import IngestStats
 from paku_iot.protocol import STATE_ONLINE, event_topic, state_topic, telemetry_topic
 from paku_iot.storage.devices import existing_device_ids
 from paku_iot.storage.engine import is_unavailable_error
-from paku_iot.storage.messages import write_batch
+from paku_iot.storage.messages import insert_rejected, write_batch
 from paku_iot.storage.records import (
     EventRecord,
     IngestBatch,
@@ -79,7 +79,7 @@ def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
     for record in records:
         if isinstance(record, RejectedRecord):
             batch.rejected.append(record)
-        elif isinstance(record, StateReport) and not record.payload:
+        elif isinstance(record, StateReport) and not record.payload and record.ack is None:
             continue  # a retained state being cleared (device deleted): nothing to store
         elif record.device_id not in known_devices:
             batch.rejected.append(
@@ -239,10 +239,15 @@ class BatchWriter:
         async with self._engine.begin() as conn:
             batch = build_batch(records, await existing_device_ids(conn, _device_ids(records)))
             await write_batch(conn, batch)
+            # Found only against the database: answers that settle no command.
+            late: list[RejectedRecord] = []
+            if batch.events or batch.states:
+                late += await settle_commands(conn, batch.events, batch.states)
             if batch.events:
-                await settle_commands(conn, batch.events)
                 await record_ota_reports(conn, batch.events)
-        self._count(batch)
+            if late:
+                await insert_rejected(conn, late)
+        self._count(batch, late)
         if self._observe_batch is not None:
             self._observe_batch(len(records), time.perf_counter() - started)
         came_online = {
@@ -263,11 +268,11 @@ class BatchWriter:
             detail = f"the database refused it: {reason}"
             await self._commit([_set_aside(record, RejectReason.UNSTORABLE, detail)])
 
-    def _count(self, batch: IngestBatch) -> None:
+    def _count(self, batch: IngestBatch, late: list[RejectedRecord]) -> None:
         self._stats.accepted["telemetry"] += len(batch.telemetry)
         self._stats.accepted["event"] += len(batch.events)
         self._stats.accepted["state"] += len(batch.states)
-        for record in batch.rejected:
+        for record in (*batch.rejected, *late):
             self._stats.rejected[record.reason] += 1
 
     def stop(self) -> None:

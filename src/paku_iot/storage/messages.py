@@ -11,7 +11,7 @@ from sqlalchemy import Insert, Table, and_, bindparam, func, or_, select, text, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from paku_iot.protocol import STATE_FW_VERSION, STATE_ONLINE, STATE_RSSI
+from paku_iot.protocol import STATE_ACK, STATE_FW_VERSION, STATE_ONLINE, STATE_RSSI
 from paku_iot.storage import schema
 from paku_iot.storage.devices import read_reported_states
 from paku_iot.storage.engine import translated_errors
@@ -109,11 +109,16 @@ async def write_batch(conn: AsyncConnection, batch: IngestBatch) -> None:
         await conn.execute(
             _insert_ignoring_duplicates(conn, schema.events), _event_rows(batch.events)
         )
-    if batch.rejected:
-        await conn.execute(schema.rejected_messages.insert(), _rejected_rows(batch.rejected))
+    await insert_rejected(conn, batch.rejected)
     if batch.states:
         await _apply_states(conn, batch.states)
     await _touch_last_seen(conn, batch)
+
+
+async def insert_rejected(conn: AsyncConnection, records: Sequence[RejectedRecord]) -> None:
+    """Store rejections in the caller's transaction."""
+    if records:
+        await conn.execute(schema.rejected_messages.insert(), _rejected_rows(records))
 
 
 async def _apply_states(conn: AsyncConnection, states: Sequence[StateReport]) -> None:
@@ -122,6 +127,8 @@ async def _apply_states(conn: AsyncConnection, states: Sequence[StateReport]) ->
     for report in states:  # in arrival order, so the newest report wins each key
         state = dict(merged.get(report.device_id) or {})
         state.update(report.payload)
+        # Stored by versions that kept a state's command answer as a field.
+        state.pop(STATE_ACK, None)
         merged[report.device_id] = state
         change = changes.setdefault(report.device_id, {})
         change["reported_state"] = state

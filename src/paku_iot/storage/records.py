@@ -71,6 +71,8 @@ class StateReport:
     # Parts of the message that could not be applied (a bad field), each with its reason:
     # the rest of the state still is.
     set_aside: tuple[RejectedRecord, ...] = ()
+    # A command answer the message carried (the `ack` object, unchecked): not a field.
+    ack: Any = None
     # The message as the device sent it, for a rejection to show.
     sent: bytes = field(default=b"", compare=False, repr=False)
 
