@@ -18,6 +18,7 @@ from paku_iot.collector.parse import parse_message
 from paku_iot.protocol import ACK_EVENT, AckError, TimestampError, parse_command_ack
 from paku_iot.server.service import Service
 from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
+from paku_iot.storage.types import same_json
 from tests.support import eventually
 from tests.support.broker import Broker
 from tests.support.strategies import PAYLOADS
@@ -109,10 +110,11 @@ class Expected:
 
 def expectation(messages: list[tuple[str, bytes]]) -> Expected:
     """What the parser (checked on its own by the property tests) says must reach the
-    database, allowing for the documented duplicate rule (one row per device ts)."""
+    database, allowing for the documented duplicate rule (one row per device ts; a different
+    sample with a ts already taken is rejected)."""
     now = datetime.now(UTC)
     rejected: Counter[str] = Counter()
-    telemetry_keys: set[object] = set()
+    telemetry_keys: dict[object, object] = {}
     event_keys: set[object] = set()
     for index, (topic, payload) in enumerate(messages):
         record = parse_message(topic, payload, now, retained=False, max_payload_bytes=MAX_PAYLOAD)
@@ -122,7 +124,11 @@ def expectation(messages: list[tuple[str, bytes]]) -> Expected:
         if isinstance(record, RejectedRecord):
             rejected[record.reason] += 1
         elif isinstance(record, TelemetryRecord):
-            telemetry_keys.add(record.ts if own_ts else ("receive time", index))
+            key = record.ts if own_ts else ("receive time", index)
+            if key not in telemetry_keys:
+                telemetry_keys[key] = record.payload
+            elif not same_json(telemetry_keys[key], record.payload):
+                rejected["duplicate_ts"] += 1  # a different sample with a ts already taken
         elif isinstance(record, EventRecord):
             key = (record.type, record.ts, record.digest) if own_ts else ("receive time", index)
             event_keys.add(key)

@@ -53,6 +53,8 @@ class RejectReason(StrEnum):
     NOT_OBJECT = "not_object"
     INVALID_TS = "invalid_ts"
     INVALID_STATE = "invalid_state"
+    # A telemetry sample whose `ts` already holds a different sample of the device.
+    DUPLICATE_TS = "duplicate_ts"
     # A command answer (event/ack, or the `ack` of a state) that settled nothing.
     INVALID_ACK = "invalid_ack"
     UNKNOWN_COMMAND = "unknown_command"

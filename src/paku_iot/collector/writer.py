@@ -73,6 +73,25 @@ def _set_aside(record: Parsed, reason: RejectReason, detail: str) -> RejectedRec
     )
 
 
+def _duplicate_ts(record: TelemetryRecord) -> RejectedRecord:
+    detail = (
+        f"ts {record.ts.isoformat()} already holds a different sample of this device: this one "
+        "was not stored (give each sample its own ts)"
+    )
+    if record.text is None:
+        return _set_aside(record, RejectReason.DUPLICATE_TS, detail)
+    # The sample as sent, so it can be told from the one stored.
+    payload = record.text.encode()
+    return rejected(
+        _topic_of(record),
+        payload,
+        record.received_at,
+        RejectReason.DUPLICATE_TS,
+        detail,
+        record.device_id,
+    )
+
+
 def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
     """Sort records into a batch; messages from devices not in the registry are rejected."""
     batch = IngestBatch()
@@ -238,16 +257,17 @@ class BatchWriter:
         started = time.perf_counter()
         async with self._engine.begin() as conn:
             batch = build_batch(records, await existing_device_ids(conn, _device_ids(records)))
-            await write_batch(conn, batch)
-            # Found only against the database: answers that settle no command.
-            late: list[RejectedRecord] = []
+            not_stored = await write_batch(conn, batch)
+            # Found only against the database: samples whose ts was taken, answers that
+            # settle no command.
+            late = [_duplicate_ts(record) for record in not_stored]
             if batch.events or batch.states:
                 late += await settle_commands(conn, batch.events, batch.states)
             if batch.events:
                 await record_ota_reports(conn, batch.events)
             if late:
                 await insert_rejected(conn, late)
-        self._count(batch, late)
+        self._count(batch, late, len(not_stored))
         if self._observe_batch is not None:
             self._observe_batch(len(records), time.perf_counter() - started)
         came_online = {
@@ -268,8 +288,8 @@ class BatchWriter:
             detail = f"the database refused it: {reason}"
             await self._commit([_set_aside(record, RejectReason.UNSTORABLE, detail)])
 
-    def _count(self, batch: IngestBatch, late: list[RejectedRecord]) -> None:
-        self._stats.accepted["telemetry"] += len(batch.telemetry)
+    def _count(self, batch: IngestBatch, late: list[RejectedRecord], not_stored: int) -> None:
+        self._stats.accepted["telemetry"] += len(batch.telemetry) - not_stored
         self._stats.accepted["event"] += len(batch.events)
         self._stats.accepted["state"] += len(batch.states)
         for record in (*batch.rejected, *late):

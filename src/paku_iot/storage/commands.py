@@ -16,6 +16,7 @@ from paku_iot.exceptions import Conflict
 from paku_iot.storage import schema
 from paku_iot.storage.engine import transaction, translated_errors
 from paku_iot.storage.records import CommandRecord
+from paku_iot.storage.types import same_json
 
 _c = schema.commands
 _d = schema.devices
@@ -209,6 +210,6 @@ async def apply_ack(
     ).first()
     if held is None:
         return AckApplied(AckOutcome.UNKNOWN)
-    if (held.status, held.result, held.error) == (status, result, error):
+    if held.status == status and held.error == error and same_json(held.result, result):
         return AckApplied(AckOutcome.REPEATED, held.status)
     return AckApplied(AckOutcome.ANSWERED_OTHERWISE, held.status)
