@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, TypeGuard
 
+import semver
+
 # ---- topics: paku/<deviceId>/<kind>[/<name>] ---------------------------------------------
 
 TOPIC_ROOT: Final = "paku"
@@ -334,6 +336,49 @@ OTA_MANIFEST_PATH: Final = "/ota/manifest.json"
 OTA_EVENT: Final = "ota"
 OTA_REPORT_STATUSES: Final = ("downloading", "installing", "installed", "failed")
 OTA_VERSION_MAX_CHARS: Final = 64
+
+# How a running firmware version is read, wherever a device reports one (its state's
+# fwVersion, `current` on the manifest): releases are published as plain semantic versions,
+# but firmware reports what its build system made of the git tag.
+FW_VERSION_FORMS: Final = (
+    "a semantic version (1.4.2, 2.0.0-rc.1), also written v1.4.2, or as git describe gives "
+    "it (1.4.2-3-gabc1234, v1.4.2-3-gabc1234-dirty)"
+)
+# git describe: <tag>-<commits since the tag>-g<abbreviated hash>; --dirty adds -dirty.
+_GIT_DESCRIBE = re.compile(r"(?P<tag>.+?)-(?P<commits>[0-9]+)-g(?P<hash>[0-9a-fA-F]{4,40})")
+_DIRTY = "-dirty"
+
+
+class FirmwareVersionError(ValueError):
+    pass
+
+
+def parse_fw_version(reported: str) -> semver.Version:
+    """The version a device reports running, as the semantic version it is built from.
+
+    A leading `v` is dropped. What git describe adds after the tag (`-3-gabc1234`, `-dirty`)
+    becomes build metadata (`+3.gabc1234.dirty`), which semver leaves out of the order: such
+    a build counts as its tag, so it is offered only releases newer than the tag, never the
+    tag itself. Raises FirmwareVersionError for anything else."""
+    text = reported[1:] if reported[:1] in ("v", "V") else reported
+    build: list[str] = []
+    if text.endswith(_DIRTY):
+        text = text.removesuffix(_DIRTY)
+        build.append("dirty")
+    described = _GIT_DESCRIBE.fullmatch(text)
+    if described:
+        text = described["tag"]
+        build = [described["commits"], "g" + described["hash"], *build]
+    try:
+        version = semver.Version.parse(text)
+    except ValueError:
+        raise FirmwareVersionError(
+            f"{reported[:OTA_VERSION_MAX_CHARS]!r} is not {FW_VERSION_FORMS}"
+        ) from None
+    if build:
+        version = version.replace(build=".".join([*filter(None, [version.build]), *build]))
+    return version
+
 
 # ---- payloads (section 6) -----------------------------------------------------------------
 
