@@ -1,9 +1,10 @@
 """The wire contract between a paku device and the backend (docs/protocol.md), defined once.
 
-Topics and their parsing, the device id and name rules, the accepted `ts` window, the state
-fields, the ack event, the command TTL bounds and the default payload limit. The reference
-device (`paku_iot.device`) and every part of the backend import these from here, so the two
-sides of the wire cannot drift apart.
+Topics and their parsing, the device id and name rules, the accepted `ts` (window and
+units), the state fields, command answers, the command TTL bounds, how a reported firmware
+version is read, and the default payload limit. The reference device (`paku_iot.device`) and
+every part of the backend import these from here, so the two sides of the wire cannot drift
+apart.
 
 Pure rules only: no network, no database, and no import of paku_iot beyond (at most)
 `paku_iot.exceptions`, so a device can use this module without the backend behind it.
