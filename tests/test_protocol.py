@@ -219,6 +219,21 @@ def test_ts_edges_are_the_window_edges() -> None:
     assert datetime(2200, 1, 1, tzinfo=UTC) == protocol.TS_WINDOW_END
 
 
+def test_epoch_numbers_below_10_to_the_11_are_seconds_above_milliseconds() -> None:
+    assert protocol.TS_SECONDS_BELOW == 10**11
+    start_s, end_s = TS_WINDOW_START_MS // 1000, TS_WINDOW_END_MS // 1000
+    assert parse_device_ts(start_s) == protocol.TS_WINDOW_START == parse_device_ts(start_s * 1000)
+    assert parse_device_ts(1764000000.5) == parse_device_ts(1764000000500)
+    assert parse_device_ts(end_s - 1) == datetime(2199, 12, 31, 23, 59, 59, tzinfo=UTC)
+    for outside in (start_s - 1, end_s, 10**11 - 1, 10**11, -1, 0):
+        with pytest.raises(TimestampError, match="below 10\\^11 is epoch seconds"):
+            parse_device_ts(outside)
+    with pytest.raises(TimestampError, match="epoch milliseconds: 1973-03-03"):
+        parse_device_ts(10**11)
+    with pytest.raises(TimestampError, match="JSON number"):
+        parse_device_ts("1764000000")
+
+
 # ---- state values ---------------------------------------------------------------------------
 
 
@@ -239,6 +254,32 @@ def test_state_value_rules() -> None:
     assert not any(is_valid_fw_version(v) for v in ("", "x" * 65, 1, None))
     assert all(is_valid_config_version(v) for v in (0, 1, 10**12))
     assert not any(is_valid_config_version(v) for v in (-1, True, 1.0, "1", None))
+
+
+def test_whole_numbers_written_as_floats_count_as_integers() -> None:
+    assert [protocol.whole_number(v) for v in (-61, -61.0, 0.0, 10**20)] == [-61, -61, 0, 10**20]
+    assert [protocol.whole_number(v) for v in (-61.5, True, "-61", None, float("inf"))] == [
+        None
+    ] * 5
+
+
+def test_a_command_answer_has_the_same_rules_on_event_ack_and_in_state() -> None:
+    assert protocol.STATE_ACK == "ack"
+    parse = protocol.parse_command_ack
+    assert parse({"id": "c-1", "ok": True, "result": [1]}) == protocol.CommandAck("c-1", True, [1])
+    assert parse({"id": "c-1", "ok": False, "error": 5}).error == "5"
+    assert parse({"id": "c-1", "ok": True, "ts": 1764000000}).ok is True
+    for body, message in [
+        ({"id": "c-1", "ok": "true"}, 'not the string "true"'),
+        ({"id": "c-1"}, "ok must be true or false; got none"),
+        ({"id": "", "ok": True}, "id must be the command's id"),
+        ({"id": 5, "ok": True}, "got 5"),
+        (["c-1", True], "must be an object"),
+    ]:
+        with pytest.raises(protocol.AckError, match=message):
+            parse(body)
+    with pytest.raises(TimestampError):
+        parse({"id": "c-1", "ok": True, "ts": 12})
 
 
 # ---- limits the rest of the code takes from here ------------------------------------------

@@ -1,9 +1,10 @@
 """The wire contract between a paku device and the backend (docs/protocol.md), defined once.
 
-Topics and their parsing, the device id and name rules, the accepted `ts` window, the state
-fields, the ack event, the command TTL bounds and the default payload limit. The reference
-device (`paku_iot.device`) and every part of the backend import these from here, so the two
-sides of the wire cannot drift apart.
+Topics and their parsing, the device id and name rules, the accepted `ts` (window and
+units), the state fields, command answers, the command TTL bounds, how a reported firmware
+version is read, and the default payload limit. The reference device (`paku_iot.device`) and
+every part of the backend import these from here, so the two sides of the wire cannot drift
+apart.
 
 Pure rules only: no network, no database, and no import of paku_iot beyond (at most)
 `paku_iot.exceptions`, so a device can use this module without the backend behind it.
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, TypeGuard
+
+import semver
 
 # ---- topics: paku/<deviceId>/<kind>[/<name>] ---------------------------------------------
 
@@ -162,36 +165,57 @@ TS_WINDOW_END_MS: Final = (TS_WINDOW_END - _EPOCH) // timedelta(milliseconds=1)
 TS_WINDOW_YEARS: Final = f"{TS_WINDOW_START.year}-{TS_WINDOW_END.year - 1}"
 
 
+# An epoch number is seconds or milliseconds, told apart by its size: inside the window,
+# seconds are below 7.3 x 10^9 and milliseconds above 9.4 x 10^11, so any cut between them is
+# unambiguous. 10^11 is a round one: as seconds the year 5138, as milliseconds 1973-03-03.
+TS_SECONDS_BELOW: Final = 10**11
+TS_UNIT_RULE: Final = "a number below 10^11 is epoch seconds, from 10^11 on epoch milliseconds"
+
+
 class TimestampError(ValueError):
     pass
 
 
 def parse_device_ts(value: object) -> datetime:
-    """A `ts` as sent (epoch milliseconds, or RFC 3339 with a zone) as a UTC datetime.
-    Raises TimestampError, with a reason fit for the device's operator, for anything else."""
+    """A `ts` as sent (epoch seconds or milliseconds, by TS_SECONDS_BELOW; or RFC 3339 with a
+    zone) as a UTC datetime. Raises TimestampError, with a reason fit for the device's
+    operator, for anything else."""
     if isinstance(value, bool):
-        raise TimestampError("ts must be epoch milliseconds or an RFC 3339 string, not a boolean")
+        raise TimestampError("ts must be an epoch number or an RFC 3339 string, not a boolean")
     if isinstance(value, (int, float)):  # a tuple: faster than int | float on this hot path
         # isnan on an int converts it to a float, which overflows for a huge one.
         if isinstance(value, float) and math.isnan(value):
             raise TimestampError("ts is not a number")
+        seconds = value < TS_SECONDS_BELOW
         try:
-            ts = datetime.fromtimestamp(value / 1000, tz=UTC)
+            ts = datetime.fromtimestamp(value if seconds else value / 1000, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise TimestampError(f"ts {value!r} is out of range") from None
-    elif isinstance(value, str):
+            raise TimestampError(f"ts {value!r} is out of range ({TS_UNIT_RULE})") from None
+        if not TS_WINDOW_START <= ts < TS_WINDOW_END:
+            unit = "epoch seconds" if seconds else "epoch milliseconds"
+            raise TimestampError(
+                f"ts {value!r} ({unit}: {ts.isoformat()}) is outside {TS_WINDOW_YEARS}: is the "
+                f"device's clock set (NTP)? ({TS_UNIT_RULE})"
+            )
+        return ts
+    if isinstance(value, str):
         try:
             ts = datetime.fromisoformat(value)
         except ValueError:
-            raise TimestampError(f"ts {value[:64]!r} is not an RFC 3339 time") from None
+            hint = " (send an epoch time as a JSON number)" if _NUMERIC.fullmatch(value) else ""
+            raise TimestampError(f"ts {value[:64]!r} is not an RFC 3339 time{hint}") from None
         if ts.tzinfo is None:
             raise TimestampError("ts must carry a time zone (Z or +hh:mm)")
         ts = ts.astimezone(UTC)
-    else:
-        raise TimestampError("ts must be epoch milliseconds or an RFC 3339 string")
-    if not TS_WINDOW_START <= ts < TS_WINDOW_END:
-        raise TimestampError(f"ts {ts.isoformat()} is outside {TS_WINDOW_YEARS}: is the clock set?")
-    return ts
+        if not TS_WINDOW_START <= ts < TS_WINDOW_END:
+            raise TimestampError(
+                f"ts {ts.isoformat()} is outside {TS_WINDOW_YEARS}: is the device's clock set?"
+            )
+        return ts
+    raise TimestampError("ts must be an epoch number or an RFC 3339 string")
+
+
+_NUMERIC = re.compile(r"\s*-?[0-9]+(\.[0-9]*)?\s*")
 
 
 # ---- state (section 4) --------------------------------------------------------------------
@@ -200,13 +224,35 @@ STATE_ONLINE: Final = "online"
 STATE_RSSI: Final = "rssi"
 STATE_FW_VERSION: Final = "fwVersion"
 STATE_CONFIG_VERSION: Final = "configVersion"
+# A command answer carried in the state, with the fields of an `event/ack` body. It settles
+# the command and is not kept as part of the reported state.
+STATE_ACK: Final = "ack"
 
 RSSI_MIN_DBM: Final = -200
 RSSI_MAX_DBM: Final = 50
 FW_VERSION_MAX_CHARS: Final = 64
+# The rules as a rejection states them (docs/protocol.md section 7).
+STATE_ONLINE_RULE: Final = "must be true or false"
+STATE_RSSI_RULE: Final = f"must be an integer dBm from {RSSI_MIN_DBM} to {RSSI_MAX_DBM}"
+STATE_FW_VERSION_RULE: Final = f"must be a string of 1-{FW_VERSION_MAX_CHARS} characters"
+STATE_CONFIG_VERSION_RULE: Final = "must be a non-negative integer"
 
 # The value checks below say nothing about null: where a field may be null (it clears the
-# value), the caller decides.
+# value), the caller decides. They say what a device should send; the backend also takes an
+# integer written as a float (`whole_number`).
+
+
+def whole_number(value: object) -> int | None:
+    """A JSON number with a whole value, as an int: -61 and -61.0 both give -61 (firmware
+    that keeps a value in a float prints it with `.0`). None for anything else: a fraction,
+    a string, a boolean (Python counts those as ints)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def is_valid_rssi(value: object) -> TypeGuard[int]:
@@ -229,8 +275,52 @@ def is_valid_config_version(value: object) -> TypeGuard[int]:
 
 # ---- commands and their acknowledgement (section 8) ---------------------------------------
 
-# Every ack is an event of this name, `paku/<id>/event/ack`.
+# An ack is an event of this name, `paku/<id>/event/ack`, or the `ack` object of a state.
 ACK_EVENT: Final = "ack"
+# How much of a failed command's `error` is kept.
+ACK_ERROR_MAX_CHARS: Final = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAck:
+    """A device's answer to one of its commands."""
+
+    command_id: str
+    ok: bool
+    result: object = None
+    error: str | None = None
+
+
+class AckError(ValueError):
+    pass
+
+
+def parse_command_ack(body: object) -> CommandAck:
+    """The answer in an `event/ack` body or a state's `ack` object: `{"id": <the command's
+    id>, "ok": true|false, "result"?: any, "error"?: string, "ts"?: as for events}`.
+    Raises AckError, or TimestampError for a `ts` outside the contract."""
+    if not isinstance(body, dict):
+        raise AckError(f"ack must be an object with id and ok, not {type(body).__name__}")
+    command_id = body.get("id")
+    if not isinstance(command_id, str) or not command_id:
+        got = "none" if command_id is None else repr(command_id)[:80]
+        raise AckError(f"ack: id must be the command's id, a non-empty string; got {got}")
+    ok = body.get("ok")
+    if not isinstance(ok, bool):
+        if isinstance(ok, str):
+            raise AckError(f'ack: ok must be true or false, not the string "{ok[:20]}"')
+        got = "none" if ok is None else repr(ok)[:40]
+        raise AckError(f"ack: ok must be true or false; got {got}")
+    if body.get("ts") is not None:
+        parse_device_ts(body["ts"])
+    error = body.get("error")
+    return CommandAck(
+        command_id,
+        ok,
+        body.get("result"),
+        None if error is None else str(error)[:ACK_ERROR_MAX_CHARS],
+    )
+
 
 # How long a command may wait for its device and its answer. Not to be confused with the
 # lifetime of claim codes (security/claims.py), which is no business of a device.
@@ -247,6 +337,49 @@ OTA_MANIFEST_PATH: Final = "/ota/manifest.json"
 OTA_EVENT: Final = "ota"
 OTA_REPORT_STATUSES: Final = ("downloading", "installing", "installed", "failed")
 OTA_VERSION_MAX_CHARS: Final = 64
+
+# How a running firmware version is read, wherever a device reports one (its state's
+# fwVersion, `current` on the manifest): releases are published as plain semantic versions,
+# but firmware reports what its build system made of the git tag.
+FW_VERSION_FORMS: Final = (
+    "a semantic version (1.4.2, 2.0.0-rc.1), also written v1.4.2, or as git describe gives "
+    "it (1.4.2-3-gabc1234, v1.4.2-3-gabc1234-dirty)"
+)
+# git describe: <tag>-<commits since the tag>-g<abbreviated hash>; --dirty adds -dirty.
+_GIT_DESCRIBE = re.compile(r"(?P<tag>.+?)-(?P<commits>[0-9]+)-g(?P<hash>[0-9a-fA-F]{4,40})")
+_DIRTY = "-dirty"
+
+
+class FirmwareVersionError(ValueError):
+    pass
+
+
+def parse_fw_version(reported: str) -> semver.Version:
+    """The version a device reports running, as the semantic version it is built from.
+
+    A leading `v` is dropped. What git describe adds after the tag (`-3-gabc1234`, `-dirty`)
+    becomes build metadata (`+3.gabc1234.dirty`), which semver leaves out of the order: such
+    a build counts as its tag, so it is offered only releases newer than the tag, never the
+    tag itself. Raises FirmwareVersionError for anything else."""
+    text = reported[1:] if reported[:1] in ("v", "V") else reported
+    build: list[str] = []
+    if text.endswith(_DIRTY):
+        text = text.removesuffix(_DIRTY)
+        build.append("dirty")
+    described = _GIT_DESCRIBE.fullmatch(text)
+    if described:
+        text = described["tag"]
+        build = [described["commits"], "g" + described["hash"], *build]
+    try:
+        version = semver.Version.parse(text)
+    except ValueError:
+        raise FirmwareVersionError(
+            f"{reported[:OTA_VERSION_MAX_CHARS]!r} is not {FW_VERSION_FORMS}"
+        ) from None
+    if build:
+        version = version.replace(build=".".join([*filter(None, [version.build]), *build]))
+    return version
+
 
 # ---- payloads (section 6) -----------------------------------------------------------------
 

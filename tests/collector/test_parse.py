@@ -66,6 +66,19 @@ def test_state_is_live_unless_retained() -> None:
     assert replay.live is False
 
 
+def test_a_bad_state_field_is_set_aside_and_the_rest_kept() -> None:
+    payload = b'{"online": true, "rssi": -61.5, "configVersion": 2.0, "x": 1}'
+    record = parse("paku/dev-1/state", payload)
+    assert isinstance(record, StateReport)
+    assert record.payload == {"online": True, "configVersion": 2, "x": 1}
+    [aside] = record.set_aside
+    assert aside.reason == RejectReason.INVALID_STATE
+    assert aside.detail == (
+        "rssi -61.5: must be an integer dBm from -200 to 50; the other fields were applied"
+    )
+    assert aside.payload == payload
+
+
 @pytest.mark.parametrize(
     ("topic", "payload", "reason"),
     [

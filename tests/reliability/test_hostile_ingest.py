@@ -15,8 +15,10 @@ import httpx
 from hypothesis.errors import NonInteractiveExampleWarning
 
 from paku_iot.collector.parse import parse_message
+from paku_iot.protocol import ACK_EVENT, AckError, TimestampError, parse_command_ack
 from paku_iot.server.service import Service
-from paku_iot.storage.records import EventRecord, RejectedRecord, TelemetryRecord
+from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
+from paku_iot.storage.types import same_json
 from tests.support import eventually
 from tests.support.broker import Broker
 from tests.support.strategies import PAYLOADS
@@ -30,7 +32,7 @@ def nested(depth: int) -> bytes:
     return ('{"a":' * depth + "1" + "}" * depth).encode()
 
 
-# (topic kind, payload, what a user must see: a rejection reason or "stored")
+# (topic kind, payload, what a user must see: a rejection reason, "stored", or both)
 CURATED: list[tuple[str, bytes, str]] = [
     ("telemetry", b"\xff\xfe\x00garbage", "invalid_utf8"),
     ("telemetry", b"\xed\xa0\x80", "invalid_utf8"),  # a surrogate encoded as UTF-8
@@ -74,7 +76,9 @@ CURATED: list[tuple[str, bytes, str]] = [
     ("telemetry", b'{"ts": %d, "deep": %s}' % (BASE_TS + 5, nested(40)), "stored"),
     ("telemetry", b'{"ts": "2026-01-01T00:00:00.123456+14:00", "k": 1}', "stored"),
     ("event/x", b'{"ts": %d, "": null, "\\u00e9": [[], {}]}' % (BASE_TS + 6), "stored"),
-    ("event/ack", b'{"id": 5, "ok": "maybe"}', "stored"),  # a malformed ack is still an event
+    # A malformed ack is still stored as an event, and listed as rejected: it settles nothing.
+    ("event/ack", b'{"id": 5, "ok": "maybe"}', "stored+invalid_ack"),
+    ("event/ack", b'{"id": "c-none", "ok": true}', "stored+unknown_command"),
     ("event/ota", b'{"version": {"x": 1}, "status": "exploded"}', "stored"),
 ]
 
@@ -86,6 +90,17 @@ def generated_payloads(count: int) -> list[bytes]:
         return [PAYLOADS.example() for _ in range(count)]
 
 
+def unsettled_ack_reason(body: object) -> str:
+    """No command exists in this test, so no ack settles one: why each is rejected."""
+    try:
+        parse_command_ack(body)
+    except AckError:
+        return "invalid_ack"
+    except TimestampError:
+        return "invalid_ts"
+    return "unknown_command"
+
+
 @dataclass
 class Expected:
     rejected: Counter[str]
@@ -95,10 +110,11 @@ class Expected:
 
 def expectation(messages: list[tuple[str, bytes]]) -> Expected:
     """What the parser (checked on its own by the property tests) says must reach the
-    database, allowing for the documented duplicate rule (one row per device ts)."""
+    database, allowing for the documented duplicate rule (one row per device ts; a different
+    sample with a ts already taken is rejected)."""
     now = datetime.now(UTC)
     rejected: Counter[str] = Counter()
-    telemetry_keys: set[object] = set()
+    telemetry_keys: dict[object, object] = {}
     event_keys: set[object] = set()
     for index, (topic, payload) in enumerate(messages):
         record = parse_message(topic, payload, now, retained=False, max_payload_bytes=MAX_PAYLOAD)
@@ -108,10 +124,20 @@ def expectation(messages: list[tuple[str, bytes]]) -> Expected:
         if isinstance(record, RejectedRecord):
             rejected[record.reason] += 1
         elif isinstance(record, TelemetryRecord):
-            telemetry_keys.add(record.ts if own_ts else ("receive time", index))
+            key = record.ts if own_ts else ("receive time", index)
+            if key not in telemetry_keys:
+                telemetry_keys[key] = record.payload
+            elif not same_json(telemetry_keys[key], record.payload):
+                rejected["duplicate_ts"] += 1  # a different sample with a ts already taken
         elif isinstance(record, EventRecord):
             key = (record.type, record.ts, record.digest) if own_ts else ("receive time", index)
             event_keys.add(key)
+            if record.type == ACK_EVENT:
+                rejected[unsettled_ack_reason(record.payload)] += 1
+        elif isinstance(record, StateReport):
+            rejected.update(aside.reason for aside in record.set_aside)
+            if record.ack is not None:
+                rejected[unsettled_ack_reason(record.ack)] += 1
     return Expected(rejected, len(telemetry_keys), len(event_keys))
 
 
@@ -143,7 +169,9 @@ async def test_hostile_payloads_are_each_stored_or_rejected_with_a_reason(
     expected = expectation(messages)
     # The curated cases say on their own what a user must see; the oracle must agree.
     curated = expectation(messages[: len(CURATED)])
-    assert curated.rejected == Counter(want for _, _, want in CURATED if want != "stored")
+    assert curated.rejected == Counter(
+        want.removeprefix("stored+") for _, _, want in CURATED if want != "stored"
+    )
     try:
         for topic, payload in messages:
             # Every one is taken by the broker: the backend judges, not the broker.

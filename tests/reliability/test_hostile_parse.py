@@ -24,6 +24,7 @@ from paku_iot.collector.writer import build_batch
 from paku_iot.exceptions import InvalidInput
 from paku_iot.jsonlimits import MAX_JSON_DEPTH
 from paku_iot.protocol import (
+    STATE_ACK,
     TimestampError,
     TopicError,
     UplinkKind,
@@ -32,6 +33,7 @@ from paku_iot.protocol import (
     parse_uplink_topic,
 )
 from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
+from paku_iot.storage.types import same_json
 from paku_iot.web.api.cursors import (
     decode_id_cursor,
     decode_int_cursor,
@@ -109,10 +111,11 @@ def assert_accounted_for(topic: str, payload: bytes, record: Parsed, limit: int)
         return
     assert len(payload) <= limit
     assert_storable_object(record.payload)
-    assert record.payload == json.loads(payload)  # nothing added, nothing lost
     if isinstance(record, StateReport):
         assert uplink.kind is UplinkKind.STATE
+        assert_state_accounted_for(topic, payload, record, limit)
         return
+    assert record.payload == json.loads(payload)  # nothing added, nothing lost
     assert EARLIEST <= record.ts < LATEST
     assert record.ts.utcoffset() is not None
     if isinstance(record, TelemetryRecord):
@@ -121,6 +124,25 @@ def assert_accounted_for(topic: str, payload: bytes, record: Parsed, limit: int)
         assert isinstance(record, EventRecord)
         assert uplink.kind is UplinkKind.EVENT
         assert record.type == uplink.event_name
+
+
+def assert_state_accounted_for(topic: str, payload: bytes, record: StateReport, limit: int) -> None:
+    """Every key of a state is applied (as sent, or a whole number read as an integer), set
+    aside with a rejection that names it, or the command answer: nothing added, nothing
+    lost."""
+    assert record.sent == payload
+    sent = json.loads(payload)
+    assert record.ack == sent.pop(STATE_ACK, None)
+    assert record.payload.keys() <= sent.keys()
+    named = " ".join(aside.detail for aside in record.set_aside)
+    for key, value in sent.items():
+        if key in record.payload:
+            assert same_json(record.payload[key], value)
+        else:
+            assert f"{key} " in named, (key, named)
+    for aside in record.set_aside:
+        assert aside.reason == RejectReason.INVALID_STATE
+        assert_accounted_for(topic, payload, aside, limit)
 
 
 def parse(topic: str, payload: bytes, limit: int, *, retained: bool = False) -> Parsed:
@@ -238,9 +260,13 @@ def test_a_batch_accounts_for_every_record(
         r.device_id for r in records[::2] if not isinstance(r, RejectedRecord)
     }
     batch = build_batch(records, known_ids)
-    cleared = sum(1 for r in records if isinstance(r, StateReport) and not r.payload)
+    cleared = sum(
+        1 for r in records if isinstance(r, StateReport) and not r.payload and r.ack is None
+    )
+    # A state applied without a bad field is kept twice: applied, and that field rejected.
+    set_aside = sum(len(s.set_aside) for s in batch.states)
     kept = len(batch.telemetry) + len(batch.events) + len(batch.states) + len(batch.rejected)
-    assert kept + cleared == len(records)
+    assert kept - set_aside + cleared == len(records)
     for stored in (*batch.telemetry, *batch.events, *batch.states):
         assert stored.device_id in known_ids
     for rejected in batch.rejected:

@@ -17,21 +17,24 @@ from typing import Any
 
 from paku_iot.jsonlimits import MAX_JSON_DEPTH, too_deep
 from paku_iot.protocol import (
-    FW_VERSION_MAX_CHARS,
     RSSI_MAX_DBM,
     RSSI_MIN_DBM,
+    STATE_ACK,
     STATE_CONFIG_VERSION,
+    STATE_CONFIG_VERSION_RULE,
     STATE_FW_VERSION,
+    STATE_FW_VERSION_RULE,
     STATE_ONLINE,
+    STATE_ONLINE_RULE,
     STATE_RSSI,
+    STATE_RSSI_RULE,
     TimestampError,
     TopicError,
     UplinkKind,
-    is_valid_config_version,
     is_valid_fw_version,
-    is_valid_rssi,
     parse_device_ts,
     parse_uplink_topic,
+    whole_number,
 )
 from paku_iot.storage.records import EventRecord, RejectedRecord, StateReport, TelemetryRecord
 
@@ -50,6 +53,12 @@ class RejectReason(StrEnum):
     NOT_OBJECT = "not_object"
     INVALID_TS = "invalid_ts"
     INVALID_STATE = "invalid_state"
+    # A telemetry sample whose `ts` already holds a different sample of the device.
+    DUPLICATE_TS = "duplicate_ts"
+    # A command answer (event/ack, or the `ack` of a state) that settled nothing.
+    INVALID_ACK = "invalid_ack"
+    UNKNOWN_COMMAND = "unknown_command"
+    ALREADY_ANSWERED = "already_answered"
     UNKNOWN_DEVICE = "unknown_device"
     UNSTORABLE = "unstorable"
 
@@ -189,10 +198,28 @@ def parse_message(
         return reject(*body)
 
     if uplink.kind is UplinkKind.STATE:
-        problem = _state_problem(body)
-        if problem:
-            return reject(RejectReason.INVALID_STATE, problem)
-        return StateReport(device_id, received_at, body, live=not retained)
+        # A command answer rides along; it is checked where commands are (collector/acks.py).
+        ack = body.pop(STATE_ACK, None)
+        problems = _set_aside_bad_fields(body)
+        if not problems:
+            return StateReport(
+                device_id, received_at, body, live=not retained, ack=ack, sent=payload
+            )
+        if not body and ack is None:
+            return reject(RejectReason.INVALID_STATE, "; ".join(problems) + "; nothing was applied")
+        # One bad field must not cost the good ones (`online: true` above all, which sends
+        # the device its queued commands): apply the rest, and show what was left out.
+        detail = "; ".join(problems) + "; the other fields were applied"
+        set_aside = (reject(RejectReason.INVALID_STATE, detail),)
+        return StateReport(
+            device_id,
+            received_at,
+            body,
+            live=not retained,
+            set_aside=set_aside,
+            ack=ack,
+            sent=payload,
+        )
 
     ts = received_at
     if body.get("ts") is not None:
@@ -207,17 +234,36 @@ def parse_message(
     return EventRecord(device_id, uplink.event_name, ts, received_at, body, digest)
 
 
-def _state_problem(body: dict[str, Any]) -> str | None:
+def _shown(value: Any) -> str:
+    """A value as the device wrote it (JSON), short enough for a rejection's detail."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _set_aside_bad_fields(body: dict[str, Any]) -> list[str]:
+    """Take the known state fields that break their rule out of `body`, and normalise the
+    rest (an rssi of -61.0 becomes -61). Returns what was wrong, field by field."""
+    problems: list[str] = []
+
+    def set_aside(name: str, rule: str) -> None:
+        problems.append(f"{name} {_shown(body.pop(name))}: {rule}")
+
     # null is allowed for the values (it clears them), not for `online`.
     if STATE_ONLINE in body and not isinstance(body[STATE_ONLINE], bool):
-        return f"{STATE_ONLINE} must be true or false"
-    rssi = body.get(STATE_RSSI)
-    if rssi is not None and not is_valid_rssi(rssi):
-        return f"{STATE_RSSI} must be an integer dBm between {RSSI_MIN_DBM} and {RSSI_MAX_DBM}"
-    config_version = body.get(STATE_CONFIG_VERSION)
-    if config_version is not None and not is_valid_config_version(config_version):
-        return f"{STATE_CONFIG_VERSION} must be a non-negative integer"
+        set_aside(STATE_ONLINE, STATE_ONLINE_RULE)
+    if body.get(STATE_RSSI) is not None:
+        rssi = whole_number(body[STATE_RSSI])
+        if rssi is None or not RSSI_MIN_DBM <= rssi <= RSSI_MAX_DBM:
+            set_aside(STATE_RSSI, STATE_RSSI_RULE)
+        else:
+            body[STATE_RSSI] = rssi
+    if body.get(STATE_CONFIG_VERSION) is not None:
+        config_version = whole_number(body[STATE_CONFIG_VERSION])
+        if config_version is None or config_version < 0:
+            set_aside(STATE_CONFIG_VERSION, STATE_CONFIG_VERSION_RULE)
+        else:
+            body[STATE_CONFIG_VERSION] = config_version
     fw = body.get(STATE_FW_VERSION)
     if fw is not None and not is_valid_fw_version(fw):
-        return f"{STATE_FW_VERSION} must be a string of 1-{FW_VERSION_MAX_CHARS} characters"
-    return None
+        set_aside(STATE_FW_VERSION, STATE_FW_VERSION_RULE)
+    return problems

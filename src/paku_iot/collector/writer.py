@@ -25,7 +25,7 @@ from paku_iot.collector.stats import IngestStats
 from paku_iot.protocol import STATE_ONLINE, event_topic, state_topic, telemetry_topic
 from paku_iot.storage.devices import existing_device_ids
 from paku_iot.storage.engine import is_unavailable_error
-from paku_iot.storage.messages import write_batch
+from paku_iot.storage.messages import insert_rejected, write_batch
 from paku_iot.storage.records import (
     EventRecord,
     IngestBatch,
@@ -57,6 +57,8 @@ def _topic_of(record: Parsed) -> str:
 def _payload_of(record: Parsed) -> bytes:
     if isinstance(record, RejectedRecord):
         return record.payload
+    if isinstance(record, StateReport) and record.sent:
+        return record.sent  # as sent: its payload lacks what was set aside
     return json.dumps(record.payload, separators=(",", ":")).encode()
 
 
@@ -71,13 +73,32 @@ def _set_aside(record: Parsed, reason: RejectReason, detail: str) -> RejectedRec
     )
 
 
+def _duplicate_ts(record: TelemetryRecord) -> RejectedRecord:
+    detail = (
+        f"ts {record.ts.isoformat()} already holds a different sample of this device: this one "
+        "was not stored (give each sample its own ts)"
+    )
+    if record.text is None:
+        return _set_aside(record, RejectReason.DUPLICATE_TS, detail)
+    # The sample as sent, so it can be told from the one stored.
+    payload = record.text.encode()
+    return rejected(
+        _topic_of(record),
+        payload,
+        record.received_at,
+        RejectReason.DUPLICATE_TS,
+        detail,
+        record.device_id,
+    )
+
+
 def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
     """Sort records into a batch; messages from devices not in the registry are rejected."""
     batch = IngestBatch()
     for record in records:
         if isinstance(record, RejectedRecord):
             batch.rejected.append(record)
-        elif isinstance(record, StateReport) and not record.payload:
+        elif isinstance(record, StateReport) and not record.payload and record.ack is None:
             continue  # a retained state being cleared (device deleted): nothing to store
         elif record.device_id not in known_devices:
             batch.rejected.append(
@@ -93,6 +114,7 @@ def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
             batch.events.append(record)
         elif isinstance(record, StateReport):
             batch.states.append(record)
+            batch.rejected.extend(record.set_aside)
     return batch
 
 
@@ -235,11 +257,17 @@ class BatchWriter:
         started = time.perf_counter()
         async with self._engine.begin() as conn:
             batch = build_batch(records, await existing_device_ids(conn, _device_ids(records)))
-            await write_batch(conn, batch)
+            not_stored = await write_batch(conn, batch)
+            # Found only against the database: samples whose ts was taken, answers that
+            # settle no command.
+            late = [_duplicate_ts(record) for record in not_stored]
+            if batch.events or batch.states:
+                late += await settle_commands(conn, batch.events, batch.states)
             if batch.events:
-                await settle_commands(conn, batch.events)
                 await record_ota_reports(conn, batch.events)
-        self._count(batch)
+            if late:
+                await insert_rejected(conn, late)
+        self._count(batch, late, len(not_stored))
         if self._observe_batch is not None:
             self._observe_batch(len(records), time.perf_counter() - started)
         came_online = {
@@ -260,11 +288,11 @@ class BatchWriter:
             detail = f"the database refused it: {reason}"
             await self._commit([_set_aside(record, RejectReason.UNSTORABLE, detail)])
 
-    def _count(self, batch: IngestBatch) -> None:
-        self._stats.accepted["telemetry"] += len(batch.telemetry)
+    def _count(self, batch: IngestBatch, late: list[RejectedRecord], not_stored: int) -> None:
+        self._stats.accepted["telemetry"] += len(batch.telemetry) - not_stored
         self._stats.accepted["event"] += len(batch.events)
         self._stats.accepted["state"] += len(batch.states)
-        for record in batch.rejected:
+        for record in (*batch.rejected, *late):
             self._stats.rejected[record.reason] += 1
 
     def stop(self) -> None:

@@ -544,7 +544,8 @@ class ReferenceDevice:
 
         `ts` is `ts_ms`, else a `ts` already in `values` (e.g. an RFC 3339 string), else now.
         Generated timestamps strictly increase: the backend keeps one telemetry row per
-        (device, ts), so a second sample in the same millisecond would be lost.
+        (device, ts), so a second sample in the same millisecond would be rejected
+        (`duplicate_ts`).
         """
         document = dict(values)
         if ts_ms is None and "ts" not in document:

@@ -77,8 +77,8 @@ class DeviceTopics:
 
 
 def now_ms() -> int:
-    """Wall-clock time as Unix epoch milliseconds, the `ts` unit the backend expects (not
-    seconds: `1764000000` is read as a date in 1970 and rejected)."""
+    """Wall-clock time as Unix epoch milliseconds. The backend also takes seconds (a number
+    below 10^11), but milliseconds keep two samples of one second apart."""
     return time.time_ns() // 1_000_000
 
 

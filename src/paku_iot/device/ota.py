@@ -65,7 +65,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from paku_iot.device.tls import explain_tls_failure
-from paku_iot.protocol import OTA_EVENT, OTA_MANIFEST_PATH
+from paku_iot.protocol import (
+    OTA_EVENT,
+    OTA_MANIFEST_PATH,
+    FirmwareVersionError,
+    parse_fw_version,
+)
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Sha256
@@ -371,7 +376,11 @@ class OtaUpdater:
             raise OtaServerError(f"{url}: the manifest is not JSON") from None
         if not isinstance(document, list):
             raise OtaServerError(f"{url}: the manifest is not a JSON list")
-        floor = semver.Version.parse(current) if semver.Version.is_valid(current) else None
+        # Read as the server reads it (a leading v, git describe), so both agree on "newer".
+        try:
+            floor: semver.Version | None = parse_fw_version(current)
+        except FirmwareVersionError:
+            floor = None
         for item in document:
             entry = ManifestEntry.from_json(item, base_url=str(response.url))
             if floor is not None and semver.Version.parse(entry.version) <= floor:

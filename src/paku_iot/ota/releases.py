@@ -17,7 +17,7 @@ from paku_iot.exceptions import InvalidInput, NotFound
 from paku_iot.ota.files import FirmwareFiles
 from paku_iot.ota.rollout import in_rollout
 from paku_iot.ota.signing import sign_digest
-from paku_iot.ota.versions import parse_version
+from paku_iot.ota.versions import parse_version, running_version, running_version_or_none
 from paku_iot.protocol import OTA_REPORT_STATUSES
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.records import DeviceRecord, ReleaseRecord
@@ -37,12 +37,6 @@ class RolloutStatus:
 
 
 IN_PROGRESS = frozenset({"downloading", "installing", "installed"})
-
-
-def _semver_or_none(text: str | None) -> str | None:
-    if text is None or not semver.Version.is_valid(text):
-        return None
-    return text
 
 
 def _newest_first(releases: list[ReleaseRecord]) -> list[ReleaseRecord]:
@@ -125,10 +119,14 @@ class ReleaseService:
         """What a caller is offered, newest first: releases of `model` newer than `current`.
         A device gets only releases whose rollout includes it and that are not paused (unless
         it already started on one); an anonymous caller only unpaused 100% releases."""
-        if current is None and device is not None:
-            # A device that does not say what it runs is taken at its word from MQTT.
-            current = _semver_or_none(device.fw_version)
-        floor = parse_version(current, "current") if current else None
+        if current:
+            floor: semver.Version | None = running_version(current, "current")
+        elif current is None and device is not None:
+            # A device that does not say what it runs is taken at its word from MQTT. A
+            # version no rule reads leaves no floor: every release is newer than "unknown".
+            floor = running_version_or_none(device.fw_version)
+        else:
+            floor = None
         candidates = [
             r
             for r in await self._store.of_model(model)
@@ -171,8 +169,8 @@ class ReleaseService:
         by_status: dict[str, list[str]] = {status: [] for status in ROLLOUT_STATUSES}
         target = semver.Version.parse(release.version)
         for device in devices:
-            running = _semver_or_none(device.fw_version)
-            if running is not None and semver.Version.parse(running) >= target:
+            running = running_version_or_none(device.fw_version)
+            if running is not None and running >= target:
                 by_status["updated"].append(device.id)  # this version, or past it already
             elif device.id in progress:
                 by_status[progress[device.id].status].append(device.id)

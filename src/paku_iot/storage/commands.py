@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -15,6 +16,7 @@ from paku_iot.exceptions import Conflict
 from paku_iot.storage import schema
 from paku_iot.storage.engine import transaction, translated_errors
 from paku_iot.storage.records import CommandRecord
+from paku_iot.storage.types import same_json
 
 _c = schema.commands
 _d = schema.devices
@@ -157,6 +159,24 @@ class CommandStore:
         return int(result.rowcount)
 
 
+class AckOutcome(StrEnum):
+    """What an answer did to the command it names."""
+
+    SETTLED = "settled"
+    # The command already holds this very answer: a redelivery, or a device that repeats
+    # its last answer in every state message.
+    REPEATED = "repeated"
+    UNKNOWN = "unknown"  # no command of this device has that id
+    ANSWERED_OTHERWISE = "answered_otherwise"  # it holds a different answer
+
+
+@dataclass(frozen=True, slots=True)
+class AckApplied:
+    outcome: AckOutcome
+    # The command's status after this answer; None when there is no such command.
+    status: str | None = None
+
+
 async def apply_ack(
     conn: AsyncConnection,
     *,
@@ -166,9 +186,10 @@ async def apply_ack(
     result: Any,
     error: str | None,
     at: datetime,
-) -> bool:
-    """Record a device's answer in the caller's transaction. False when no command of this
-    device was waiting for one (unknown id, another device's command, a repeated answer)."""
+) -> AckApplied:
+    """Record a device's answer in the caller's transaction. Only a command of this device
+    that is waiting for an answer (or expired without one) takes it."""
+    status = CommandStatus.ACKED if ok else CommandStatus.FAILED
     outcome = await conn.execute(
         update(_c)
         .where(
@@ -176,11 +197,19 @@ async def apply_ack(
             _c.c.device_id == device_id,
             _c.c.status.in_(_ANSWERABLE),
         )
-        .values(
-            status=CommandStatus.ACKED if ok else CommandStatus.FAILED,
-            acked_at=at,
-            result=result,
-            error=error,
-        )
+        .values(status=status, acked_at=at, result=result, error=error)
     )
-    return bool(outcome.rowcount)
+    if outcome.rowcount:
+        return AckApplied(AckOutcome.SETTLED, status)
+    held = (
+        await conn.execute(
+            select(_c.c.status, _c.c.result, _c.c.error).where(
+                _c.c.id == command_id, _c.c.device_id == device_id
+            )
+        )
+    ).first()
+    if held is None:
+        return AckApplied(AckOutcome.UNKNOWN)
+    if held.status == status and held.error == error and same_json(held.result, result):
+        return AckApplied(AckOutcome.REPEATED, held.status)
+    return AckApplied(AckOutcome.ANSWERED_OTHERWISE, held.status)

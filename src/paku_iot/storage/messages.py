@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Table, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import Insert, Table, and_, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from paku_iot.protocol import STATE_FW_VERSION, STATE_ONLINE, STATE_RSSI
+from paku_iot.protocol import STATE_ACK, STATE_FW_VERSION, STATE_ONLINE, STATE_RSSI
 from paku_iot.storage import schema
 from paku_iot.storage.devices import read_reported_states
 from paku_iot.storage.engine import translated_errors
@@ -23,6 +23,7 @@ from paku_iot.storage.records import (
     StateReport,
     TelemetryRecord,
 )
+from paku_iot.storage.types import same_json
 
 TimeKey = tuple[datetime, int]
 """A position in a newest-first listing: (ts, id) of the last item seen."""
@@ -84,36 +85,76 @@ _PG_INSERT_TELEMETRY = text(
 )
 
 
-async def _insert_telemetry(conn: AsyncConnection, records: Sequence[TelemetryRecord]) -> None:
+async def _insert_telemetry(
+    conn: AsyncConnection, records: Sequence[TelemetryRecord]
+) -> list[TelemetryRecord]:
+    """Insert the samples; returns those not stored because their (device, ts) already holds
+    a different sample."""
     if conn.dialect.name != "postgresql":
-        await conn.execute(
+        result = await conn.execute(
             _insert_ignoring_duplicates(conn, schema.telemetry), _telemetry_rows(records)
         )
-        return
-    await conn.execute(
-        _PG_INSERT_TELEMETRY,
-        {
-            "device_ids": [r.device_id for r in records],
-            "ts": [r.ts for r in records],
-            "received_at": [r.received_at for r in records],
-            "payloads": [r.text if r.text is not None else json.dumps(r.payload) for r in records],
-        },
-    )
+    else:
+        result = await conn.execute(
+            _PG_INSERT_TELEMETRY,
+            {
+                "device_ids": [r.device_id for r in records],
+                "ts": [r.ts for r in records],
+                "received_at": [r.received_at for r in records],
+                "payloads": [
+                    r.text if r.text is not None else json.dumps(r.payload) for r in records
+                ],
+            },
+        )
+    if result.rowcount == len(records):
+        return []  # the usual case: every sample is new, no need to look closer
+    return await _taken_by_another_sample(conn, records)
 
 
-async def write_batch(conn: AsyncConnection, batch: IngestBatch) -> None:
-    """Write one batch inside the caller's transaction, set-based where the data allows."""
+async def _taken_by_another_sample(
+    conn: AsyncConnection, records: Sequence[TelemetryRecord]
+) -> list[TelemetryRecord]:
+    """The records whose (device, ts) holds a different payload: a sample that was dropped.
+    A record whose key holds its own payload is stored (now or by an earlier delivery)."""
+    t = schema.telemetry
+    keys = list({(r.device_id, r.ts) for r in records})
+    stored: dict[tuple[str, datetime], Any] = {}
+    for start in range(0, len(keys), 500):  # bounded IN lists
+        rows = await conn.execute(
+            select(t.c.device_id, t.c.ts, t.c.payload).where(
+                tuple_(t.c.device_id, t.c.ts).in_(keys[start : start + 500])
+            )
+        )
+        stored.update(((device_id, ts), payload) for device_id, ts, payload in rows)
+    return [
+        r
+        for r in records
+        if (r.device_id, r.ts) in stored and not same_json(stored[(r.device_id, r.ts)], r.payload)
+    ]
+
+
+async def write_batch(conn: AsyncConnection, batch: IngestBatch) -> list[TelemetryRecord]:
+    """Write one batch inside the caller's transaction, set-based where the data allows.
+    Returns the telemetry not stored because its `ts` holds a different sample of the device
+    (an exact redelivery is stored once and not returned)."""
+    not_stored: list[TelemetryRecord] = []
     if batch.telemetry:
-        await _insert_telemetry(conn, batch.telemetry)
+        not_stored = await _insert_telemetry(conn, batch.telemetry)
     if batch.events:
         await conn.execute(
             _insert_ignoring_duplicates(conn, schema.events), _event_rows(batch.events)
         )
-    if batch.rejected:
-        await conn.execute(schema.rejected_messages.insert(), _rejected_rows(batch.rejected))
+    await insert_rejected(conn, batch.rejected)
     if batch.states:
         await _apply_states(conn, batch.states)
     await _touch_last_seen(conn, batch)
+    return not_stored
+
+
+async def insert_rejected(conn: AsyncConnection, records: Sequence[RejectedRecord]) -> None:
+    """Store rejections in the caller's transaction."""
+    if records:
+        await conn.execute(schema.rejected_messages.insert(), _rejected_rows(records))
 
 
 async def _apply_states(conn: AsyncConnection, states: Sequence[StateReport]) -> None:
@@ -122,6 +163,8 @@ async def _apply_states(conn: AsyncConnection, states: Sequence[StateReport]) ->
     for report in states:  # in arrival order, so the newest report wins each key
         state = dict(merged.get(report.device_id) or {})
         state.update(report.payload)
+        # Stored by versions that kept a state's command answer as a field.
+        state.pop(STATE_ACK, None)
         merged[report.device_id] = state
         change = changes.setdefault(report.device_id, {})
         change["reported_state"] = state

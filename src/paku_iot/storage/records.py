@@ -78,13 +78,21 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class StateReport:
-    """What a device said on its state topic. `live` is False for a retained copy the broker
-    replays when we subscribe: it tells us the state but not that the device was seen now."""
+    """What a device said on its state topic: the fields to apply (`payload`, values checked
+    and normalised). `live` is False for a retained copy the broker replays when we
+    subscribe: it tells us the state but not that the device was seen now."""
 
     device_id: str
     received_at: datetime
     payload: JsonObject
     live: bool
+    # Parts of the message that could not be applied (a bad field), each with its reason:
+    # the rest of the state still is.
+    set_aside: tuple[RejectedRecord, ...] = ()
+    # A command answer the message carried (the `ack` object, unchecked): not a field.
+    ack: Any = None
+    # The message as the device sent it, for a rejection to show.
+    sent: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

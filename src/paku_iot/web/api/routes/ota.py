@@ -168,7 +168,13 @@ async def manifest(
     service: ServiceDep,
     caller: Annotated[Caller, Depends(identify_caller)],
     model: str | None = None,
-    current: Annotated[str | None, Query(description="The running version (semver).")] = None,
+    current: Annotated[
+        str | None,
+        Query(
+            description="The running version: semver, with or without a leading v, or a "
+            "git describe form (1.2.0-3-gabc1234); docs/protocol.md, fwVersion."
+        ),
+    ] = None,
 ) -> list[ManifestEntry]:
     """Releases newer than `current`, newest first: a device takes the first. Devices
     authenticate with HTTP Basic (their MQTT credentials) and see their own model only.
