@@ -381,6 +381,16 @@ def parse_fw_version(reported: str) -> semver.Version:
     return version
 
 
+def release_reported(reported: str) -> str:
+    """The release an `event/ota` report is about, for matching it to a published release:
+    read by parse_fw_version's rule without its build metadata (`v1.4.2` and
+    `1.4.2-3-gabc1234` are about release 1.4.2); a version no rule reads is kept as sent."""
+    try:
+        return str(parse_fw_version(reported).replace(build=None))
+    except FirmwareVersionError:
+        return reported
+
+
 # ---- payloads (section 6) -----------------------------------------------------------------
 
 # The default of PAKU_MAX_PAYLOAD_BYTES. A device cannot learn the configured limit, so the

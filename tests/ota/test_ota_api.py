@@ -237,9 +237,10 @@ async def test_rollout_pause_and_status(
         f"paku/{ids[0]}/event/ota", json.dumps({"version": "2.0.0", "status": "downloading"})
     )
     second = await broker.device(ids[1], creds[ids[1]]).connect()
+    # Reported as firmware says it (docs/protocol.md, fwVersion): v2.0.0 is release 2.0.0.
     await second.publish(
         f"paku/{ids[1]}/event/ota",
-        json.dumps({"version": "2.0.0", "status": "failed", "error": "bad signature"}),
+        json.dumps({"version": "v2.0.0", "status": "failed", "error": "bad signature"}),
     )
     await second.publish(f"paku/{ids[1]}/event/ota", json.dumps({"version": 2, "status": "?"}))
     third = await broker.device(ids[2], creds[ids[2]]).connect()

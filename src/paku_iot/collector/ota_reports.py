@@ -6,7 +6,12 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paku_iot.protocol import OTA_EVENT, OTA_REPORT_STATUSES, OTA_VERSION_MAX_CHARS
+from paku_iot.protocol import (
+    OTA_EVENT,
+    OTA_REPORT_STATUSES,
+    OTA_VERSION_MAX_CHARS,
+    release_reported,
+)
 from paku_iot.storage.records import EventRecord, OtaProgress
 from paku_iot.storage.releases import record_progress
 
@@ -38,7 +43,7 @@ async def record_ota_reports(conn: AsyncConnection, events: list[EventRecord]) -
         reports.append(
             OtaProgress(
                 device_id=event.device_id,
-                version=version,
+                version=release_reported(version),
                 status=str(status),
                 error=None if error is None else str(error)[:2000],
                 updated_at=event.ts,
