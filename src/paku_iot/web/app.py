@@ -42,6 +42,10 @@ def create_app(service: Service) -> FastAPI:
         description="Provision paku devices, read what they send, and manage them.",
         generate_unique_id_function=operation_id,
         responses=INVALID_INPUT,
+        # PAKU_API_DOCS=false turns off the interactive docs; /openapi.json stays for
+        # generators.
+        docs_url="/docs" if service.settings.api_docs else None,
+        redoc_url="/redoc" if service.settings.api_docs else None,
     )
     app.state.service = service
     install_error_handlers(app)
