@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Literal
@@ -47,13 +48,49 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: whatever a terminal,
+# `less` or a log shipper could take for the end of a line (or use to repaint one).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+TRACEBACK_INDENT = "    "
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: every control character written as its escape (`\\n`, `\\x1b`)."""
+    return _CONTROL.sub(_escape, text)
+
+
+class TextFormatter(logging.Formatter):
+    """The readable format, one record per line whatever it carries. Messages hold what
+    devices and admins sent (an ack's id, a device model): a newline in one would otherwise
+    print a second line that passes for one the server wrote. So the message is escaped,
+    and a traceback, which must stay readable over several lines, is indented: a line that
+    starts in the first column always starts a record."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Done on the whole text rather than in formatException: the traceback may have been
+        # rendered (and cached on the record) by another handler already.
+        first, *rest = super().format(record).split("\n")
+        return "\n".join([first, *(TRACEBACK_INDENT + escape_controls(line) for line in rest)])
+
+
 def configure_logging(level: str, fmt: Literal["text", "json"]) -> None:
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+            TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
+    # The largest request body any route reads, but the firmware upload (whose limit is
+    # ota_max_firmware_bytes): refused with 413 before it is read when Content-Length says
+    # so, and as soon as it goes over otherwise.
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The interactive API docs (/docs, /redoc). /openapi.json is served either way: client
+    # generators need it, and it says nothing an unauthenticated caller could not try.
+    api_docs: bool = True
 
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
@@ -160,8 +167,18 @@ class Settings(BaseSettings):
 
     @field_validator("public_url")
     @classmethod
-    def _strip_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    def _http_url(cls, value: str | None) -> str | None:
+        # Links to firmware and the dashboard's cookie policy are built from it: anything but
+        # an http(s) URL with a host would hand devices and browsers addresses that fail.
+        if not value:
+            return value
+        parsed = urlparse(value)
+        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL: give the address clients use, such as "
+                "https://paku.example.com"
+            )
+        return value.rstrip("/")
 
     @classmethod
     def settings_customise_sources(

@@ -1,12 +1,17 @@
 """Odd API input that schemathesis found turning into 500s on PostgreSQL (SQLite took it):
-every such request is now a 422 with the usual error body, on both databases."""
+every such request is now a 422 with the usual error body, on both databases. And odd
+credentials from a caller who has none: a 401, never a 500."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+
+from paku_iot.server.service import Service
+from paku_iot.web.app import create_app
 
 
 def cursor_of(raw: bytes) -> str:
@@ -94,3 +99,49 @@ async def test_a_malformed_firmware_upload_is_a_400(api: httpx.AsyncClient) -> N
     )
     assert response.status_code in {400, 422}
     assert "error" in response.json()
+
+
+@pytest.fixture
+async def anonymous(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with no credentials at all."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://paku.test"
+    ) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "v1.eyJhIjoiYWRtaW4ifQ.\u00e9\u00e9\u00e9",  # the MAC not ASCII
+        "v1.\u00e9.abc",
+        "\u00ff\u00fe\u00fd",
+        "v1.a\u0000.b",
+    ],
+)
+async def test_an_odd_session_cookie_is_refused_not_a_500(
+    anonymous: httpx.AsyncClient, value: str
+) -> None:
+    # Sent as raw bytes: a browser sends whatever the cookie jar holds.
+    cookie = {"cookie": f"paku_ui_session={value}".encode("latin-1")}
+    live = await anonymous.get("/ui/fleet/live", headers=cookie)
+    assert live.status_code == 401, live.text
+    assert live.json()["error"]["code"] == "signin_required"
+    page = await anonymous.get("/ui/fleet", headers=cookie)
+    assert page.status_code == 303
+    action = await anonymous.post("/ui/signout", data={"csrf": "x"}, headers=cookie)
+    assert action.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [b"a\x00b:password", b"kitchen-01\x00:password", b"\x00:\x00", "\u00e9t\u00e9:pw".encode()],
+)
+async def test_odd_basic_credentials_are_refused_not_a_500(
+    anonymous: httpx.AsyncClient, credentials: bytes
+) -> None:
+    header = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+    response = await anonymous.get("/ota/manifest.json?model=m", headers=header)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "invalid_credentials"
+    assert response.headers["www-authenticate"] == 'Basic realm="paku-iot"'

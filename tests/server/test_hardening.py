@@ -13,7 +13,7 @@ import pytest
 
 from paku_iot.exceptions import SettingsError
 from paku_iot.server import hardening
-from paku_iot.settings import Settings
+from paku_iot.settings import Settings, load_settings
 from tests.support import eventually, free_port
 from tests.support.mqtt import ACCEPTED, DeviceClient
 from tests.support.processes import (
@@ -103,6 +103,22 @@ def test_production_never_tells_devices_plain_mqtt() -> None:
     hardening.check_device_endpoint(Settings(device_mqtt_tls=False))  # development
 
 
+@pytest.mark.parametrize("url", ["http://paku.example.com", "HTTP://paku.example.com/"])
+def test_production_refuses_a_plain_http_public_url(url: str) -> None:
+    with pytest.raises(SettingsError, match="PAKU_PUBLIC_URL") as refused:
+        hardening.check_public_url(production(public_url=url))
+    assert "https://" in refused.value.message
+    hardening.check_public_url(production(public_url="https://paku.example.com"))
+    hardening.check_public_url(production())  # unset: links follow the request
+    hardening.check_public_url(Settings(public_url=url))  # development
+
+
+@pytest.mark.parametrize("url", ["paku.example.com", "ftp://paku.example.com", "https://"])
+def test_a_public_url_that_is_not_an_http_url_is_refused(url: str) -> None:
+    with pytest.raises(SettingsError, match="PAKU_PUBLIC_URL"):
+        load_settings(public_url=url)
+
+
 # --- from the command line ----------------------------------------------------------------
 
 
@@ -155,6 +171,14 @@ def test_serve_refuses_to_tell_devices_plain_mqtt_in_production(tmp_path: Path) 
     env["PAKU_MQTT_PASSWORD"] = "x"
     result = run_paku("serve", "--role", "collector", env=env, cwd=tmp_path)
     assert "cannot reach the database" in result.stderr
+
+
+def test_serve_refuses_a_plain_http_public_url_in_production(tmp_path: Path) -> None:
+    env = {**PRODUCTION, "PAKU_ADMIN_TOKEN": GOOD_TOKEN, "PAKU_PUBLIC_URL": "http://paku.example"}
+    for role in ("all", "api"):
+        result = run_paku("serve", "--role", role, env=env, cwd=tmp_path)
+        assert result.returncode == 1
+        assert_one_clear_line(result.stderr, "PAKU_PUBLIC_URL", "https://")
 
 
 def test_broker_config_refuses_plain_mqtt_beyond_loopback_in_production(tmp_path: Path) -> None:

@@ -137,6 +137,7 @@ def _dev(settings: Settings, tls: bool, simulate: int = 0, simulate_rate: float 
     hardening.check_admin_token(settings)
     hardening.check_plain_listener(settings, settings.mqtt_host)
     hardening.check_device_endpoint(settings)
+    hardening.check_public_url(settings)
     token_note = (
         "(from PAKU_ADMIN_TOKEN)"
         if settings.admin_token
@@ -160,6 +161,7 @@ def _serve(settings: Settings, role: str) -> None:
     if Role.API in roles:  # the token guards the API; a collector alone never uses it
         hardening.check_admin_token(settings)
         hardening.check_device_endpoint(settings)  # the API tells devices where to connect
+        hardening.check_public_url(settings)
     asyncio.run(runner.serve(settings, roles))
 
 

@@ -100,6 +100,10 @@ class DeviceRegistry:
 
     async def authenticate(self, device_id: str, password: str) -> DeviceRecord | None:
         """The device, if `password` is its current one (HTTP Basic for device requests)."""
+        if not is_valid_device_id(device_id):
+            # No device has this name; asking the database would be a 500 on PostgreSQL for
+            # a NUL in it. Anyone may send any username: that is a wrong credential, no more.
+            return None
         stored = await self._store.password_hash(device_id)
         valid = await asyncio.to_thread(verify_password, password, stored or _NO_PASSWORD_HASH)
         if stored is None or not valid:

@@ -1,7 +1,7 @@
 """What production (PAKU_ENV=production) refuses to start with: an admin token anyone could
 guess, a plain MQTT listener that carries device passwords in clear text beyond this
-machine, and telling devices to connect without TLS. Each check raises `SettingsError`
-naming the setting to change; outside production they do nothing."""
+machine, telling devices to connect without TLS, and a public URL without HTTPS. Each check
+raises `SettingsError` naming the setting to change; outside production they do nothing."""
 
 from __future__ import annotations
 
@@ -65,6 +65,21 @@ def check_device_endpoint(settings: Settings) -> None:
         "refusing PAKU_DEVICE_MQTT_TLS=false in production: devices would be told to connect "
         "without TLS and send their passwords in clear text. Remove it (production tells "
         "devices TLS, on PAKU_DEVICE_MQTT_PORT, default PAKU_MQTT_TLS_PORT 8883)"
+    )
+
+
+def check_public_url(settings: Settings) -> None:
+    """In production the public URL is HTTPS: the dashboard's session cookie is only marked
+    Secure for it, and devices fetch firmware from the links built on it. Unset, links follow
+    the request (Caddy in front is HTTPS)."""
+    url = settings.public_url
+    if settings.env != "production" or not url or url.lower().startswith("https://"):
+        return
+    raise SettingsError(
+        f"refusing PAKU_PUBLIC_URL={url} in production: it must start with https:// (admin "
+        "tokens, session cookies and firmware links would cross the network in clear text). "
+        "Put a TLS-terminating proxy in front (compose/prod.yaml's Caddy) and give its https:// "
+        "address"
     )
 
 

@@ -36,6 +36,7 @@ from paku_iot.secretfiles import read_or_create_secret
 from paku_iot.security.audit import AuditLog
 from paku_iot.security.claims import FailureLimiter
 from paku_iot.security.onboarding import Onboarding
+from paku_iot.security.sessions import DashboardSessions
 from paku_iot.security.tokens import AdminTokens
 from paku_iot.server.tasks import TaskSet
 from paku_iot.settings import Settings
@@ -46,7 +47,7 @@ from paku_iot.storage.engine import create_engine, ping
 from paku_iot.storage.messages import MessageStore
 from paku_iot.storage.retention import RetentionPolicy, maintain_forever
 from paku_iot.storage.schema_version import require_current_schema
-from paku_iot.storage.security import AuditStore, ClaimCodeStore, TokenStore
+from paku_iot.storage.security import AuditStore, ClaimCodeStore, SessionStore, TokenStore
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -89,6 +90,7 @@ class Service:
     audit: AuditLog
     onboarding: Onboarding
     claim_limiter: FailureLimiter
+    dashboard_sessions: DashboardSessions
     # The bootstrap admin token (PAKU_ADMIN_TOKEN or the data dir's token file).
     admin_token: str
     # The server's own parts.
@@ -235,6 +237,7 @@ async def running_service(
             audit=AuditLog(AuditStore(engine)),
             onboarding=Onboarding(devices, ClaimCodeStore(engine), registry),
             claim_limiter=FailureLimiter(),
+            dashboard_sessions=DashboardSessions(SessionStore(engine)),
             admin_token=bootstrap_token,
             engine=engine,
             device_store=devices,

@@ -183,3 +183,16 @@ claim_codes = Table(
     Column("claimed_at", UtcDateTime(), nullable=True),
     Index(None, "device_id"),
 )
+
+ui_sessions = Table(
+    "ui_sessions",
+    metadata,
+    # A dashboard session lives while its row does: signing out deletes it, so a copied
+    # cookie stops working. Only the SHA-256 of the session id (which the signed cookie
+    # carries) is kept.
+    Column("id_hash", String(64), primary_key=True),
+    Column("actor", String(80), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index(None, "expires_at"),
+)

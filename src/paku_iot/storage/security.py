@@ -1,4 +1,4 @@
-"""Queries on admin tokens, the audit log and claim codes."""
+"""Queries on admin tokens, the audit log, claim codes and dashboard sessions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,6 +18,7 @@ from paku_iot.storage.records import AdminTokenRecord, AuditRecord, NewClaimCode
 _t = schema.admin_tokens
 _a = schema.audit_log
 _c = schema.claim_codes
+_s = schema.ui_sessions
 
 
 class TokenStore:
@@ -113,3 +114,28 @@ class ClaimCodeStore:
         async with transaction(self._engine) as conn:
             device_id: str | None = (await conn.execute(query)).scalar_one_or_none()
         return device_id
+
+
+class SessionStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, id_hash: str, actor: str, now: datetime, expires_at: datetime) -> None:
+        async with transaction(self._engine) as conn:
+            # Expired sessions go as new ones come: the table holds about the live ones.
+            await conn.execute(delete(_s).where(_s.c.expires_at <= now))
+            await conn.execute(
+                _s.insert().values(
+                    id_hash=id_hash, actor=actor, created_at=now, expires_at=expires_at
+                )
+            )
+
+    async def actor_of(self, id_hash: str, now: datetime) -> str | None:
+        """Who the live session with this id hash belongs to, or None."""
+        query = select(_s.c.actor).where(_s.c.id_hash == id_hash, _s.c.expires_at > now)
+        async with translated_errors(), self._engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def delete(self, id_hash: str) -> None:
+        async with transaction(self._engine) as conn:
+            await conn.execute(delete(_s).where(_s.c.id_hash == id_hash))

@@ -136,7 +136,9 @@ async def test_forged_tampered_or_expired_cookies_are_refused(
     expired = SessionCodec.from_data_dir(service.settings.data_dir).issue(
         "admin", ADMIN_TOKEN, now=0
     )
-    for value in [f"{version}.{body}x.{mac}", foreign, expired, "garbage"]:
+    # Signed with the right key, for a live token, but never signed in on the server.
+    unrecorded = SessionCodec.from_data_dir(service.settings.data_dir).issue("admin", ADMIN_TOKEN)
+    for value in [f"{version}.{body}x.{mac}", foreign, expired, unrecorded, "garbage"]:
         ui.cookies.clear()
         ui.cookies.set(COOKIE_NAME, value, domain="paku.test", path="/ui")
         assert (await ui.get("/ui/fleet")).status_code == 303, value
@@ -182,3 +184,44 @@ async def test_every_signed_in_page_carries_the_sign_out_form(
     assert page.status_code == 200
     assert csrf_of(page.text) == csrf
     assert 'action="/ui/signout"' in page.text
+
+
+async def test_a_copied_cookie_is_refused_after_sign_out(
+    ui: httpx.AsyncClient, service: Service
+) -> None:
+    csrf = await sign_in(ui)
+    copied = ui.cookies[COOKIE_NAME]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://paku.test"
+    ) as thief:
+        thief.cookies.set(COOKIE_NAME, copied, domain="paku.test", path="/ui")
+        assert (await thief.get("/ui/fleet")).status_code == 200
+        assert (await ui.post("/ui/signout", data={"csrf": csrf})).status_code == 303
+        # Signed out on the server, not only in the browser that signed out.
+        assert (await thief.get("/ui/fleet")).status_code == 303
+        assert (await thief.get("/ui/fleet/live")).status_code == 401
+        refused = await thief.post("/ui/devices/kitchen-01/commands", data={"csrf": csrf})
+        assert refused.status_code == 401
+
+
+async def test_sign_out_ends_only_its_own_session(ui: httpx.AsyncClient, service: Service) -> None:
+    await sign_in(ui)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://paku.test"
+    ) as other:
+        other_csrf = await sign_in(other)
+        assert (await other.post("/ui/signout", data={"csrf": other_csrf})).status_code == 303
+    assert (await ui.get("/ui/fleet")).status_code == 200
+
+
+async def test_a_cookie_from_before_a_restart_still_works(
+    ui: httpx.AsyncClient, service: Service
+) -> None:
+    # Sessions live in the database, not in the process: a new app (a restart, another
+    # replica) accepts the cookie.
+    await sign_in(ui)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://paku.test"
+    ) as restarted:
+        restarted.cookies.set(COOKIE_NAME, ui.cookies[COOKIE_NAME], domain="paku.test", path="/ui")
+        assert (await restarted.get("/ui/fleet")).status_code == 200

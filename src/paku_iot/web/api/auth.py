@@ -4,19 +4,33 @@ one, checked on every request (a revoked token is refused at once).
 The scheme is a FastAPI security class, so the OpenAPI document declares it (`AdminToken`) on
 every admin route and generated clients send it; `auto_error=False` leaves the 401 and its
 body to us (`errors.py`).
+
+FastAPI reads a request's body (and spools an upload to disk) before it runs any dependency,
+so `require_admin` alone would come too late for a caller without a token: the middleware
+`RefuseAnonymousAdmin` checks the token of every admin route before the body is read, and
+hands the actor on to `require_admin`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.datastructures import Headers
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from paku_iot.exceptions import Unauthorized
+from paku_iot.server.service import Service
+from paku_iot.web.api.errors import error_response
 from paku_iot.web.deps import get_service
 
 ADMIN_SCHEME = "AdminToken"
+# An admin route's `security` in the OpenAPI document.
+ADMIN_ONLY: list[dict[str, list[str]]] = [{ADMIN_SCHEME: []}]
 
 admin_bearer = HTTPBearer(
     scheme_name=ADMIN_SCHEME,
@@ -25,17 +39,72 @@ admin_bearer = HTTPBearer(
 )
 
 
+_ACTOR_KEY = "paku_admin_actor"  # in the request's state, set by RefuseAnonymousAdmin
+
+
+async def _actor(service: Service, token: str | None) -> str:
+    if not token:
+        raise Unauthorized("admin token required: send Authorization: Bearer <token>")
+    actor = await service.tokens.actor_for(token)
+    if actor is None:
+        raise Unauthorized("wrong admin token", code="invalid_token")
+    return actor
+
+
 async def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
 ) -> str:
     """The acting admin's name (for the audit log)."""
-    if credentials is None:
-        raise Unauthorized("admin token required: send Authorization: Bearer <token>")
-    actor = await get_service(request).tokens.actor_for(credentials.credentials)
-    if actor is None:
-        raise Unauthorized("wrong admin token", code="invalid_token")
-    return actor
+    checked: str | None = request.scope.get("state", {}).get(_ACTOR_KEY)
+    if checked is not None:
+        return checked  # the middleware checked this very request's token
+    return await _actor(get_service(request), credentials.credentials if credentials else None)
+
+
+class RefuseAnonymousAdmin:
+    """ASGI middleware: a request for an admin route without a good admin token gets its 401
+    before anything reads the body.
+
+    Which routes are admin routes, it reads from the app's OpenAPI document: those whose
+    only security scheme is `AdminToken`, as `test_openapi.py` checks for every route. A
+    route left out of the document is still guarded by `require_admin`, only after its body
+    (capped, `limits.py`) was read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._operations: list[tuple[str, re.Pattern[str], bool]] | None = None
+
+    def _is_admin_route(self, scope: Scope) -> bool:
+        if self._operations is None:
+            # Built on the first request: the routes are all included by then.
+            self._operations = [
+                (method.upper(), compile_path(path)[0], operation.get("security") == ADMIN_ONLY)
+                for path, item in scope["app"].openapi()["paths"].items()
+                for method, operation in item.items()
+            ]
+        # The first operation that matches, as routing takes the first route that does.
+        for method, regex, admin in self._operations:
+            if method == scope["method"] and regex.match(scope["path"]):
+                return admin
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._is_admin_route(scope):
+            await self.app(scope, receive, send)
+            return
+        scheme, token = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
+        service: Service = scope["app"].state.service
+        try:
+            actor = await _actor(service, token if scheme.lower() == "bearer" else None)
+        except Unauthorized as exc:
+            response = error_response(
+                exc.http_status, exc.code, exc.message, {"WWW-Authenticate": exc.auth_scheme}
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})[_ACTOR_KEY] = actor
+        await self.app(scope, receive, send)
 
 
 Actor = Annotated[str, Depends(require_admin)]

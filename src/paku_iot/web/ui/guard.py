@@ -42,7 +42,9 @@ class Forbidden(PakuError):
 class _UiState:
     def __init__(self, service: Service) -> None:
         self.codec = SessionCodec.from_data_dir(service.settings.data_dir)
-        self.verifier = SessionVerifier(service.tokens, service.admin_token)
+        self.verifier = SessionVerifier(
+            service.tokens, service.admin_token, service.dashboard_sessions
+        )
 
 
 def _ui_state(request: Request) -> _UiState:

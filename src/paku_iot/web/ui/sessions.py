@@ -1,10 +1,13 @@
-"""Dashboard sessions: an HMAC-signed cookie, checked against the admin tokens on every request.
+"""Dashboard sessions: an HMAC-signed cookie, checked against the admin tokens and the
+server's session table on every request.
 
 The cookie holds who signed in (the token's actor), the SHA-256 of the token they signed in
-with, an expiry and a random nonce, signed with a key generated on first run into
-`<data dir>/secrets/ui-session-key` (0600). Nothing is kept per session on the server, so any
-number of API processes sharing the data dir accept the same cookie. A revoked named token
-ends its sessions at the next request: the hash in the cookie must still name a live token.
+with, an expiry and the session's random id, signed with a key generated on first run into
+`<data dir>/secrets/ui-session-key` (0600). The session itself is a row in the database
+(`security/sessions.py`), so any number of API processes sharing the data dir and the
+database accept the same cookie, and signing out deletes the row: a copy of the cookie is
+refused from then on. A revoked named token ends its sessions at the next request: the hash
+in the cookie must still name a live token.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from paku_iot.secretfiles import read_or_create_secret
+from paku_iot.security.sessions import DashboardSessions, new_session_id
 from paku_iot.security.tokens import BOOTSTRAP_ACTOR, AdminTokens, token_hash
 
 COOKIE_NAME = "paku_ui_session"
@@ -36,7 +39,7 @@ class Session:
     actor: str  # as in the audit log: "admin" or "token:<name>"
     token_hash: str
     expires_at: int  # epoch seconds
-    nonce: str
+    nonce: str  # the session's id, as `DashboardSessions` knows it
     csrf_token: str  # for the forms of this session; see `SessionCodec.csrf_for`
 
 
@@ -62,12 +65,26 @@ class SessionCodec:
     def _mac(self, purpose: str, body: str) -> str:
         return _b64(hmac.new(self._key, f"{purpose}|{body}".encode(), hashlib.sha256).digest())
 
-    def issue(self, actor: str, token: str, now: float | None = None) -> str:
+    def expiry(self, now: float | None = None) -> int:
+        """When a session issued now expires, in epoch seconds."""
+        return int(now if now is not None else time.time()) + self._ttl_s
+
+    def issue(
+        self,
+        actor: str,
+        token: str,
+        now: float | None = None,
+        *,
+        session_id: str | None = None,
+        expires_at: int | None = None,
+    ) -> str:
+        """A cookie value. Only a session the server recorded (`DashboardSessions.start`
+        with the same id and expiry) is accepted."""
         claims = {
             "a": actor,
             "t": token_hash(token),
-            "e": int(now if now is not None else time.time()) + self._ttl_s,
-            "n": secrets.token_urlsafe(12),
+            "e": expires_at if expires_at is not None else self.expiry(now),
+            "n": session_id or new_session_id(),
         }
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{_VERSION}.{body}.{self._mac('session', body)}"
@@ -79,7 +96,11 @@ class SessionCodec:
             version, body, mac = value.split(".")
         except ValueError:
             return None
-        if version != _VERSION or not hmac.compare_digest(mac, self._mac("session", body)):
+        # compare_digest refuses str with non-ASCII characters (TypeError): a cookie is
+        # whatever the client sends, so anything but ASCII is simply not ours.
+        if not (version == _VERSION and value.isascii()):
+            return None
+        if not hmac.compare_digest(mac, self._mac("session", body)):
             return None
         try:
             claims = json.loads(_unb64(body))
@@ -98,13 +119,22 @@ class SessionCodec:
 
 
 class SessionVerifier:
-    """Checks that a session's admin token is still good: nothing is cached, as for the API."""
+    """Checks that a session is still recorded (not signed out) and its admin token still
+    good: nothing is cached, as for the API."""
 
-    def __init__(self, tokens: AdminTokens, bootstrap_token: str) -> None:
+    def __init__(
+        self, tokens: AdminTokens, bootstrap_token: str, sessions: DashboardSessions
+    ) -> None:
         self._tokens = tokens
         self._bootstrap_hash = token_hash(bootstrap_token)
+        self._sessions = sessions
 
     async def still_valid(self, session: Session) -> bool:
+        return await self._token_still_valid(session) and await self._sessions.is_live(
+            session.nonce, session.actor
+        )
+
+    async def _token_still_valid(self, session: Session) -> bool:
         if session.actor == BOOTSTRAP_ACTOR:
             # A changed PAKU_ADMIN_TOKEN signs out everyone who signed in with the old one.
             return hmac.compare_digest(session.token_hash, self._bootstrap_hash)

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse
 
-from paku_iot.exceptions import InvalidInput, NotFound, PakuError
+from paku_iot.exceptions import InvalidInput, NotFound
 from paku_iot.ota.signing import public_key_pem, public_key_raw_b64
 from paku_iot.protocol import OTA_MANIFEST_PATH
 from paku_iot.server.service import Service
@@ -45,11 +45,6 @@ FIRMWARE_RESPONSES: Responses = {
 }
 
 
-class PayloadTooLarge(PakuError):
-    code = "payload_too_large"
-    http_status = 413
-
-
 def firmware_url(request: Request, service: Service, sha256: str) -> str:
     base = (service.settings.public_url or str(request.base_url)).rstrip("/")
     return f"{base}/ota/firmware/{sha256}.bin"
@@ -59,14 +54,17 @@ def _release(request: Request, service: Service, record: ReleaseRecord) -> Relea
     return Release.of(record, firmware_url(request, service, record.sha256))
 
 
+FIRMWARE_UPLOAD_PATH = "/ota/firmware"
+
+
 @admin.post(
-    "/ota/firmware",
+    FIRMWARE_UPLOAD_PATH,
     status_code=status.HTTP_201_CREATED,
     response_model=Release,
     responses={
         400: error("The multipart body is malformed."),
         409: error("This model already has a release of this version (`release_exists`)."),
-        413: error("Content-Length says the upload is over PAKU_OTA_MAX_FIRMWARE_BYTES."),
+        413: error("The upload is over PAKU_OTA_MAX_FIRMWARE_BYTES (`payload_too_large`)."),
     },
 )
 async def publish_firmware(
@@ -89,12 +87,9 @@ async def publish_firmware(
 ) -> Release:
     """Publish a firmware image. It is stored by its SHA-256 and signed; `rolloutPercent`
     stages it (a stable share of the model's devices)."""
-    limit = service.settings.ota_max_firmware_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise PayloadTooLarge(
-            f"the upload is over the {limit}-byte limit (PAKU_OTA_MAX_FIRMWARE_BYTES)"
-        )
+    # An upload over PAKU_OTA_MAX_FIRMWARE_BYTES (declared or not) was refused before it was
+    # read (`web.api.limits`, with the route's path FIRMWARE_UPLOAD_PATH); an image over it
+    # by less than the form's framing is refused by the store.
     try:
         record = await service.releases.publish(
             model=model,

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from paku_iot.security.sessions import new_session_id
 from paku_iot.web.deps import ServiceDep
 from paku_iot.web.ui.guard import (
     ActionSession,
@@ -54,15 +55,21 @@ async def signin(
             next=safe_next(next),
             error="That admin token is not valid.",
         )
+    codec = session_codec(request)
+    session_id, expires_at = new_session_id(), codec.expiry()
+    await service.dashboard_sessions.start(session_id, actor, expires_at)
+    cookie = codec.issue(actor, token.strip(), session_id=session_id, expires_at=expires_at)
     response = RedirectResponse(safe_next(next), status_code=303)
-    set_session_cookie(request, response, session_codec(request).issue(actor, token.strip()))
+    set_session_cookie(request, response, cookie)
     response.headers.update(SECURITY_HEADERS)
     await service.audit.record(actor, "ui.sign_in", "dashboard")
     return response
 
 
 @router.post("/ui/signout")
-async def signout(request: Request, session: ActionSession) -> Response:
+async def signout(request: Request, service: ServiceDep, session: ActionSession) -> Response:
+    # Ended on the server: every copy of this cookie is refused from now on.
+    await service.dashboard_sessions.end(session.nonce)
     response = RedirectResponse("/ui/signin", status_code=303)
     clear_session_cookie(request, response)
     return response
