@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,6 +18,7 @@ from paku_iot.storage.records import AdminTokenRecord, AuditRecord, NewClaimCode
 _t = schema.admin_tokens
 _a = schema.audit_log
 _c = schema.claim_codes
+_d = schema.devices
 
 
 class TokenStore:
@@ -103,13 +104,26 @@ class ClaimCodeStore:
 
     async def redeem(self, code_hash: str, now: datetime) -> str | None:
         """Mark the code used and return its device, in one statement: of two concurrent
-        claims exactly one gets the device. None for unknown, used or expired codes alike."""
+        claims exactly one gets the device. None for unknown, used or expired codes alike,
+        and for a code whose device has credentials already (given since by a rotation or
+        another code): a code gives a device its first credentials, never takes it over.
+        The device's other codes are retired with it."""
+        without_credentials = select(_d.c.id).where(_d.c.password_hash.is_(None))
         query = (
             update(_c)
-            .where(_c.c.code_hash == code_hash, _c.c.claimed_at.is_(None), _c.c.expires_at > now)
+            .where(
+                _c.c.code_hash == code_hash,
+                _c.c.claimed_at.is_(None),
+                _c.c.expires_at > now,
+                _c.c.device_id.in_(without_credentials.scalar_subquery()),
+            )
             .values(claimed_at=now)
             .returning(_c.c.device_id)
         )
         async with transaction(self._engine) as conn:
             device_id: str | None = (await conn.execute(query)).scalar_one_or_none()
+            if device_id is not None:
+                await conn.execute(
+                    delete(_c).where(_c.c.device_id == device_id, _c.c.claimed_at.is_(None))
+                )
         return device_id
