@@ -183,3 +183,15 @@ claim_codes = Table(
     Column("claimed_at", UtcDateTime(), nullable=True),
     Index(None, "device_id"),
 )
+
+claim_failures = Table(
+    "claim_failures",
+    metadata,
+    # One row per refused claim, kept for the rate limit's window: in the database, so every
+    # API process counts the same failures (security/claims.py FailureLimiter).
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column("address", String(64), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Index(None, "address", "at"),  # an address's failures in the window
+    Index(None, "at"),  # pruning by age
+)

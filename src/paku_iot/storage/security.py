@@ -1,4 +1,4 @@
-"""Queries on admin tokens, the audit log and claim codes."""
+"""Queries on admin tokens, the audit log, claim codes and refused claims."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,6 +19,9 @@ _t = schema.admin_tokens
 _a = schema.audit_log
 _c = schema.claim_codes
 _d = schema.devices
+_f = schema.claim_failures
+
+ADDRESS_MAX_CHARS = 64
 
 
 class TokenStore:
@@ -127,3 +130,26 @@ class ClaimCodeStore:
                     delete(_c).where(_c.c.device_id == device_id, _c.c.claimed_at.is_(None))
                 )
         return device_id
+
+
+class ClaimFailureStore:
+    """Refused claims per client address, for the rate limit every API process shares."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def since(self, address: str, since: datetime) -> tuple[int, datetime | None]:
+        """How many failures `address` had after `since`, and the oldest of them."""
+        query = select(func.count(), func.min(_f.c.at)).where(
+            _f.c.address == address[:ADDRESS_MAX_CHARS], _f.c.at > since
+        )
+        async with translated_errors(), self._engine.connect() as conn:
+            count, oldest = (await conn.execute(query)).one()
+        return int(count), oldest
+
+    async def add(self, address: str, at: datetime, *, forget_before: datetime) -> None:
+        """Record a failure, and forget those too old to count for anyone: the table holds
+        one window of failures, whatever the number of addresses they came from."""
+        async with transaction(self._engine) as conn:
+            await conn.execute(_f.delete().where(_f.c.at <= forget_before))
+            await conn.execute(_f.insert().values(address=address[:ADDRESS_MAX_CHARS], at=at))
