@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -189,7 +189,8 @@ def test_the_window_in_milliseconds_is_the_documented_one() -> None:
     ],
 )
 def test_ts_inside_the_window(ts: int | str) -> None:
-    parsed = parse_device_ts(ts)
+    # Received at the window's end, so that only the window decides (not the future bound).
+    parsed = parse_device_ts(ts, now=protocol.TS_WINDOW_END)
     assert parsed.tzinfo is UTC
     if isinstance(ts, int):
         check_ts_ms(ts)  # the reference device agrees
@@ -224,7 +225,9 @@ def test_epoch_numbers_below_10_to_the_11_are_seconds_above_milliseconds() -> No
     start_s, end_s = TS_WINDOW_START_MS // 1000, TS_WINDOW_END_MS // 1000
     assert parse_device_ts(start_s) == protocol.TS_WINDOW_START == parse_device_ts(start_s * 1000)
     assert parse_device_ts(1764000000.5) == parse_device_ts(1764000000500)
-    assert parse_device_ts(end_s - 1) == datetime(2199, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert parse_device_ts(end_s - 1, now=protocol.TS_WINDOW_END) == datetime(
+        2199, 12, 31, 23, 59, 59, tzinfo=UTC
+    )
     for outside in (start_s - 1, end_s, 10**11 - 1, 10**11, -1, 0):
         with pytest.raises(TimestampError, match="below 10\\^11 is epoch seconds"):
             parse_device_ts(outside)
@@ -232,6 +235,29 @@ def test_epoch_numbers_below_10_to_the_11_are_seconds_above_milliseconds() -> No
         parse_device_ts(10**11)
     with pytest.raises(TimestampError, match="JSON number"):
         parse_device_ts("1764000000")
+
+
+def test_ts_at_most_a_day_ahead_of_the_server() -> None:
+    received = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    limit = received + protocol.TS_MAX_AHEAD
+    assert timedelta(days=1) == protocol.TS_MAX_AHEAD
+    limit_ms = int(limit.timestamp() * 1000)
+    for ts in (limit_ms, limit_ms // 1000, limit.isoformat(), "2026-12-02T13:00:00+01:00"):
+        assert parse_device_ts(ts, now=received) == limit
+    # Far in the past stays as it was: a device may send what it buffered for months.
+    assert parse_device_ts("2001-01-01T00:00:00Z", now=received).year == 2001
+    for ts, ahead in (
+        (limit_ms + 1, "24.0 hours"),
+        ((limit + timedelta(hours=5)).isoformat(), "29.0 hours"),
+        (7_258_118_399, "63217 days"),
+        ("2199-12-31T23:59:59Z", "63217 days"),
+    ):
+        with pytest.raises(
+            TimestampError,
+            match=f"is {ahead} ahead of the server's clock; at "
+            "most 1 day ahead is accepted: is the device's clock set",
+        ):
+            parse_device_ts(ts, now=received)
 
 
 # ---- state values ---------------------------------------------------------------------------

@@ -151,3 +151,24 @@ def test_a_device_host_that_is_not_a_host_is_refused(
     monkeypatch.delenv("PAKU_DEVICE_MQTT_HOST")
     with pytest.raises(SettingsError, match="PAKU_DEVICE_MQTT_PORT"):
         load_settings()
+
+
+def test_trusted_proxies_are_addresses_or_networks_and_never_everyone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().trusted_proxies == ()
+    monkeypatch.setenv("PAKU_TRUSTED_PROXIES", "172.16.0.0/12, 192.168.0.0/16 ::1")
+    assert [str(n) for n in load_settings().trusted_proxies] == [
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::1/128",
+    ]
+    for bad, reason in (
+        ("0.0.0.0/0", "trusts every address"),
+        ("::/0", "trusts every address"),
+        ("caddy", "not an IP address or a CIDR network"),
+        ("10.0.0.1/8", "host bits set"),
+    ):
+        monkeypatch.setenv("PAKU_TRUSTED_PROXIES", bad)
+        with pytest.raises(SettingsError, match=rf"PAKU_TRUSTED_PROXIES: .*{reason}"):
+            load_settings()

@@ -164,6 +164,14 @@ TS_WINDOW_START_MS: Final = (TS_WINDOW_START - _EPOCH) // timedelta(milliseconds
 TS_WINDOW_END_MS: Final = (TS_WINDOW_END - _EPOCH) // timedelta(milliseconds=1)
 TS_WINDOW_YEARS: Final = f"{TS_WINDOW_START.year}-{TS_WINDOW_END.year - 1}"
 
+# Inside the window, a `ts` may also be at most this far ahead of the server's clock (when the
+# message is received). Retention deletes by age, so a sample dated in 2199 would be kept
+# forever and sort first in every newest-first list; a day leaves room for a clock that is
+# hours off (skew, a time zone mistaken for UTC) while refusing one that is simply wrong.
+# Past samples have no such bound beyond the window: a device may send what it buffered.
+TS_MAX_AHEAD: Final = timedelta(days=1)
+TS_MAX_AHEAD_TEXT: Final = "1 day"
+
 
 # An epoch number is seconds or milliseconds, told apart by its size: inside the window,
 # seconds are below 7.3 x 10^9 and milliseconds above 9.4 x 10^11, so any cut between them is
@@ -176,10 +184,31 @@ class TimestampError(ValueError):
     pass
 
 
-def parse_device_ts(value: object) -> datetime:
+def parse_device_ts(value: object, now: datetime | None = None) -> datetime:
     """A `ts` as sent (epoch seconds or milliseconds, by TS_SECONDS_BELOW; or RFC 3339 with a
-    zone) as a UTC datetime. Raises TimestampError, with a reason fit for the device's
-    operator, for anything else."""
+    zone) as a UTC datetime, inside the window and at most TS_MAX_AHEAD after `now` (the
+    time the message was received; the current time when not given). Raises TimestampError,
+    with a reason fit for the device's operator, for anything else."""
+    return _not_ahead(_parse_ts(value), value, now)
+
+
+def _not_ahead(ts: datetime, value: object, now: datetime | None) -> datetime:
+    latest = (now or datetime.now(UTC)) + TS_MAX_AHEAD
+    if ts > latest:
+        shown = ts.isoformat() if isinstance(value, str) else f"{value!r} ({ts.isoformat()})"
+        raise TimestampError(
+            f"ts {shown} is {_ahead(ts - latest + TS_MAX_AHEAD)} ahead of the server's clock; "
+            f"at most {TS_MAX_AHEAD_TEXT} ahead is accepted: is the device's clock set (NTP)?"
+        )
+    return ts
+
+
+def _ahead(delta: timedelta) -> str:
+    days = delta / timedelta(days=1)
+    return f"{days:.0f} days" if days >= 2 else f"{delta / timedelta(hours=1):.1f} hours"
+
+
+def _parse_ts(value: object) -> datetime:
     if isinstance(value, bool):
         raise TimestampError("ts must be an epoch number or an RFC 3339 string, not a boolean")
     if isinstance(value, (int, float)):  # a tuple: faster than int | float on this hot path

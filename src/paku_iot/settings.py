@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -28,6 +30,7 @@ from paku_iot.protocol import DEFAULT_MAX_PAYLOAD_BYTES
 CONFIG_FILE_ENV = "PAKU_CONFIG_FILE"
 DEFAULT_CONFIG_FILES = (Path("config/config.yml"), Path("config.yml"))
 BACKEND_MQTT_USERNAME = "paku.backend"  # a dot can never appear in a device id
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _config_file() -> Path | None:
@@ -107,6 +110,12 @@ class Settings(BaseSettings):
     mosquitto_bin: str | None = None
     broker_max_queued_messages: int = Field(default=100_000, ge=1000)
 
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or CIDR networks, comma
+    # separated in the environment). Behind one (Caddy in compose/prod.yaml) every request
+    # comes from the proxy: the claim rate limit and the audit log need the client it names.
+    # Empty: the header is ignored, whoever sends it, since a client can write anything there.
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+
     admin_token: str | None = None
     # Bearer token for GET /metrics. Unset: open in development, the admin token in production.
     metrics_token: str | None = None
@@ -164,6 +173,15 @@ class Settings(BaseSettings):
                 "PAKU_DEVICE_MQTT_PORT"
             )
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in re.split(r"[\s,]+", value) if part]
+        if not isinstance(value, (list, tuple)):
+            return value
+        return tuple(_trusted_network(entry) for entry in value)
 
     @field_validator("public_url")
     @classmethod
@@ -254,6 +272,23 @@ def _is_ipv6(value: str) -> bool:
         return ipaddress.ip_address(value).version == 6
     except ValueError:
         return False
+
+
+def _trusted_network(entry: Any) -> IPNetwork:
+    if isinstance(entry, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        network = entry
+    else:
+        try:
+            network = ipaddress.ip_network(str(entry).strip())
+        except ValueError as exc:
+            raise ValueError(
+                f"{entry!r} is not an IP address or a CIDR network such as 172.16.0.0/12 ({exc})"
+            ) from None
+    if network.prefixlen == 0:
+        # Trusting every address means believing every client's X-Forwarded-For: anyone could
+        # then pick the address the rate limit and the audit log see.
+        raise ValueError(f"{entry!r} trusts every address; name the proxy's own address/network")
+    return network
 
 
 def _reachable(listen_host: str) -> str:

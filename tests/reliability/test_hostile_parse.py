@@ -25,6 +25,7 @@ from paku_iot.exceptions import InvalidInput
 from paku_iot.jsonlimits import MAX_JSON_DEPTH
 from paku_iot.protocol import (
     STATE_ACK,
+    TS_MAX_AHEAD,
     TimestampError,
     TopicError,
     UplinkKind,
@@ -116,7 +117,7 @@ def assert_accounted_for(topic: str, payload: bytes, record: Parsed, limit: int)
         assert_state_accounted_for(topic, payload, record, limit)
         return
     assert record.payload == json.loads(payload)  # nothing added, nothing lost
-    assert EARLIEST <= record.ts < LATEST
+    assert EARLIEST <= record.ts <= NOW + TS_MAX_AHEAD  # received at NOW
     assert record.ts.utcoffset() is not None
     if isinstance(record, TelemetryRecord):
         assert uplink.kind is UplinkKind.TELEMETRY
@@ -232,7 +233,7 @@ def test_topic_parser_accepts_only_exact_uplink_topics(topic: str) -> None:
 @example("+275760-09-13T00:00:00Z")
 def test_device_timestamps_are_in_range_or_refused(value: object) -> None:
     try:
-        ts = parse_device_ts(value)
+        ts = parse_device_ts(value, now=NOW)
     except TimestampError as exc:
         refused = exc
     else:
@@ -240,7 +241,7 @@ def test_device_timestamps_are_in_range_or_refused(value: object) -> None:
     if refused is not None:
         assert str(refused)
         return
-    assert EARLIEST <= ts < LATEST
+    assert EARLIEST <= ts <= NOW + TS_MAX_AHEAD < LATEST
     assert ts.utcoffset() is not None
 
 

@@ -5,6 +5,7 @@ rejected with a reason that states the rule."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -79,3 +80,26 @@ async def test_a_clock_that_is_not_set_is_rejected_with_the_rule(
     assert "is outside 2000-2199" in text
     assert "JSON number" in numeric_string
     assert await listing(api, f"/devices/{DEVICE}/telemetry") == []
+
+
+async def test_a_clock_far_ahead_is_rejected_and_a_little_skew_is_not(
+    api: httpx.AsyncClient, device: DeviceClient
+) -> None:
+    """A sample dated in 2199 would outlive every retention run (they delete by age): a `ts`
+    more than a day ahead of the server's clock is rejected, saying so."""
+    now = time.time()
+    two_days_ahead = int((now + 2 * 86400) * 1000)
+    for ts in (7_258_118_399, 7_258_118_399_000, "2199-12-31T23:59:59Z", two_days_ahead):
+        payload = json.dumps({"ts": ts, "temp": 21.5})
+        assert await device.publish(f"paku/{DEVICE}/telemetry", payload) == 0
+    # A device clock a few hours fast (skew, a wrong time zone) is still taken.
+    skewed = int((now + 3 * 3600) * 1000)
+    assert await device.publish(f"paku/{DEVICE}/telemetry", json.dumps({"ts": skewed})) == 0
+    await all_handled(api, device, DEVICE)
+    items = await rejected_of(api, DEVICE)
+    assert [i["reason"] for i in items] == ["invalid_ts"] * 4
+    for item in items:
+        assert "ahead of the server's clock" in item["detail"], item["detail"]
+        assert "at most 1 day" in item["detail"], item["detail"]
+    rows = await listing(api, f"/devices/{DEVICE}/telemetry")
+    assert [row["payload"]["ts"] for row in rows if "marker" not in row["payload"]] == [skewed]

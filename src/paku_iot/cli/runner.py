@@ -69,6 +69,10 @@ async def _run_until_stopped(
             host=settings.http_host,
             port=settings.http_port,
             lifespan="off",
+            # uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (or whatever its
+            # own FORWARDED_ALLOW_IPS says) and hand every route that address as the client.
+            # PAKU_TRUSTED_PROXIES alone decides whose header counts (web/client_address.py).
+            proxy_headers=False,
             log_config=None,
             access_log=settings.log_level == "DEBUG",
         )

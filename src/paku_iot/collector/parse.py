@@ -224,7 +224,7 @@ def parse_message(
     ts = received_at
     if body.get("ts") is not None:
         try:
-            ts = parse_device_ts(body["ts"])
+            ts = parse_device_ts(body["ts"], received_at)
         except TimestampError as exc:
             return reject(RejectReason.INVALID_TS, str(exc))
     if uplink.kind is UplinkKind.TELEMETRY:

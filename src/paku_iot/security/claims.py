@@ -2,20 +2,19 @@
 
 A code carries 120 bits from the OS's random source, printed in groups of a no-look-alike
 alphabet for a QR label; the server keeps only its SHA-256. Every failure (unknown, used,
-expired) is the same answer, so the answer tells an attacker nothing, and failures are rate
-limited per client address.
+expired, or a device that has credentials already) is the same answer, so the answer tells an
+attacker nothing, and failures are rate limited per client address, in the database.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
-import time
-from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from paku_iot.exceptions import PakuError
+from paku_iot.storage.security import ClaimFailureStore
 
 _ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # 32 symbols: 5 bits each, no 0/O, 1/I
 CODE_SYMBOLS = 24  # 120 bits
@@ -51,30 +50,28 @@ def code_hash(code: str) -> str:
     return hashlib.sha256(normalize_code(code).encode()).hexdigest()
 
 
-@dataclass
 class FailureLimiter:
-    """At most `limit` failed claims per address in `window_s` (in this process)."""
+    """At most `limit` failed claims per client address in `window_s`, counted in the
+    database: every API process (replicas, a restart) sees the same failures.
 
-    limit: int = 10
-    window_s: float = 60.0
+    A check and the failure that follows it are two statements, so requests that race from
+    one address can overshoot the limit by how many run at once; that stays a handful, not a
+    way around the limit."""
 
-    def __post_init__(self) -> None:
-        self._failures: dict[str, deque[float]] = {}
+    def __init__(self, store: ClaimFailureStore, *, limit: int = 10, window_s: int = 60) -> None:
+        self._store = store
+        self.limit = limit
+        self.window = timedelta(seconds=window_s)
 
-    def check(self, address: str) -> None:
-        now = time.monotonic()
-        recent = self._failures.get(address)
-        if not recent:
-            return
-        while recent and recent[0] <= now - self.window_s:
-            recent.popleft()
-        if len(recent) >= self.limit:
-            raise TooManyClaims(int(recent[0] + self.window_s - now) + 1)
+    async def check(self, address: str) -> None:
+        now = datetime.now(UTC)
+        count, oldest = await self._store.since(address, now - self.window)
+        if count >= self.limit and oldest is not None:
+            raise TooManyClaims(max(1, math.ceil((oldest + self.window - now).total_seconds())))
 
-    def failed(self, address: str) -> None:
-        self._failures.setdefault(address, deque()).append(time.monotonic())
-        if len(self._failures) > 10_000:  # bounded memory under a spray from many addresses
-            self._failures.pop(next(iter(self._failures)))
+    async def failed(self, address: str) -> None:
+        now = datetime.now(UTC)
+        await self._store.add(address, now, forget_before=now - self.window)
 
 
 def expiry(ttl_seconds: int) -> datetime:

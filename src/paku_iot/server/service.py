@@ -47,7 +47,13 @@ from paku_iot.storage.engine import create_engine, ping
 from paku_iot.storage.messages import MessageStore
 from paku_iot.storage.retention import RetentionPolicy, maintain_forever
 from paku_iot.storage.schema_version import require_current_schema
-from paku_iot.storage.security import AuditStore, ClaimCodeStore, SessionStore, TokenStore
+from paku_iot.storage.security import (
+    AuditStore,
+    ClaimCodeStore,
+    ClaimFailureStore,
+    SessionStore,
+    TokenStore,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -236,7 +242,7 @@ async def running_service(
             tokens=AdminTokens(TokenStore(engine), bootstrap_token),
             audit=AuditLog(AuditStore(engine)),
             onboarding=Onboarding(devices, ClaimCodeStore(engine), registry),
-            claim_limiter=FailureLimiter(),
+            claim_limiter=FailureLimiter(ClaimFailureStore(engine)),
             dashboard_sessions=DashboardSessions(SessionStore(engine)),
             admin_token=bootstrap_token,
             engine=engine,

@@ -197,11 +197,20 @@ class DeviceStore:
             return await self._get(conn, device_id)
 
     async def set_password_hash(self, device_id: str, password_hash: str, now: datetime) -> bool:
+        """Give the device a new password and retire its unredeemed claim codes, in one
+        transaction: a claim code only ever gives a device its first credentials, so once it
+        has some (a rotation, a claim), a label still on the device claims nothing."""
+        claim_codes = schema.claim_codes
         async with transaction(self._engine) as conn:
             result = await conn.execute(
                 update(_d)
                 .where(_d.c.id == device_id)
                 .values(password_hash=password_hash, credentials_updated_at=now)
+            )
+            await conn.execute(
+                delete(claim_codes).where(
+                    claim_codes.c.device_id == device_id, claim_codes.c.claimed_at.is_(None)
+                )
             )
             return bool(result.rowcount)
 

@@ -196,3 +196,16 @@ ui_sessions = Table(
     Column("expires_at", UtcDateTime(), nullable=False),
     Index(None, "expires_at"),
 )
+
+
+claim_failures = Table(
+    "claim_failures",
+    metadata,
+    # One row per refused claim, kept for the rate limit's window: in the database, so every
+    # API process counts the same failures (security/claims.py FailureLimiter).
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column("address", String(64), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Index(None, "address", "at"),  # an address's failures in the window
+    Index(None, "at"),  # pruning by age
+)

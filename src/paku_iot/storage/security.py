@@ -1,4 +1,4 @@
-"""Queries on admin tokens, the audit log, claim codes and dashboard sessions."""
+"""Queries on admin tokens, the audit log, claim codes, refused claims and dashboard sessions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,6 +19,10 @@ _t = schema.admin_tokens
 _a = schema.audit_log
 _c = schema.claim_codes
 _s = schema.ui_sessions
+_d = schema.devices
+_f = schema.claim_failures
+
+ADDRESS_MAX_CHARS = 64
 
 
 class TokenStore:
@@ -104,15 +108,28 @@ class ClaimCodeStore:
 
     async def redeem(self, code_hash: str, now: datetime) -> str | None:
         """Mark the code used and return its device, in one statement: of two concurrent
-        claims exactly one gets the device. None for unknown, used or expired codes alike."""
+        claims exactly one gets the device. None for unknown, used or expired codes alike,
+        and for a code whose device has credentials already (given since by a rotation or
+        another code): a code gives a device its first credentials, never takes it over.
+        The device's other codes are retired with it."""
+        without_credentials = select(_d.c.id).where(_d.c.password_hash.is_(None))
         query = (
             update(_c)
-            .where(_c.c.code_hash == code_hash, _c.c.claimed_at.is_(None), _c.c.expires_at > now)
+            .where(
+                _c.c.code_hash == code_hash,
+                _c.c.claimed_at.is_(None),
+                _c.c.expires_at > now,
+                _c.c.device_id.in_(without_credentials.scalar_subquery()),
+            )
             .values(claimed_at=now)
             .returning(_c.c.device_id)
         )
         async with transaction(self._engine) as conn:
             device_id: str | None = (await conn.execute(query)).scalar_one_or_none()
+            if device_id is not None:
+                await conn.execute(
+                    delete(_c).where(_c.c.device_id == device_id, _c.c.claimed_at.is_(None))
+                )
         return device_id
 
 
@@ -139,3 +156,26 @@ class SessionStore:
     async def delete(self, id_hash: str) -> None:
         async with transaction(self._engine) as conn:
             await conn.execute(delete(_s).where(_s.c.id_hash == id_hash))
+
+
+class ClaimFailureStore:
+    """Refused claims per client address, for the rate limit every API process shares."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def since(self, address: str, since: datetime) -> tuple[int, datetime | None]:
+        """How many failures `address` had after `since`, and the oldest of them."""
+        query = select(func.count(), func.min(_f.c.at)).where(
+            _f.c.address == address[:ADDRESS_MAX_CHARS], _f.c.at > since
+        )
+        async with translated_errors(), self._engine.connect() as conn:
+            count, oldest = (await conn.execute(query)).one()
+        return int(count), oldest
+
+    async def add(self, address: str, at: datetime, *, forget_before: datetime) -> None:
+        """Record a failure, and forget those too old to count for anyone: the table holds
+        one window of failures, whatever the number of addresses they came from."""
+        async with transaction(self._engine) as conn:
+            await conn.execute(_f.delete().where(_f.c.at <= forget_before))
+            await conn.execute(_f.insert().values(address=address[:ADDRESS_MAX_CHARS], at=at))

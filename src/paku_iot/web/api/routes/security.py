@@ -15,6 +15,7 @@ from paku_iot.web.api.auth import Actor, require_admin
 from paku_iot.web.api.cursors import decode_int_cursor, encode_cursor
 from paku_iot.web.api.responses import ADMIN_ONLY, error
 from paku_iot.web.api.schemas import ApiModel, Credentials, RequestModel
+from paku_iot.web.client_address import request_client_address
 from paku_iot.web.deps import ServiceDep
 
 router = APIRouter(tags=["security"])
@@ -105,10 +106,6 @@ async def create_claim_codes(
     )
 
 
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def _mqtt_endpoint(service: Service) -> MqttEndpoint:
     endpoint = service.settings.device_mqtt_endpoint
     return MqttEndpoint(host=endpoint.host, port=endpoint.port, tls=endpoint.tls)
@@ -124,10 +121,11 @@ def _mqtt_endpoint(service: Service) -> MqttEndpoint:
 )
 async def claim(body: ClaimRequest, request: Request, service: ServiceDep) -> Any:
     """A device trades its claim code for its MQTT credentials, once. Every refusal is the
-    same 403, whatever the reason; failures are rate limited per client address."""
-    address = _client_address(request)
+    same 403, whatever the reason; failures are rate limited per client address (behind a
+    proxy in `PAKU_TRUSTED_PROXIES`, the address it forwards)."""
+    address = request_client_address(request, service.settings.trusted_proxies)
     try:
-        service.claim_limiter.check(address)
+        await service.claim_limiter.check(address)
     except TooManyClaims as exc:
         return JSONResponse(
             {"error": {"code": exc.code, "message": exc.message}},
@@ -137,7 +135,7 @@ async def claim(body: ClaimRequest, request: Request, service: ServiceDep) -> An
     try:
         result = await service.onboarding.claim(body.claim_code)
     except ClaimRefused:
-        service.claim_limiter.failed(address)
+        await service.claim_limiter.failed(address)
         raise
     await service.audit.record(f"claim:{address}", "device.claim", result.device.id)
     return ClaimResult(
