@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -66,13 +67,23 @@ def empty_pg_database() -> Iterator[str]:
     asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per session (per worker); each test copies the file."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "paku.db"
+    upgrade(f"sqlite:///{path}")
+    # Closed cleanly, all of it is in the one file: no -wal or -journal beside it.
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated database of each kind: the same tests run on SQLite and PostgreSQL."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'paku.db'}"
-        upgrade(url)
-        yield url
+        path = tmp_path / "paku.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     template = request.getfixturevalue("pg_template")
     name = f"paku_test_{secrets.token_hex(6)}"
