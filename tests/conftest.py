@@ -26,6 +26,41 @@ from tests.support.postgres import PG_ADMIN_DSN, pg_admin, pg_dsn
 from tests.support.processes import dev_environment, paku, read_until, stop
 
 PG_TEMPLATE = f"paku_template_{os.getpid()}"
+TESTS = Path(__file__).parent
+
+# ---- running in parallel ------------------------------------------------------------------
+# pytest-xdist runs the suite in worker processes (pyproject's addopts: `-n`, `--dist
+# loadgroup`). Every fixture is private to its test (free ports, tmp_path, its own database;
+# the PostgreSQL template is per worker, named by pid), so tests may run side by side, except
+# the groups below, each of which runs in one worker, one test after another:
+# - "docker": the compose stacks on the one Docker engine (tests/containers/);
+# - "soak": the long load and fault runs (`make soak`), each meant to have the machine;
+# - "faults": tests/faults/, which time recovery under load of their own and share one
+#   private PostgreSQL cluster per worker.
+SERIAL_GROUPS = ("docker", "soak", "faults")
+
+
+def serial_group(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("docker"):
+        return "docker"
+    if item.get_closest_marker("soak"):
+        return "soak"
+    if item.path.is_relative_to(TESTS / "faults"):
+        return "faults"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist registers it too; here so that `-p no:xdist` keeps --strict-markers happy.
+    config.addinivalue_line("markers", "xdist_group(name): run the group in one xdist worker")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = serial_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
