@@ -64,6 +64,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _in_its_group(request: pytest.FixtureRequest) -> None:
+    """In a worker of `--dist loadgroup`: pytest-xdist groups tests by a suffix it appends to
+    their node ids, which pytest 9.2 no longer takes (pytest-xdist#1386; pyproject pins pytest
+    below it). A test of a group that did not get its suffix is not run at all, rather than
+    run beside the others of its group unnoticed."""
+    group = serial_group(request.node)
+    if group is None or not getattr(request.config.option, "loadgroup", False):
+        return  # `loadgroup` is set in xdist workers only
+    if not request.node.nodeid.endswith(f"@{group}"):
+        pytest.fail(
+            f"pytest-xdist did not put this test in its group {group!r}: this pytest and "
+            "pytest-xdist do not work together for --dist loadgroup (pytest-xdist#1386)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests see only the settings they set: no PAKU_* from the shell, no developer .env or
     config.yml from the working tree."""
