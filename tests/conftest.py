@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +27,58 @@ from tests.support.processes import dev_environment, paku, read_until, stop
 from tests.support.served import Served, serve
 
 PG_TEMPLATE = f"paku_template_{os.getpid()}"
+TESTS = Path(__file__).parent
+
+# ---- running in parallel ------------------------------------------------------------------
+# pytest-xdist runs the suite in worker processes (pyproject's addopts: `-n`, `--dist
+# loadgroup`). Every fixture is private to its test (free ports, tmp_path, its own database;
+# the PostgreSQL template is per worker, named by pid), so tests may run side by side, except
+# the groups below, each of which runs in one worker, one test after another:
+# - "docker": the compose stacks on the one Docker engine (tests/containers/);
+# - "soak": the long load and fault runs (`make soak`), each meant to have the machine;
+# - "faults": tests/faults/, which time recovery under load of their own and share one
+#   private PostgreSQL cluster per worker.
+SERIAL_GROUPS = ("docker", "soak", "faults")
+
+
+def serial_group(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("docker"):
+        return "docker"
+    if item.get_closest_marker("soak"):
+        return "soak"
+    if item.path.is_relative_to(TESTS / "faults"):
+        return "faults"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist registers it too; here so that `-p no:xdist` keeps --strict-markers happy.
+    config.addinivalue_line("markers", "xdist_group(name): run the group in one xdist worker")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = serial_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(autouse=True)
+def _in_its_group(request: pytest.FixtureRequest) -> None:
+    """In a worker of `--dist loadgroup`: pytest-xdist groups tests by a suffix it appends to
+    their node ids, which pytest 9.2 no longer takes (pytest-xdist#1386; pyproject pins pytest
+    below it). A test of a group that did not get its suffix is not run at all, rather than
+    run beside the others of its group unnoticed."""
+    group = serial_group(request.node)
+    if group is None or not getattr(request.config.option, "loadgroup", False):
+        return  # `loadgroup` is set in xdist workers only
+    if not request.node.nodeid.endswith(f"@{group}"):
+        pytest.fail(
+            f"pytest-xdist did not put this test in its group {group!r}: this pytest and "
+            "pytest-xdist do not work together for --dist loadgroup (pytest-xdist#1386)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -67,13 +120,23 @@ def empty_pg_database() -> Iterator[str]:
     asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per session (per worker); each test copies the file."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "paku.db"
+    upgrade(f"sqlite:///{path}")
+    # Closed cleanly, all of it is in the one file: no -wal or -journal beside it.
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated database of each kind: the same tests run on SQLite and PostgreSQL."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'paku.db'}"
-        upgrade(url)
-        yield url
+        path = tmp_path / "paku.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     template = request.getfixturevalue("pg_template")
     name = f"paku_test_{secrets.token_hex(6)}"

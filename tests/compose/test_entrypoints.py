@@ -61,6 +61,24 @@ def wait_until_group_gone(pgid: int, timeout: float = 10) -> list[int]:
     return group_members(pgid)
 
 
+def wait_for_the_watcher(broker: EntrypointBroker, timeout: float = 15) -> None:
+    """Until the watcher is in its loop, which is when a `sleep` of its own runs in the
+    broker's process group (with sh and with busybox). It starts in the background as
+    mosquitto starts and compares the files with what it saw then: a change made before it
+    looked is no change to it, and a loaded machine can delay its first look past the moment
+    mosquitto listens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in group_members(broker.process.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                    return
+            except OSError:
+                continue  # gone meanwhile
+        time.sleep(0.05)
+    raise AssertionError(f"the watcher never started watching:\n{broker.output()}")
+
+
 SHELLS: dict[str, Callable[[Path], tuple[list[str], str | None]]] = {
     "sh": lambda _tmp: (["sh"], None),
     "busybox": lambda tmp: ([str(Path(busybox_path(tmp)) / "sh")], str(tmp / "busybox-bin")),
@@ -80,6 +98,7 @@ async def test_the_watcher_reloads_mosquitto_when_the_password_file_changes(
 
     # A device added to the password file by hand (not by paku-iot, which would signal the
     # broker itself on this machine): only the watcher can make the broker see it.
+    await asyncio.to_thread(wait_for_the_watcher, broker)
     with (broker.broker_dir / "passwd").open("a") as passwd:
         passwd.write(f"hand-1:{hash_password('typed-by-hand')}\n")
 
@@ -175,6 +194,7 @@ async def test_the_tls_listener_comes_from_the_snippet_and_renewals_reload(
 
     ca_copy = tmp_path / "first-ca.pem"
     shutil.copy(cert, ca_copy)
+    await asyncio.to_thread(wait_for_the_watcher, broker)
     _, _, second = self_signed(tmp_path / "certs", serial=2)
 
     async def renewed() -> None:
@@ -205,6 +225,7 @@ def test_certificates_that_appear_later_restart_the_broker_with_tls(
     )
     entrypoint_brokers.append(broker)
     assert "starting without the TLS listener" in broker.output()
+    wait_for_the_watcher(broker)
     self_signed(certs, serial=1)
     # The broker stops so that the restart policy starts it again, now with the listener.
     assert broker.process.wait(15) == 0, broker.output()

@@ -11,6 +11,7 @@ did commit is dropped by the (device_id, ts) key.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -41,7 +42,11 @@ async def kill_collector_mid_stream(
         await fleet.wait_for_subscriber()
         total = devices * per_device
         started = time.monotonic()
-        stream = asyncio.create_task(asyncio.to_thread(fleet.stream, per_device, rate))
+        # The devices publish at least `per_device` each, and on until the last restart.
+        restarted = threading.Event()
+        stream = asyncio.create_task(
+            asyncio.to_thread(fleet.stream, per_device, rate, until=restarted)
+        )
         for kill in range(1, kills + 1):
             # Mid-stream: a good part committed, more arriving.
             threshold = total * kill / (kills + 1)
@@ -51,6 +56,7 @@ async def kill_collector_mid_stream(
             collector.kill()
             await asyncio.sleep(down_s)  # devices keep publishing; the broker queues
             collector.start()
+        restarted.set()
         await stream
         published_s = time.monotonic() - started
         await fleet.wait_answered(timeout=120)

@@ -105,7 +105,9 @@ async def outage_mid_stream(
         await fleet.connect()
         await fleet.wait_for_subscriber()
         total = devices * per_device
-        stream = asyncio.create_task(asyncio.to_thread(fleet.stream, per_device, rate))
+        # The devices publish at least `per_device` each, and on until the outage is over.
+        over = threading.Event()
+        stream = asyncio.create_task(asyncio.to_thread(fleet.stream, per_device, rate, until=over))
         while await deployment.stored_count() < total / 4:
             assert not stream.done(), "the stream ended before the outage"
             await asyncio.sleep(0.05)
@@ -133,6 +135,7 @@ async def outage_mid_stream(
         ended = time.monotonic()
         if kill_during:
             serve.start()
+        over.set()
         await stream
         await fleet.wait_answered(timeout=120)
         acked = fleet.acked()

@@ -81,6 +81,8 @@ async def test_publish_stores_signs_and_lists_a_release(api: httpx.AsyncClient) 
         ("latest", IMAGE, "invalid_version"),
         ("1.0.0", b"", "firmware_empty"),
     ],
+    # Named: an id made of the random image differs in each pytest-xdist worker.
+    ids=["version-1.0", "version-latest", "empty-image"],
 )
 async def test_bad_releases_are_refused(
     api: httpx.AsyncClient, version: str, image: bytes, code: str

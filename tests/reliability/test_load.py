@@ -150,7 +150,13 @@ async def run_load(served: Served, database_url: str, clients: int, seconds: flo
     tally = Tally()
     progress: list[tuple[float, int]] = []
     try:
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        # uvicorn closes a connection idle for 5 s (timeout_keep_alive), and httpx keeps one
+        # for 5 s too: on a loaded machine the client then reuses a connection the server is
+        # closing at that moment (ReadError, "Server disconnected without sending a
+        # response"). A client has to forget idle connections well before the server does.
+        limits = httpx.Limits(
+            max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=1
+        )
         async with httpx.AsyncClient(
             base_url=served.base_url, headers=headers, timeout=60, limits=limits
         ) as client:

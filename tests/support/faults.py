@@ -386,12 +386,20 @@ class Fleet:
             assert time.monotonic() < deadline, "the collector never subscribed"
             await asyncio.sleep(0.1)
 
-    def stream(self, per_device: int, rate: float) -> None:
+    def stream(self, per_device: int, rate: float, until: threading.Event | None = None) -> None:
         """Publish `per_device` messages from every device, round robin, at `rate` msgs/s
-        in total. Blocking: run it in a thread."""
+        in total. Blocking: run it in a thread.
+
+        With `until`, carry on at that rate until it is set (at most 10 x `per_device`): for
+        a test that acts once part of the stream is stored and needs devices still publishing
+        then, however slowly a loaded machine lets the backend keep up."""
         started = time.monotonic()
         count = 0
-        for _ in range(per_device):
+        rounds = 0
+        while rounds < per_device or (
+            until is not None and not until.is_set() and rounds < 10 * per_device
+        ):
+            rounds += 1
             n = self.rounds  # a later stream carries on with new timestamps
             for device in self.devices:
                 device.publish(self.base_ts + n, n)
