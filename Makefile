@@ -49,9 +49,10 @@ bench: $(STAMP) mosquitto
 	PAKU_BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python -m bench all
 
 # The long reliability runs: 30 s load, long fuzzing, fault injection, and the prod stack on
-# a small VM's budget (1 CPU, 1 GB) under 1,000 msgs/s for 5 minutes (pytest marker `soak`).
+# a small VM's budget (1 CPU, 1 GB) under 1,000 msgs/s for 5 minutes (pytest marker `soak`),
+# one at a time in this process (-n 0): each is meant to have the machine to itself.
 soak: $(STAMP) mosquitto compose-tools browser-tools docker-engine
-	$(BIN)/pytest -m soak
+	$(BIN)/pytest -m soak -n 0
 
 # Everything about the containers: the compose files checked without an engine, both stacks
 # run on a real Docker engine (dev, prod, crashes), and the small-VM run (5 minutes).
