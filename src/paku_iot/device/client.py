@@ -308,6 +308,12 @@ class ReferenceDevice:
         return f"{self.host}:{self.port}"
 
     @property
+    def staying_online(self) -> bool:
+        """From connect() to disconnect() or drop(): the device means to be online, and a
+        lost link is being retried. False while it restarts into a new image."""
+        return self._stay_online
+
+    @property
     def connected(self) -> bool:
         """Connected, subscribed, and the online state acknowledged by the broker."""
         return self._ready.is_set() and self._link_up()

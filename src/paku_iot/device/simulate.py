@@ -166,8 +166,12 @@ async def _run_device(
             if n % 100 == 99:
                 await device.send_event("heartbeat", {"n": n})
                 stats.events_sent += 1
-        except Exception as exc:  # a broker hiccup: count it, keep the device going
-            stats.errors += 1
+        except Exception as exc:
+            # A send cut short because the device went offline on purpose (restarting into a
+            # new image after an OTA update) is not an error; anything else (a broker hiccup)
+            # is counted, and the device goes on.
+            if device.staying_online:
+                stats.errors += 1
             log.debug("%s: %s", device.device_id, exc)
         n += 1
         delay = interval_s - (time.monotonic() - started)
