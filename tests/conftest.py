@@ -38,7 +38,6 @@ TESTS = Path(__file__).parent
 # - "soak": the long load and fault runs (`make soak`), each meant to have the machine;
 # - "faults": tests/faults/, which time recovery under load of their own and share one
 #   private PostgreSQL cluster per worker.
-SERIAL_GROUPS = ("docker", "soak", "faults")
 
 
 def serial_group(item: pytest.Item) -> str | None:
