@@ -5,10 +5,12 @@ did exactly that on a busy machine."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from paku_iot.broker.reload import reload_broker
@@ -30,37 +32,37 @@ print("reloaded" if reloads else "never reloaded", flush=True)
 """
 
 
-def test_a_broker_still_starting_is_reloaded_once_it_handles_sighup(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def late_handler(handler_after_s: float, pid_file: Path) -> Iterator[subprocess.Popen[str]]:
+    """The stand-in broker, started and named in `pid_file`; killed at the end."""
     process = subprocess.Popen(
-        [sys.executable, "-c", LATE_HANDLER, "0.5"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", LATE_HANDLER, str(handler_after_s)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "started"
-        pid_file = tmp_path / "mosquitto.pid"
         pid_file.write_text(f"{process.pid}\n")
+        yield process
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+
+
+def test_a_broker_still_starting_is_reloaded_once_it_handles_sighup(tmp_path: Path) -> None:
+    pid_file = tmp_path / "mosquitto.pid"
+    with late_handler(0.5, pid_file) as process:
         started = time.monotonic()
         assert reload_broker(pid_file)
         assert time.monotonic() - started >= 0.3  # it waited for the handler
         out, _ = process.communicate(timeout=15)
         assert process.returncode == 0, f"killed by signal {-process.returncode}"
         assert out.split() == ["handling", "reloaded"]
-    finally:
-        process.kill()
-        process.communicate()
 
 
 def test_a_broker_that_never_handles_sighup_is_not_killed(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-c", LATE_HANDLER, "30"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "started"
-        pid_file = tmp_path / "mosquitto.pid"
-        pid_file.write_text(f"{process.pid}\n")
+    pid_file = tmp_path / "mosquitto.pid"
+    with late_handler(30, pid_file) as process:
         assert not reload_broker(pid_file, wait_s=0.5)
         assert process.poll() is None, "the reload killed it"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
