@@ -83,6 +83,7 @@ class Stack:
     db: str
     url: str
     mqtt_port: int
+    backend_port: int
     broker: subprocess.Popen[bytes]
     settings: Settings
 
@@ -92,6 +93,7 @@ class Stack:
             **os.environ,
             "PAKU_DATABASE_URL": self.url,
             "PAKU_MQTT_PORT": str(self.mqtt_port),
+            "PAKU_MQTT_BACKEND_PORT": str(self.backend_port),
             "PAKU_ADMIN_TOKEN": "bench-token-" + "x" * 24,
             "PAKU_DATA_DIR": str(self.work / "data"),
             "PAKU_BROKER_DIR": str(self.settings.broker_dir),
@@ -113,10 +115,10 @@ async def stack(db: str, work: Path) -> AsyncIterator[Stack]:
     else:
         url = f"sqlite:///{work / 'bench.db'}"
     await asyncio.to_thread(upgrade, url)
-    port = free_port()
+    port, backend_port = free_port(), free_port()
     paths = prepare_broker_dir(
         work / "broker",
-        BrokerOptions("127.0.0.1", port, BACKEND_MQTT_USERNAME, 65536, 2_000_000),
+        BrokerOptions("127.0.0.1", port, backend_port, BACKEND_MQTT_USERNAME, 65536, 2_000_000),
     )
     broker = subprocess.Popen(
         [find_mosquitto(None), "-c", str(paths.config)],
@@ -128,6 +130,7 @@ async def stack(db: str, work: Path) -> AsyncIterator[Stack]:
         data_dir=work / "data",
         database_url=url,
         mqtt_port=port,
+        mqtt_backend_port=backend_port,
         broker_dir=paths.root,
         admin_token="bench-token-" + "x" * 24,
         instance_id=f"bench-{secrets.token_hex(3)}",
@@ -135,7 +138,7 @@ async def stack(db: str, work: Path) -> AsyncIterator[Stack]:
         log_level="WARNING",
     )
     try:
-        yield Stack(work, db, url, port, broker, settings)
+        yield Stack(work, db, url, port, backend_port, broker, settings)
     finally:
         broker.terminate()
         broker.wait()

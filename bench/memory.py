@@ -50,6 +50,7 @@ async def run(devices: int, rate: float, seconds: int, work: Path) -> None:
         **os.environ,
         "PAKU_DATABASE_URL": url,
         "PAKU_MQTT_PORT": str(mqtt_port),
+        "PAKU_MQTT_BACKEND_PORT": str(free_port()),
         "PAKU_HTTP_PORT": str(http_port),
         "PAKU_ADMIN_TOKEN": TOKEN,
         "PAKU_DATA_DIR": str(work / "data"),

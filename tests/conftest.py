@@ -159,6 +159,7 @@ def settings(tmp_path: Path, database_url: str, broker: Broker) -> Settings:
         database_url=database_url,
         mqtt_host=broker.host,
         mqtt_port=broker.port,
+        mqtt_backend_port=broker.backend_port,
         broker_dir=broker.paths.root,
         admin_token=ADMIN_TOKEN,
         instance_id=f"test-{secrets.token_hex(4)}",

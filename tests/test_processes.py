@@ -42,7 +42,7 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def external_broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+def external_broker(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     """A Mosquitto paku-iot did not start: configured by `broker-config`, run by hand."""
     try:
         binary = find_mosquitto(None)
@@ -50,12 +50,13 @@ def external_broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         require(False, str(exc))
         raise
     port = free_port()
+    ports = {"PAKU_MQTT_PORT": str(port), "PAKU_MQTT_BACKEND_PORT": str(free_port())}
     broker_dir = tmp_path / "broker"
     result = run_paku(
         "broker-config",
         "--out",
         str(broker_dir),
-        env={"PAKU_MQTT_PORT": str(port)},
+        env=ports,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -67,20 +68,20 @@ def external_broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         stderr=subprocess.DEVNULL,
     )
     assert wait_for_port_sync(port)
-    yield broker_dir, port
+    yield broker_dir, ports
     broker.terminate()
     broker.wait(10)
 
 
 async def test_serve_on_postgresql_with_an_external_broker(
-    tmp_path: Path, external_broker: tuple[Path, int], empty_pg_database: str
+    tmp_path: Path, external_broker: tuple[Path, dict[str, str]], empty_pg_database: str
 ) -> None:
-    broker_dir, mqtt_port = external_broker
+    broker_dir, ports = external_broker
     http_port = free_port()
     env = {
         "PAKU_DATABASE_URL": empty_pg_database,
         "PAKU_BROKER_DIR": str(broker_dir),
-        "PAKU_MQTT_PORT": str(mqtt_port),
+        **ports,
         "PAKU_HTTP_PORT": str(http_port),
         "PAKU_ADMIN_TOKEN": TOKEN,
         "PAKU_DATA_DIR": str(tmp_path / "data"),
@@ -107,7 +108,7 @@ async def test_serve_on_postgresql_with_an_external_broker(
                 assert response.status_code == 200, response.text
 
         await eventually(healthy, timeout=30)
-        await device_round_trip(base_url, mqtt_port, "ext-1", TOKEN)
+        await device_round_trip(base_url, int(ports["PAKU_MQTT_PORT"]), "ext-1", TOKEN)
     finally:
         code, stderr = stop(server, signal.SIGTERM)
     assert code == 0, stderr

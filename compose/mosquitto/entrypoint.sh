@@ -7,7 +7,7 @@
 #    listener snippet tls.conf (next to this script).
 # 2. Starts a watcher in the background, then execs mosquitto (which keeps this PID: PID 1 in
 #    the container, so `docker stop` reaches it directly).
-# 3. The watcher compares the password file, the ACL file and the TLS sources every
+# 3. The watcher compares the password files, the ACL files and the TLS sources every
 #    MOSQUITTO_WATCH_INTERVAL seconds, by content (md5sum: a rewrite within the same second
 #    is still seen), and SIGHUPs mosquitto when they change. paku-iot rewrites the password
 #    file when devices are provisioned, rotated or deleted, but from its own container it
@@ -107,7 +107,8 @@ chmod 0755 "$run_dir"
   if [ "$tls_active" = true ]; then
     echo
     echo "# TLS listener, from $tls_conf"
-    sed -e "s|@TLS_PORT@|$tls_port|g" -e "s|@TLS_DIR@|$tls_dir|g" "$tls_conf"
+    sed -e "s|@TLS_PORT@|$tls_port|g" -e "s|@TLS_DIR@|$tls_dir|g" \
+      -e "s|@BROKER_DIR@|$broker_dir|g" "$tls_conf"
   fi
 } >"$effective.tmp"
 chmod 0644 "$effective.tmp"
@@ -137,14 +138,16 @@ hup_handled() {
 watch() {
   set +e # a file that vanishes between two looks must not end the watcher
   broker_pid=$1
-  auth_seen=$(fingerprint "$broker_dir/passwd" "$broker_dir/acl")
+  auth_seen=$(fingerprint "$broker_dir/passwd" "$broker_dir/acl" "$broker_dir/backend-passwd" \
+    "$broker_dir/backend-acl")
   tls_seen=""
   if [ -n "$tls_cert" ]; then
     tls_seen=$(fingerprint "$tls_cert" "$tls_key")
   fi
   while sleep "$interval"; do
     kill -0 "$broker_pid" 2>/dev/null || exit 0
-    auth_now=$(fingerprint "$broker_dir/passwd" "$broker_dir/acl")
+    auth_now=$(fingerprint "$broker_dir/passwd" "$broker_dir/acl" "$broker_dir/backend-passwd" \
+    "$broker_dir/backend-acl")
     tls_now=""
     if [ -n "$tls_cert" ]; then
       tls_now=$(fingerprint "$tls_cert" "$tls_key")

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Healthcheck of the mosquitto service: healthy when the broker accepts the backend's own
-# credentials and acknowledges a subscription on its plain listener. It takes the port from
-# the generated config and the password from the file broker-config wrote, so it needs no
-# settings of its own. (The eclipse-mosquitto image ships mosquitto_sub.)
+# credentials and acknowledges a subscription on the backend's listener (the first one in the
+# generated config). It takes the port from the generated config and the password from the
+# file broker-config wrote, so it needs no settings of its own. (The eclipse-mosquitto image ships mosquitto_sub.)
 #
 # Environment (optional): PAKU_BROKER_DIR (default /paku/broker), PAKU_MQTT_USERNAME
 # (default paku.backend).

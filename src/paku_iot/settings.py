@@ -87,8 +87,12 @@ class Settings(BaseSettings):
     # generators need it, and it says nothing an unauthenticated caller could not try.
     api_docs: bool = True
 
+    # Where the backend reaches the broker (mqtt_host), the devices' plain listener
+    # (mqtt_port) and the backend's own listener (mqtt_backend_port: the backend's account
+    # works there only, and compose never publishes it).
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
+    mqtt_backend_port: int = Field(default=1884, ge=0, le=65535)
     mqtt_username: str = BACKEND_MQTT_USERNAME
     mqtt_password: str | None = None
     # MQTT over TLS: when a certificate and key are set, the generated broker config gets a

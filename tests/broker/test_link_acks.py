@@ -44,7 +44,7 @@ async def test_only_the_delivering_connection_acknowledges(
     link = BrokerLink(
         LinkOptions(
             host=broker.host,
-            port=broker.port,
+            port=broker.backend_port,
             username=BACKEND_MQTT_USERNAME,
             password=broker.backend_password,
             client_id=f"ack-test-{secrets.token_hex(4)}",

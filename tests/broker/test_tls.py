@@ -24,9 +24,8 @@ from paku_iot.broker.passwords import hash_password, new_password
 from paku_iot.broker.reload import reload_broker
 from paku_iot.broker.setup import prepare_broker_dir
 from paku_iot.exceptions import SettingsError
-from paku_iot.settings import BACKEND_MQTT_USERNAME
 from tests.support import free_port, require, wait_for_port_sync
-from tests.support.broker import Broker, mosquitto_binary
+from tests.support.broker import Broker, broker_options, prepared_broker
 from tests.support.mqtt import ACCEPTED, ConnectRefused, DeviceClient
 from tests.support.processes import run_paku
 
@@ -100,13 +99,8 @@ class TlsBroker:
         return DeviceClient(host, self.tls_port, device_id, password, tls=True, **kwargs)
 
 
-def tls_options(port: int, tls_port: int, certs: CertFiles) -> BrokerOptions:
-    return BrokerOptions(
-        listen_host="127.0.0.1",
-        listen_port=port,
-        backend_username=BACKEND_MQTT_USERNAME,
-        max_payload_bytes=65_536,
-        max_queued_messages=100_000,
+def tls_options(tls_port: int, certs: CertFiles) -> BrokerOptions:
+    return broker_options(
         tls_port=tls_port,
         tls_cert_file=certs.server_cert,
         tls_key_file=certs.server_key,
@@ -115,12 +109,10 @@ def tls_options(port: int, tls_port: int, certs: CertFiles) -> BrokerOptions:
 
 
 def start_tls_broker(root: Path, certs: CertFiles) -> TlsBroker:
-    mosquitto_binary()
-    port, tls_port = free_port(), free_port()
-    paths = prepare_broker_dir(root, tls_options(port, tls_port, certs))
-    broker = Broker("127.0.0.1", port, paths, paths.backend_password.read_text().strip())
+    tls_port = free_port()
+    broker = prepared_broker(root, tls_options(tls_port, certs))
     broker.start()
-    assert wait_for_port_sync(tls_port), f"no TLS listener; see {paths.log_file}"
+    assert wait_for_port_sync(tls_port), f"no TLS listener; see {broker.paths.log_file}"
     return TlsBroker(broker, tls_port, certs)
 
 
@@ -247,23 +239,42 @@ def test_gen_certs_script_defaults_to_var_certs_and_is_shellcheck_clean(tmp_path
 # --- broker config ----------------------------------------------------------------------
 
 
-def test_the_tls_listener_is_rendered_after_the_global_settings(tmp_path: Path) -> None:
+def test_each_listener_has_its_own_accounts_and_devices_cannot_pick_a_client_id(
+    tmp_path: Path,
+) -> None:
     certs = ensure_dev_certs(tmp_path / "certs")
     paths = BrokerPaths(tmp_path / "broker")
-    config = render_config(paths, tls_options(1884, 8884, certs)).splitlines()
+    options = replace(tls_options(8884, certs), listen_port=1884, backend_port=1885)
+    config = render_config(paths, options).splitlines()
+    backend = config.index("listener 1885 127.0.0.1")
     plain = config.index("listener 1884 127.0.0.1")
     tls = config.index("listener 8884 127.0.0.1")
-    # Authentication is global (not per listener), so both listeners share passwd and ACL.
-    assert config.index("per_listener_settings false") < plain
-    assert plain < config.index(f"password_file {paths.password_file}") < tls
-    assert plain < config.index(f"acl_file {paths.acl}") < tls
-    assert config[tls + 1 :] == [
+    assert config.index("per_listener_settings true") < backend < plain < tls
+
+    def block(start: int, end: int | None = None) -> list[str]:
+        return config[start + 1 : end]
+
+    assert block(backend, plain)[:3] == [
+        "allow_anonymous false",
+        f"password_file {paths.backend_password_file}",
+        f"acl_file {paths.backend_acl}",
+    ]
+    assert "use_username_as_clientid true" not in block(backend, plain)
+    device_auth = [
+        "allow_anonymous false",
+        f"password_file {paths.password_file}",
+        f"acl_file {paths.acl}",
+        "use_username_as_clientid true",
+    ]
+    assert block(plain, tls)[:4] == device_auth
+    assert block(tls) == [
+        *device_auth,
         f"certfile {paths.tls_cert}",
         f"keyfile {paths.tls_key}",
         f"cafile {paths.tls_ca}",
         "tls_version tlsv1.2",
     ]
-    without = replace(tls_options(1884, 8884, certs), tls_cert_file=None, tls_key_file=None)
+    without = replace(options, tls_cert_file=None, tls_key_file=None)
     assert "certfile" not in render_config(paths, without)
 
 
@@ -271,7 +282,7 @@ def test_tls_settings_are_checked_and_copies_follow_them(tmp_path: Path) -> None
     certs = ensure_dev_certs(tmp_path / "certs")
     other = ensure_dev_certs(tmp_path / "other")
     root = tmp_path / "broker"
-    base = tls_options(1884, 8884, certs)
+    base = replace(tls_options(8884, certs), listen_port=1884, backend_port=1885)
 
     def options(**changes: Any) -> BrokerOptions:
         return replace(base, **changes)
@@ -280,6 +291,10 @@ def test_tls_settings_are_checked_and_copies_follow_them(tmp_path: Path) -> None
         prepare_broker_dir(root, options(tls_key_file=None))
     with pytest.raises(SettingsError, match="PAKU_MQTT_TLS_PORT"):
         prepare_broker_dir(root, options(tls_port=1884))
+    with pytest.raises(SettingsError, match="PAKU_MQTT_TLS_PORT"):
+        prepare_broker_dir(root, options(tls_port=1885))
+    with pytest.raises(SettingsError, match="PAKU_MQTT_BACKEND_PORT"):
+        prepare_broker_dir(root, options(backend_port=1884))
     with pytest.raises(SettingsError, match="is not the key of the certificate"):
         prepare_broker_dir(root, options(tls_key_file=other.server_key))
     with pytest.raises(SettingsError, match=r"PAKU_MQTT_TLS_CERT_FILE=.*cannot read"):

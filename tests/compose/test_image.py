@@ -94,6 +94,7 @@ async def test_the_image_command_and_the_start_steps_run_as_plain_processes(
         "PAKU_DATABASE_URL": empty_pg_database,
         "PAKU_MQTT_HOST": "127.0.0.1",
         "PAKU_MQTT_PORT": str(broker.port),
+        "PAKU_MQTT_BACKEND_PORT": str(broker.backend_port),
         "PAKU_HTTP_HOST": "127.0.0.1",
         "PAKU_HTTP_PORT": str(http_port),
     }

@@ -22,13 +22,10 @@ import httpx
 import pytest
 
 from paku_iot.broker.certs import CertFiles, _issue_server_cert, _load_ca, ensure_dev_certs
-from paku_iot.broker.files import BrokerOptions
-from paku_iot.broker.setup import prepare_broker_dir
 from paku_iot.device import DeviceConnectError, DeviceTlsError, ReferenceDevice, client_context
 from paku_iot.exceptions import InvalidInput
-from paku_iot.settings import BACKEND_MQTT_USERNAME
 from tests.support import eventually, free_port, wait_for_port_sync
-from tests.support.broker import Broker, mosquitto_binary
+from tests.support.broker import Broker, broker_options, prepared_broker
 from tests.support.processes import read_until, stop
 
 SERVER_NAME = "localhost"  # the only name on the broker's certificate
@@ -68,17 +65,11 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[TlsBroker]:
     """Replaces conftest's `broker` (so `service` and `api` run on this one)."""
-    mosquitto_binary()
     certs = localhost_only_certs(tmp_path / "certs")
-    port, tls_port = free_port(), free_port()
-    paths = prepare_broker_dir(
+    tls_port = free_port()
+    plain = prepared_broker(
         tmp_path / "broker",
-        BrokerOptions(
-            listen_host="127.0.0.1",
-            listen_port=port,
-            backend_username=BACKEND_MQTT_USERNAME,
-            max_payload_bytes=65_536,
-            max_queued_messages=100_000,
+        broker_options(
             tls_port=tls_port,
             tls_cert_file=certs.server_cert,
             tls_key_file=certs.server_key,
@@ -86,10 +77,11 @@ def broker(tmp_path: Path) -> Iterator[TlsBroker]:
         ),
     )
     started = TlsBroker(
-        "127.0.0.1",
-        port,
-        paths,
-        paths.backend_password.read_text().strip(),
+        plain.host,
+        plain.port,
+        plain.backend_port,
+        plain.paths,
+        plain.backend_password,
         tls_port=tls_port,
         ca_file=certs.ca_cert,
     )

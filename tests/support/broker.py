@@ -7,6 +7,7 @@ import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from paku_iot.broker.files import BrokerOptions, BrokerPaths
 from paku_iot.broker.process import find_mosquitto
@@ -20,7 +21,8 @@ from tests.support.mqtt import DeviceClient
 @dataclass
 class Broker:
     host: str
-    port: int
+    port: int  # the devices' plain listener
+    backend_port: int  # the backend's own listener
     paths: BrokerPaths
     backend_password: str
     process: subprocess.Popen[bytes] | None = None
@@ -31,7 +33,7 @@ class Broker:
     def backend(self) -> DeviceClient:
         return DeviceClient(
             self.host,
-            self.port,
+            self.backend_port,
             BACKEND_MQTT_USERNAME,
             self.backend_password,
             client_id=f"test-backend-{secrets.token_hex(4)}",
@@ -60,19 +62,34 @@ def mosquitto_binary() -> str:
         raise
 
 
-def start_broker(root: Path) -> Broker:
-    mosquitto_binary()
-    port = free_port()
-    paths = prepare_broker_dir(
-        root,
-        BrokerOptions(
-            listen_host="127.0.0.1",
-            listen_port=port,
-            backend_username=BACKEND_MQTT_USERNAME,
-            max_payload_bytes=65_536,
-            max_queued_messages=100_000,
-        ),
+def broker_options(**tls: Any) -> BrokerOptions:
+    """The tests' broker: loopback, free ports, the project's limits; `tls` adds the TLS
+    listener's BrokerOptions fields."""
+    return BrokerOptions(
+        listen_host="127.0.0.1",
+        listen_port=free_port(),
+        backend_port=free_port(),
+        backend_username=BACKEND_MQTT_USERNAME,
+        max_payload_bytes=65_536,
+        max_queued_messages=100_000,
+        **tls,
     )
-    broker = Broker("127.0.0.1", port, paths, paths.backend_password.read_text().strip())
+
+
+def prepared_broker(root: Path, options: BrokerOptions) -> Broker:
+    """A broker directory written by `prepare_broker_dir`, not started yet."""
+    mosquitto_binary()
+    paths = prepare_broker_dir(root, options)
+    return Broker(
+        options.listen_host,
+        options.listen_port,
+        options.backend_port,
+        paths,
+        paths.backend_password.read_text().strip(),
+    )
+
+
+def start_broker(root: Path) -> Broker:
+    broker = prepared_broker(root, broker_options())
     broker.start()
     return broker

@@ -75,7 +75,8 @@ def broker_config(out: Path, port: int, tmp_path: Path, compose: str = "dev") ->
         for arg in command
     ]
     args = [str(out) if arg == BROKER_MOUNT else arg for arg in args]
-    result = run_command(args, {"PAKU_MQTT_PORT": str(port)}, tmp_path)
+    ports = {"PAKU_MQTT_PORT": str(port), "PAKU_MQTT_BACKEND_PORT": str(free_port())}
+    result = run_command(args, ports, tmp_path)
     assert result.returncode == 0, result.stderr
 
 

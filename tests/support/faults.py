@@ -171,6 +171,7 @@ class Deployment:
             "PAKU_BROKER_DIR": str(self.broker.paths.root),
             "PAKU_MQTT_HOST": self.broker.host,
             "PAKU_MQTT_PORT": str(self.broker.port),
+            "PAKU_MQTT_BACKEND_PORT": str(self.broker.backend_port),
             "PAKU_HTTP_PORT": str(self.http_port),
             "PAKU_ADMIN_TOKEN": ADMIN_TOKEN,
             "PAKU_INSTANCE_ID": self.instance_id,

@@ -113,5 +113,6 @@ def dev_environment(tmp_path: Path) -> tuple[dict[str, str], int, int]:
         "PAKU_DATA_DIR": str(tmp_path / "var"),
         "PAKU_HTTP_PORT": str(http_port),
         "PAKU_MQTT_PORT": str(mqtt_port),
+        "PAKU_MQTT_BACKEND_PORT": str(free_port()),
     }
     return env, http_port, mqtt_port

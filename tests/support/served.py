@@ -62,6 +62,7 @@ def serve(workdir: Path, database_url: str, broker: Broker) -> Iterator[Served]:
         "PAKU_BROKER_DIR": str(broker.paths.root),
         "PAKU_MQTT_HOST": broker.host,
         "PAKU_MQTT_PORT": str(broker.port),
+        "PAKU_MQTT_BACKEND_PORT": str(broker.backend_port),
         "PAKU_HTTP_HOST": "127.0.0.1",
         "PAKU_HTTP_PORT": str(port),
         "PAKU_ADMIN_TOKEN": ADMIN_TOKEN,

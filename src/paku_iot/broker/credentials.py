@@ -30,12 +30,10 @@ class PasswordFileSync:
         password_file: Path,
         pid_file: Path,
         device_credentials: CredentialSource,
-        backend_entry: tuple[str, str],
     ) -> None:
         self._password_file = password_file
         self._pid_file = pid_file
         self._device_credentials = device_credentials
-        self._backend_entry = backend_entry
         self._lock = asyncio.Lock()
         self._pending: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,10 +51,12 @@ class PasswordFileSync:
             if self._pending is done:
                 self._pending = None  # later callers need a rewrite that sees their change
             try:
-                entries = [self._backend_entry, *await self._device_credentials()]
+                # Devices only: the backend's account lives in a file of its own, for a
+                # listener devices cannot reach.
+                entries = await self._device_credentials()
                 await asyncio.to_thread(write_password_file, self._password_file, entries)
                 reload_broker(self._pid_file)
-                log.debug("password file rewritten with %d devices", len(entries) - 1)
+                log.debug("password file rewritten with %d devices", len(entries))
             except Exception as exc:
                 log.exception("could not update the broker's password file")
                 done.set_exception(exc)

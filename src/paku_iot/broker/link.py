@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,7 +23,8 @@ DeliveryHandler = Callable[[str, bytes, bool, int | None], None]
 """(topic, payload, retained, PUBACK token or None for QoS 0). The handler keeps the token
 and passes it to `BrokerLink.send_pubacks` once the message is safely stored."""
 
-SHARED_GROUP = "paku-collector"
+# The group collectors shared before it became secret: a public name any device could join.
+LEGACY_SHARED_GROUP = "paku-collector"
 # A day: the broker keeps the collector's queue through any outage shorter than this.
 COLLECTOR_SESSION_EXPIRY_S = 24 * 3600
 # Matches the broker's max_inflight_messages: how many unacked messages may be in our hands.
@@ -38,8 +41,23 @@ class LinkOptions:
     client_id: str
     persistent_session: bool
     subscriptions: tuple[UplinkFilter, ...] = ()
+    # The collectors' group (`shared_group_name`), and whether this link subscribes through
+    # it (replicas) or plainly (one collector). The name is needed either way: a persistent
+    # session remembers the other form from before a change, and it must be unsubscribed.
     shared_group: str | None = None
+    share_subscriptions: bool = False
     keepalive_s: int = 30
+
+
+def shared_group_name(backend_password: str) -> str:
+    """The collectors' shared subscription group, derived from the backend's broker password:
+    every replica names the same group, and no device can. Mosquitto's ACL does not check
+    subscriptions, so a device that knew the name could join the group and take (and drop)
+    a share of every device's uplink, already acknowledged by the broker."""
+    digest = hmac.new(
+        backend_password.encode(), b"paku-iot collector shared group", hashlib.sha256
+    ).hexdigest()
+    return f"paku-collector-{digest[:32]}"
 
 
 class BrokerLink:
@@ -78,6 +96,14 @@ class BrokerLink:
         # on a newer one, where the same id may name a message not yet stored.
         self._generation = 0
         self.last_error: str | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self._options.client_id
+
+    @property
+    def shared_group(self) -> str | None:
+        return self._options.shared_group
 
     @property
     def connected(self) -> bool:
@@ -146,12 +172,18 @@ class BrokerLink:
             client.subscribe([self._subscription(f) for f in self._options.subscriptions])
             # A persistent session remembers the other form from before a change of
             # `collector_shared_subscription`; keeping both would deliver everything twice.
-            client.unsubscribe([self._other_form(f) for f in self._options.subscriptions])
+            client.unsubscribe(
+                [other for f in self._options.subscriptions for other in self._other_forms(f)]
+            )
+
+    def _sharing_group(self) -> str | None:
+        return self._options.shared_group if self._options.share_subscriptions else None
 
     def _subscription(self, uplink: UplinkFilter) -> Subscription:
         topic = uplink.topic_filter
-        if self._options.shared_group:
-            topic = f"$share/{self._options.shared_group}/{topic}"
+        group = self._sharing_group()
+        if group:
+            topic = f"$share/{group}/{topic}"
         return Subscription(
             topic,
             qos=1,
@@ -159,10 +191,13 @@ class BrokerLink:
             retain_handling_options=0 if uplink.replay_retained else 2,
         )
 
-    def _other_form(self, uplink: UplinkFilter) -> str:
-        if self._options.shared_group:
-            return uplink.topic_filter
-        return f"$share/{SHARED_GROUP}/{uplink.topic_filter}"
+    def _other_forms(self, uplink: UplinkFilter) -> list[str]:
+        """The forms of this filter the session may hold from an earlier configuration."""
+        groups = {LEGACY_SHARED_GROUP, self._options.shared_group} - {None, self._sharing_group()}
+        others = [f"$share/{group}/{uplink.topic_filter}" for group in sorted(map(str, groups))]
+        if self._sharing_group():
+            others.append(uplink.topic_filter)
+        return others
 
     def _on_subscribe(self, _client: Client, _mid: int, granted: Any, _props: Any) -> None:
         if any(code >= 0x80 for code in granted):

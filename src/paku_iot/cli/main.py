@@ -105,6 +105,7 @@ def _broker_config(settings: Settings, args: argparse.Namespace) -> None:
     options = BrokerOptions(
         listen_host=listen_host,
         listen_port=settings.mqtt_port,
+        backend_port=settings.mqtt_backend_port,
         backend_username=settings.mqtt_username,
         max_payload_bytes=settings.max_payload_bytes,
         max_queued_messages=settings.broker_max_queued_messages,

@@ -138,6 +138,7 @@ def prepare_dev(settings: Settings, *, tls: bool = False) -> Settings:
         BrokerOptions(
             listen_host=settings.mqtt_host,
             listen_port=settings.mqtt_port,
+            backend_port=settings.mqtt_backend_port,
             backend_username=settings.mqtt_username,
             max_payload_bytes=settings.max_payload_bytes,
             max_queued_messages=settings.broker_max_queued_messages,
@@ -216,6 +217,7 @@ async def dev(
 ) -> None:
     ensure_port_free(settings.http_host, settings.http_port, "PAKU_HTTP_PORT")
     ensure_port_free(settings.mqtt_host, settings.mqtt_port, "PAKU_MQTT_PORT")
+    ensure_port_free(settings.mqtt_host, settings.mqtt_backend_port, "PAKU_MQTT_BACKEND_PORT")
     if _has_tls(settings):
         ensure_port_free(settings.mqtt_host, settings.mqtt_tls_port, "PAKU_MQTT_TLS_PORT")
     assert settings.broker_dir is not None

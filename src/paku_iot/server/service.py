@@ -19,8 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paku_iot.broker.credentials import PasswordFileSync
 from paku_iot.broker.files import BrokerPaths
-from paku_iot.broker.link import SHARED_GROUP, BrokerLink, LinkOptions
-from paku_iot.broker.passwords import hash_password
+from paku_iot.broker.link import BrokerLink, LinkOptions, shared_group_name
 from paku_iot.collector.intake import Intake
 from paku_iot.collector.stats import IngestStats
 from paku_iot.collector.writer import BatchWriter
@@ -198,7 +197,7 @@ async def running_service(
         password = backend_mqtt_password(settings)
         broker_sync = None
         if settings.broker_dir is not None and Role.API in roles:
-            broker_sync = _password_file_sync(settings, devices, password)
+            broker_sync = _password_file_sync(settings, devices)
             # Whatever changed while we were down, the broker sees the registry as it is now.
             await broker_sync.sync()
 
@@ -308,16 +307,13 @@ def _metrics_source(
     return source
 
 
-def _password_file_sync(
-    settings: Settings, devices: DeviceStore, password: str
-) -> PasswordFileSync:
+def _password_file_sync(settings: Settings, devices: DeviceStore) -> PasswordFileSync:
     assert settings.broker_dir is not None
     paths = BrokerPaths(settings.broker_dir)
     return PasswordFileSync(
         password_file=paths.password_file,
         pid_file=paths.pid_file,
         device_credentials=devices.credentials,
-        backend_entry=(settings.mqtt_username, hash_password(password)),
     )
 
 
@@ -350,6 +346,12 @@ def _collector_parts(
     return writer, intake
 
 
+def backend_client_id(role: str, session_name: str) -> str:
+    """The backend's client ids hold a dot, which no device id can: a device never names a
+    backend session, whichever listener it reaches."""
+    return f"paku.{role}.{session_name}"
+
+
 def _broker_link(settings: Settings, password: str, *, collecting: bool) -> BrokerLink:
     """The collector's link keeps a persistent session with the uplink subscriptions (shared
     between replicas when configured); an API-only process gets a plain one to publish
@@ -358,13 +360,14 @@ def _broker_link(settings: Settings, password: str, *, collecting: bool) -> Brok
     return BrokerLink(
         LinkOptions(
             host=settings.mqtt_host,
-            port=settings.mqtt_port,
+            port=settings.mqtt_backend_port,
             username=settings.mqtt_username,
             password=password,
-            client_id=f"paku-{client_role}-{settings.broker_session_name}",
+            client_id=backend_client_id(client_role, settings.broker_session_name),
             persistent_session=collecting,
             subscriptions=tuple(uplink_subscriptions()) if collecting else (),
-            shared_group=SHARED_GROUP if settings.collector_shared_subscription else None,
+            shared_group=shared_group_name(password) if collecting else None,
+            share_subscriptions=settings.collector_shared_subscription,
         )
     )
 
