@@ -4,9 +4,11 @@
 #
 #   docker build -t paku-iot .
 #
-# Stage 1 builds the wheel and installs it with its dependencies into a virtual environment;
-# stage 2 copies only that environment into a clean slim image. Both stages use the same base
-# image, so the environment's interpreter path (/usr/local/bin/python3.11) exists in both.
+# Stage 1 installs the runtime dependencies into a virtual environment from the lock
+# requirements/runtime.txt (exact versions; pip refuses any file whose hash the lock does not
+# list), then builds paku-iot's wheel and adds it without dependencies; stage 2 copies only
+# that environment into a clean slim image. Both stages use the same base image, so the
+# environment's interpreter path (/usr/local/bin/python3.11) exists in both.
 #
 # Debian bookworm is pinned (not whatever python:3.11-slim points at next) because the runtime
 # carries PostgreSQL 15's client tools for scripts/backup.sh and scripts/restore.sh, and they
@@ -18,12 +20,16 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+# The lock first, so that the dependency layer is rebuilt only when the lock changes.
+COPY requirements/runtime.txt ./requirements/runtime.txt
+RUN python -m venv /opt/paku \
+ && /opt/paku/bin/pip install --require-hashes --no-deps -r requirements/runtime.txt
 # Only what the wheel needs (.dockerignore keeps everything else out of the build context).
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip wheel --no-deps --wheel-dir /dist . \
- && python -m venv /opt/paku \
- && /opt/paku/bin/pip install /dist/*.whl
+ && /opt/paku/bin/pip install --no-deps /dist/*.whl \
+ && /opt/paku/bin/pip check
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The runtime dependencies, pinned with hashes (`make lock` writes it): the image and
+# `make install` install exactly these.
+LOCK := requirements/runtime.txt
 
-.PHONY: dev test lint typecheck secrets pytest install mosquitto compose-tools browser-tools docker-engine compose-test soak bench clean
+.PHONY: dev test lint typecheck secrets audit lock pytest install mosquitto compose-tools browser-tools docker-engine compose-test soak bench clean
 
 # Run paku-iot locally: Mosquitto child process, HTTP API and collector, SQLite in ./var.
 dev: $(STAMP) mosquitto
 	$(BIN)/paku-iot dev
 
-# Everything CI checks: lint, types, and the whole test suite against real services.
-test: lint typecheck secrets pytest
+# Everything CI checks: lint, types, secrets, known advisories, and the whole test suite
+# against real services.
+test: lint typecheck secrets audit pytest
 
 pytest: $(STAMP) mosquitto compose-tools browser-tools docker-engine
 	$(BIN)/pytest
@@ -27,15 +31,34 @@ typecheck: $(STAMP)
 secrets: $(STAMP)
 	$(BIN)/python scripts/scan_secrets.py
 
+# Known vulnerabilities in the locked runtime dependencies (pip-audit and PyPI's advisories,
+# plus requirements/advisories.toml): fails on any, and when PyPI cannot be asked.
+audit: $(STAMP)
+	$(BIN)/python scripts/audit_deps.py $(LOCK)
+
+# Rewrite the lock from pyproject.toml's runtime dependencies (Python 3.11+, any platform),
+# keeping the pins that still fit; `make lock UPGRADE=1` moves every pin to its newest release.
+# The runtime pins are resolved together with the dev extras (as constraints, not locked), so
+# that the versions the tests run are the ones the image ships.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		$(if $(UPGRADE),--upgrade) --quiet -o $(VENV)/dev-resolution.txt
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		-c $(VENV)/dev-resolution.txt --custom-compile-command 'make lock' \
+		$(if $(UPGRADE),--upgrade) --quiet -o $(LOCK)
+
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The runtime dependencies from the lock, hash-checked, then paku-iot and its dev extras
+# (which leave the locked packages as they are: tests/test_dependencies.py checks).
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "paku-iot needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 		echo "could not create a virtual environment: on Debian/Ubuntu run" \
 		     "'sudo apt-get install python3-venv' and try again"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -45,7 +68,8 @@ $(STAMP): pyproject.toml
 # memory figures count what production loads.
 bench: $(STAMP) mosquitto
 	@test -x .venv-runtime/bin/python || $(PYTHON) -m venv .venv-runtime
-	.venv-runtime/bin/python -m pip install --quiet .
+	.venv-runtime/bin/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	.venv-runtime/bin/python -m pip install --quiet --no-deps .
 	PAKU_BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python -m bench all
 
 # The long reliability runs: 30 s load, long fuzzing, fault injection, and the prod stack on

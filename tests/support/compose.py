@@ -57,6 +57,7 @@ class Dockerfile:
     healthcheck: list[str] = field(default_factory=list)  # the exec form after CMD
     cmd: list[str] = field(default_factory=list)
     copies: list[tuple[list[str], bool]] = field(default_factory=list)  # sources, --from?
+    runs: list[tuple[int, str]] = field(default_factory=list)  # stage index, shell command
 
 
 def _instructions(text: str) -> Iterator[tuple[str, str]]:
@@ -96,6 +97,8 @@ def parse_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:
             parsed.healthcheck = json.loads(rest.split(" CMD ", 1)[1])
         elif keyword == "CMD":
             parsed.cmd = json.loads(rest)
+        elif keyword == "RUN":
+            parsed.runs.append((len(parsed.stages) - 1, rest))
         elif keyword == "COPY":
             words = rest.split()
             from_stage = any(w.startswith("--from=") for w in words)
