@@ -13,6 +13,9 @@
 #    file when devices are provisioned, rotated or deleted, but from its own container it
 #    cannot signal this process; on SIGHUP Mosquitto 2.0 re-reads the password and ACL files
 #    (dropping clients whose credentials changed or vanished) and its TLS certificates.
+#    When the generated config itself changes (an upgrade's broker-init wrote a new one), the
+#    watcher stops mosquitto instead: listeners change only with a restart, which the
+#    container's restart policy does.
 #
 # Certificates: Mosquitto reads them again on every reload, after it has dropped root, so the
 # watcher copies them (as root) into MOSQUITTO_RUN_DIR/tls, owned by the broker's user. That
@@ -140,12 +143,21 @@ watch() {
   broker_pid=$1
   auth_seen=$(fingerprint "$broker_dir/passwd" "$broker_dir/acl" "$broker_dir/backend-passwd" \
     "$broker_dir/backend-acl")
+  config_seen=$(fingerprint "$generated" "$tls_conf")
   tls_seen=""
   if [ -n "$tls_cert" ]; then
     tls_seen=$(fingerprint "$tls_cert" "$tls_key")
   fi
   while sleep "$interval"; do
     kill -0 "$broker_pid" 2>/dev/null || exit 0
+    # Listeners are not changed by a reload: a new config (an upgrade's broker-init) takes a
+    # restart, which the restart policy does once the broker has stopped.
+    if [ "$(fingerprint "$generated" "$tls_conf")" != "$config_seen" ]; then
+      log "the generated config changed (broker-config ran again): stopping mosquitto so" \
+        "that it starts again with it"
+      kill -TERM "$broker_pid" 2>/dev/null || true
+      exit 0
+    fi
     auth_now=$(fingerprint "$broker_dir/passwd" "$broker_dir/acl" "$broker_dir/backend-passwd" \
     "$broker_dir/backend-acl")
     tls_now=""

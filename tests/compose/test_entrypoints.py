@@ -230,3 +230,21 @@ def test_certificates_that_appear_later_restart_the_broker_with_tls(
     # The broker stops so that the restart policy starts it again, now with the listener.
     assert broker.process.wait(15) == 0, broker.output()
     assert "stopping mosquitto so that it starts again" in broker.output()
+
+
+async def test_a_new_generated_config_restarts_the_broker(
+    tmp_path: Path, entrypoint_brokers: list[EntrypointBroker]
+) -> None:
+    """An upgrade's broker-init writes a config with other listeners: a reload would not open
+    them, so the broker stops, and the restart policy starts it with the new config."""
+    broker = start_entrypoint(tmp_path, shell=["sh"])
+    entrypoint_brokers.append(broker)
+    await asyncio.to_thread(wait_for_the_watcher, broker)
+    # Unchanged content (broker-init runs at every `up`): no restart.
+    config = broker.broker_dir / "mosquitto.conf"
+    config.write_text(config.read_text())
+    await asyncio.sleep(2.5)
+    assert broker.process.poll() is None, broker.output()
+    config.write_text(config.read_text() + "\n# a changed config\n")
+    assert await asyncio.to_thread(broker.process.wait, 15) == 0, broker.output()
+    assert "the generated config changed" in broker.output()
