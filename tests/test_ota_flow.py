@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,12 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from paku_iot.device import ReferenceDevice
 from paku_iot.device.ota import (
@@ -81,7 +87,7 @@ class Dev:
     async def device(self, device_id: str, fw_version: str = "1.0.0") -> ReferenceDevice:
         password = await self.provision(device_id)
         device = ReferenceDevice(
-            "127.0.0.1", self.mqtt_port, device_id, password, fw_version=fw_version
+            "127.0.0.1", self.mqtt_port, device_id, password, fw_version=fw_version, model=MODEL
         )
         await device.connect()
         return device
@@ -111,7 +117,14 @@ class Dev:
 
 @pytest.fixture
 async def dev(tmp_path: Path) -> AsyncIterator[Dev]:
+    async with running_dev(tmp_path) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def running_dev(tmp_path: Path, **extra_env: str) -> AsyncIterator[Dev]:
     env, http_port, mqtt_port = dev_environment(tmp_path)
+    env = {**env, **extra_env}
     base_url = f"http://127.0.0.1:{http_port}"
     server = paku("dev", env=env, cwd=tmp_path)
     assert server.stdout is not None
@@ -216,7 +229,8 @@ async def test_a_device_updates_with_an_interrupted_download(dev: Dev) -> None:
             url=release["url"],
             sha256=release["sha256"],
             size=FIRMWARE_BYTES,
-            signature=release["signature"],
+            signature_scheme="paku-ota-v1",
+            statement_signature=release["statementSignature"],
         )
         assert await updater.check(dev.base_url, "1.1.0") is None
         head = await http.head(entry.url)
@@ -230,7 +244,7 @@ async def test_a_device_updates_with_an_interrupted_download(dev: Dev) -> None:
         wrong = await dev.manifest("ota-1", password + "x")
         assert wrong.status_code == 401
         assert wrong.headers["www-authenticate"].startswith("Basic")
-        impostor = ReferenceDevice("127.0.0.1", dev.mqtt_port, "ota-1", password + "x")
+        impostor = ReferenceDevice("127.0.0.1", dev.mqtt_port, "ota-1", password + "x", model=MODEL)
         async with OtaUpdater(impostor, key) as wrong_updater:
             with pytest.raises(OtaUnauthorized, match="401"):
                 await wrong_updater.check(dev.base_url)
@@ -248,9 +262,11 @@ async def test_a_device_updates_with_an_interrupted_download(dev: Dev) -> None:
         await dev.wait_for_status(release["id"], "ota-1", "downloading")
 
         # Images that do not match their manifest entry are refused, and reported.
-        flipped = bytearray(base64.b64decode(entry.signature))
+        flipped = bytearray(base64.b64decode(entry.statement_signature or ""))
         flipped[0] ^= 1
-        tampered = dataclasses.replace(entry, signature=base64.b64encode(flipped).decode())
+        tampered = dataclasses.replace(
+            entry, statement_signature=base64.b64encode(flipped).decode()
+        )
         error = await refused(updater, tampered, workdir / "tampered.bin", SignatureInvalid)
         assert "pinned public key" in str(error)
         other_key = (
@@ -372,3 +388,78 @@ async def _all_updated(dev: Dev, release_id: str, device_ids: list[str]) -> bool
     devices = (await dev.rollout(release_id))["devices"]
     assert sorted(devices["updated"]) == device_ids, devices
     return True
+
+
+async def test_a_release_signed_offline_installs_from_a_server_without_the_private_key(
+    tmp_path: Path,
+) -> None:
+    """CI signs with `paku-iot ota sign` (no server), publishes with `ota publish
+    --signature-file`; the server holds only the public key (PAKU_OTA_PUBLIC_KEY_FILE)."""
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    key = Ed25519PrivateKey.generate()
+    (ci / "key.pem").write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    public_pem = tmp_path / "ota-public.pem"
+    public_pem.write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    firmware = os.urandom(200_000)
+    (ci / "firmware.bin").write_bytes(firmware)
+    signed = await cli(
+        {},
+        ci,
+        "ota",
+        "sign",
+        "--key",
+        "key.pem",
+        "--model",
+        MODEL,
+        "--version",
+        "1.1.0",
+        "firmware.bin",
+        "--out",
+        "firmware.sig.json",
+    )
+    assert signed.returncode == 0, signed.stderr
+    assert json.loads((ci / "firmware.sig.json").read_text())["version"] == "1.1.0"
+
+    async with running_dev(tmp_path, PAKU_OTA_PUBLIC_KEY_FILE=str(public_pem)) as dev:
+        assert not (tmp_path / "var" / "secrets" / "ota-signing-key.pem").exists()
+        unsigned = await cli(
+            {**dev.env, "PAKU_ADMIN_TOKEN": dev.token},
+            dev.cwd,
+            "ota",
+            "publish",
+            str(ci / "firmware.bin"),
+            "--model",
+            MODEL,
+            "--version",
+            "1.1.0",
+            "--url",
+            dev.base_url,
+        )
+        assert unsigned.returncode != 0
+        assert "paku-iot ota sign" in unsigned.stderr
+        release = await dev.cli(
+            "ota",
+            "publish",
+            str(ci / "firmware.bin"),
+            "--model",
+            MODEL,
+            "--version",
+            "1.1.0",
+            "--signature-file",
+            str(ci / "firmware.sig.json"),
+        )
+        device = await dev.device("ota-9")
+        try:
+            installed = await device.update_firmware(
+                dev.base_url, await public_key(dev), dev.cwd / "ota-9"
+            )
+            assert installed == "1.1.0"
+            assert device.fw_version == "1.1.0"
+            await dev.wait_for_status(release["id"], "ota-9", "updated")
+        finally:
+            await device.disconnect()

@@ -358,3 +358,23 @@ def test_firmware_update_rules_come_from_the_contract() -> None:
     assert ("pending", *protocol.OTA_REPORT_STATUSES, "updated") == ROLLOUT_STATUSES
     assert protocol.OTA_REPORT_STATUSES == ("downloading", "installing", "installed", "failed")
     assert protocol.event_topic("d-1", protocol.OTA_EVENT) == "paku/d-1/event/ota"
+
+
+def test_the_release_statement_is_one_unambiguous_encoding() -> None:
+    """What firmware rebuilds and verifies (docs/protocol.md 8a): netstrings of the scheme
+    tag, model, version, sha256 (lowercase hex) and size (decimal), in that order."""
+    sha = "ab" * 32
+    statement = protocol.ota_statement("lamp", "1.2.0", sha, 1024)
+    assert statement == f"11:paku-ota-v1,4:lamp,5:1.2.0,64:{sha},4:1024,".encode()
+    # A field's bytes cannot leak into the next one: a comma or digits in a model is data.
+    assert protocol.ota_statement("a,5:1.2", "0.0.0", sha, 1) != protocol.ota_statement(
+        "a", "1.2.0", sha, 1
+    )
+    assert protocol.ota_statement("lämp", "1.2.0", sha, 1).startswith(b"11:paku-ota-v1,5:l")
+    for bad in ("AB" * 32, "ab" * 31, "zz" * 32):
+        with pytest.raises(ValueError, match="sha256"):
+            protocol.ota_statement("lamp", "1.2.0", bad, 1)
+    with pytest.raises(ValueError, match="size"):
+        protocol.ota_statement("lamp", "1.2.0", sha, 0)
+    with pytest.raises(ValueError, match="model"):
+        protocol.ota_statement("", "1.2.0", sha, 1)

@@ -367,6 +367,36 @@ OTA_EVENT: Final = "ota"
 OTA_REPORT_STATUSES: Final = ("downloading", "installing", "installed", "failed")
 OTA_VERSION_MAX_CHARS: Final = 64
 
+# What a release signature covers: a statement of the release, not the bare image digest,
+# so that a manifest cannot pass one signed image off as another version, another model's
+# image, or an image of another size. The scheme tag comes first (domain separation: these
+# bytes can never be read as a statement of another scheme, or as a bare 32-byte digest).
+OTA_SIGNATURE_SCHEME: Final = "paku-ota-v1"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _netstring(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return str(len(data)).encode("ascii") + b":" + data + b","
+
+
+def ota_statement(model: str, version: str, sha256_hex: str, size: int) -> bytes:
+    """The bytes a release's Ed25519 `statementSignature` signs (docs/protocol.md, 8a).
+
+    Netstrings (`<byte length>:<UTF-8 bytes>,`) of the scheme tag, model, version, SHA-256
+    (64 lowercase hex digits) and size (decimal): the length prefixes make the encoding
+    unambiguous whatever the fields contain, and are easy to build in C. Raises ValueError
+    for fields that would give a non-canonical statement (uppercase hex, a size of 0)."""
+    if not model or not version:
+        raise ValueError("the statement needs a model and a version")
+    if not _SHA256_HEX.fullmatch(sha256_hex):
+        raise ValueError("the statement's sha256 must be 64 lowercase hex digits")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError("the statement's size must be a positive integer")
+    fields = (OTA_SIGNATURE_SCHEME, model, version, sha256_hex, str(size))
+    return b"".join(_netstring(field) for field in fields)
+
+
 # How a running firmware version is read, wherever a device reports one (its state's
 # fwVersion, `current` on the manifest): releases are published as plain semantic versions,
 # but firmware reports what its build system made of the git tag.

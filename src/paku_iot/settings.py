@@ -138,10 +138,13 @@ class Settings(BaseSettings):
 
     # OTA: where firmware images are kept (default <data_dir>/firmware), the largest image
     # accepted, the Ed25519 signing key (PEM; generated into <data_dir>/secrets when unset),
-    # and whether devices may fetch the manifest without their credentials.
+    # and whether devices may fetch the manifest without their credentials. With
+    # ota_public_key_file (PEM) the server holds no private key at all: releases must come
+    # signed by `paku-iot ota sign` (docs/operations.md), so a stolen server cannot sign.
     ota_dir: Path | None = None
     ota_max_firmware_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     ota_signing_key_file: Path | None = None
+    ota_public_key_file: Path | None = None
     ota_allow_anonymous: bool = False
 
     # Retention, in days (0 keeps forever). Events also bound the rejected-message log.

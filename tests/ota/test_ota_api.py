@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from paku_iot.ota.rollout import in_rollout
+from paku_iot.protocol import ota_statement
 from paku_iot.server.service import Service, running_service
 from paku_iot.settings import Settings
 from paku_iot.web.app import create_app
@@ -67,6 +68,9 @@ async def test_publish_stores_signs_and_lists_a_release(api: httpx.AsyncClient) 
     key = (await api.get("/ota/public-key", headers={"Authorization": ""})).json()
     public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key["publicKey"]))
     public.verify(base64.b64decode(release["signature"]), bytes.fromhex(IMAGE_SHA))
+    assert release["signatureScheme"] == "paku-ota-v1"
+    statement = ota_statement("lamp", "1.2.0", IMAGE_SHA, len(IMAGE))
+    public.verify(base64.b64decode(release["statementSignature"]), statement)
 
     await publish(api, "1.10.0")
     await publish(api, "2.0.0-rc.1")
@@ -161,7 +165,16 @@ async def test_manifest_for_a_device_follows_model_current_and_rollout(
     inside_auth = as_device(api, inside, creds[inside])
     got = await manifest(api, inside_auth, current="1.0.0")
     assert [e["version"] for e in got] == ["1.3.0", "1.2.0-beta.1", "1.1.0"]
-    assert set(got[0]) == {"model", "version", "url", "sha256", "size", "signature"}
+    assert set(got[0]) == {
+        "model",
+        "version",
+        "url",
+        "sha256",
+        "size",
+        "signature",
+        "signatureScheme",
+        "statementSignature",
+    }
     assert got[0]["url"].startswith("http://paku.test/ota/firmware/")
 
     outside_auth = as_device(api, outside, creds[outside])

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from paku_iot.cli.otasign import add_sign_parser, run_sign, upload_fields
 from paku_iot.exceptions import InvalidInput, PakuError, SettingsError
 from paku_iot.protocol import DEFAULT_COMMAND_TTL_S
 from paku_iot.secretfiles import write_private_file
@@ -124,6 +125,13 @@ def _add_ota_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     publish.add_argument("--version", required=True, help="semantic version, e.g. 1.4.2")
     publish.add_argument("--rollout", type=int, default=100, help="percent of devices (100)")
     publish.add_argument("--notes")
+    publish.add_argument(
+        "--signature-file",
+        type=Path,
+        help="the document `paku-iot ota sign` wrote for this image (required when the "
+        "server holds only the public key)",
+    )
+    add_sign_parser(ota_actions)
     ota_actions.add_parser("list", parents=[common], help="releases").add_argument("--model")
     ota_actions.add_parser(
         "status", parents=[common], help="a release and its rollout"
@@ -152,6 +160,12 @@ def _add_simulate_parser(commands: Any, common: argparse.ArgumentParser) -> None
         "--credentials", type=Path, help="CSV of existing devices (username,password) to use"
     )
     simulate.add_argument("--save", type=Path, help="write the provisioned credentials (0600)")
+    simulate.add_argument(
+        "--model",
+        default="simulated",
+        help="the devices' model: provisioned with it, and the only one whose firmware "
+        "they install (default simulated)",
+    )
     simulate.add_argument("--mqtt-host", help="broker address (default: PAKU_MQTT_HOST)")
     simulate.add_argument(
         "--mqtt-port",
@@ -247,6 +261,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one admin command; returns the exit code."""
     if args.command == "simulate":
         return _simulate(settings, args)
+    if (args.command, args.action) == ("ota", "sign"):
+        return run_sign(args)  # offline: no server, no token
     with _client(settings, args) as api:
         handler = _HANDLERS[(args.command, args.action)]
         return handler(api, args)
@@ -262,7 +278,7 @@ def _ota_plan(
     url = args.url or settings.http_base_url
     with ApiClient(url, None, verify=verify) as api:
         key = api.request("GET", "/ota/public-key")["publicKey"]
-    return OtaPlan(url, key, workdir, args.ota_check)
+    return OtaPlan(url, key, workdir, args.ota_check, model=args.model)
 
 
 def _simulate_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -289,7 +305,7 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
         with _client(settings, args, verify) as api:
             creds = []
             for _ in range(args.devices):
-                device = api.request("POST", "/devices", json={"model": "simulated"})
+                device = api.request("POST", "/devices", json={"model": args.model})
                 creds.append((device["id"], device["credentials"]["password"]))
         if args.save is not None:
             _write_private_csv(args.save, ["username", "password"], [list(c) for c in creds])
@@ -459,6 +475,8 @@ def _ota_publish(api: ApiClient, args: argparse.Namespace) -> int:
     fields = {"model": args.model, "version": args.version, "rolloutPercent": str(args.rollout)}
     if args.notes:
         fields["notes"] = args.notes
+    if args.signature_file is not None:
+        fields |= upload_fields(args.signature_file, args.model, args.version, args.file)
     try:
         image = args.file.open("rb")
     except OSError as exc:

@@ -197,7 +197,7 @@ async def _demo_fleet(service: Service, count: int, rate: float, stop: asyncio.E
     settings = service.settings
     ota = OtaPlan(
         settings.http_base_url,
-        public_key_raw_b64(service.signing_key),
+        public_key_raw_b64(service.ota_public_key),
         settings.data_dir / "simulated-devices",
         check_every_s=60,
     )

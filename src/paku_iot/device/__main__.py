@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ota-public-key", help="pinned OTA key: publicKey of GET /ota/public-key (base64)"
     )
     parser.add_argument(
+        "--model", help="the model this firmware is built for (OTA refuses any other's image)"
+    )
+    parser.add_argument(
         "--ota-dir", type=Path, help="where firmware images are kept (default ./ota-<id>)"
     )
     parser.add_argument(
@@ -84,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--password (or PAKU_DEVICE_PASSWORD) is required")
     if bool(args.api_url) != bool(args.ota_public_key):
         parser.error("--api-url and --ota-public-key go together (OTA needs both)")
+    if args.api_url and not args.model:
+        parser.error("--model is required with --api-url (OTA checks the image is for it)")
     if args.ota_public_key:
         try:
             load_public_key(args.ota_public_key)
@@ -175,6 +180,7 @@ async def run(args: argparse.Namespace) -> None:
         args.device_id,
         args.password,
         fw_version=args.fw_version,
+        model=args.model,
         keepalive=args.keepalive,
         tls=args.tls_context,
     )

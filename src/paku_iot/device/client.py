@@ -194,6 +194,7 @@ class ReferenceDevice:
         password: str,
         *,
         fw_version: str = "1.0.0",
+        model: str | None = None,
         keepalive: int = 30,
         rssi: int = -60,
         on_config: ConfigHandler | None = None,
@@ -220,6 +221,8 @@ class ReferenceDevice:
         self.port = port
         self.tls = tls
         self.fw_version = fw_version
+        # The model the firmware is built for; OTA refuses any other model's image.
+        self.model = model
         self.rssi = rssi
         self.keepalive = keepalive
         self.on_config = on_config

@@ -4,9 +4,12 @@ One update, in the order `OtaUpdater.update` does it:
 
 1. **Check.** `GET <api>/ota/manifest.json?current=<running version>` with HTTP Basic auth:
    the device's MQTT username (its id) and password. The answer is a JSON list of
-   `{"model", "version", "url", "sha256", "size", "signature"}`, newest first; take the first.
-   An empty list means "up to date" (or: not in this release's rollout yet, or the release is
-   paused). 401 means wrong credentials; nothing else is worth retrying with them.
+   `{"model", "version", "url", "sha256", "size", "signatureScheme", "statementSignature",
+   ...}`, newest first; take the first. An empty list means "up to date" (or: not in this
+   release's rollout yet, or the release is paused). 401 means wrong credentials; nothing else
+   is worth retrying with them. Before downloading, refuse an entry for another `model` than
+   the one the firmware is built for, or a `version` not newer than the one running: the
+   server never offers those, so a manifest that does is lying (a compromised server).
 2. **Download** `url` (no auth) into a partial file, hashing (SHA-256) as the bytes arrive.
    Report `{"version", "status": "downloading"}` on `paku/<id>/event/ota` first.
    If a partial file is left from an interrupted attempt, resume it: hash what is already on
@@ -18,10 +21,14 @@ One update, in the order `OtaUpdater.update` does it:
      download from scratch.
    A dropped connection leaves the partial file for the next attempt (`OtaInterrupted`).
 3. **Verify**, before anything is written where it would boot from: the size and SHA-256
-   must equal the manifest's, and `signature` (base64) must be a valid Ed25519 signature,
-   by the public key pinned in the firmware, over the **32 raw bytes of the SHA-256 digest**
-   (not over the image, and not over the hex string). Any mismatch: report `"failed"` with
-   an `error`, delete the partial file (it would only fail again), refuse the image.
+   must equal the manifest's, `signatureScheme` must be `paku-ota-v1`, and
+   `statementSignature` (base64) must be a valid Ed25519 signature, by the public key pinned
+   in the firmware, over the **statement** `protocol.ota_statement(model, version, sha256,
+   size)` rebuilt from those fields (the sha256 the device computed, the size it received).
+   The statement binds the version and model to the image: a manifest cannot relabel an old
+   signed image as a newer one, or give one model another's. Any mismatch: report
+   `"failed"` with an `error`, delete the partial file (it would only fail again), refuse
+   the image.
    Never fetch the key from the server at update time: a key served next to the image proves
    nothing. `GET /ota/public-key` exists so that it can be copied into the firmware build.
 4. **Install.** Report `"installing"`, write the image to the inactive slot (the reference
@@ -40,6 +47,8 @@ because a report could not be sent (the link may be down while the download resu
 The reference device does it all in one call::
 
     version = await device.update_firmware(api_url, public_key_b64, workdir)
+
+(the device must know its `model`: `ReferenceDevice(..., model="lamp")`)
 
 and `OtaUpdater` offers each step on its own (tests drive an interrupted download with
 `download(..., stop_after=n)`, which stops like a dropped link after `n` bytes).
@@ -68,7 +77,9 @@ from paku_iot.device.tls import explain_tls_failure
 from paku_iot.protocol import (
     OTA_EVENT,
     OTA_MANIFEST_PATH,
+    OTA_SIGNATURE_SCHEME,
     FirmwareVersionError,
+    ota_statement,
     parse_fw_version,
 )
 
@@ -134,8 +145,14 @@ class DigestMismatch(OtaVerificationError):
 
 
 class SignatureInvalid(OtaVerificationError):
-    """The signature does not verify with the pinned public key: the image is not from the
-    holder of the signing key (or the manifest was tampered with). Never install it."""
+    """The signature does not verify with the pinned public key over the statement of this
+    model, version, digest and size: the image is not from the holder of the signing key,
+    or the manifest describes it as something it was not signed as. Never install it."""
+
+
+class OfferRefused(OtaVerificationError):
+    """The manifest offers what this device must never take, however well signed: another
+    model's firmware, or a version not newer than the one running. Nothing is downloaded."""
 
 
 # ---- the manifest ---------------------------------------------------------------------
@@ -150,7 +167,10 @@ class ManifestEntry:
     url: str
     sha256: str
     size: int
-    signature: str
+    # The signed statement's scheme and signature; None when the release has none (it was
+    # published before paku-ota-v1): the device then refuses it at verification.
+    signature_scheme: str | None
+    statement_signature: str | None
 
     @classmethod
     def from_json(cls, document: Any, base_url: str | None = None) -> ManifestEntry:
@@ -159,11 +179,18 @@ class ManifestEntry:
         if not isinstance(document, Mapping):
             raise OtaServerError(f"manifest entry is not an object: {document!r}")
         fields: dict[str, Any] = {}
-        for name in ("model", "version", "url", "sha256", "signature"):
+        for name in ("model", "version", "url", "sha256"):
             value = document.get(name)
             if not isinstance(value, str) or not value:
                 raise OtaServerError(f"manifest entry without a {name!r} string")
             fields[name] = value
+        # Absent or not a string: verification refuses it with a reason the backend shows.
+        for name, key in (
+            ("signature_scheme", "signatureScheme"),
+            ("statement_signature", "statementSignature"),
+        ):
+            value = document.get(key)
+            fields[name] = value if isinstance(value, str) else None
         size = document.get("size")
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise OtaServerError(f"manifest entry size is not a positive integer: {size!r}")
@@ -213,8 +240,9 @@ def verify_image(
     32-byte digest computed while receiving. Raises a `OtaVerificationError` subclass.
 
     The order matters only for the message: a short image has the wrong digest too, and the
-    size says more. The signature is checked over the digest the device computed, which the
-    manifest's `sha256` must also equal: a valid signature over another digest is refused."""
+    size says more. The statement is rebuilt from the digest and size the device measured
+    (which the manifest's must also equal) and the manifest's model and version, so a valid
+    signature over anything else (another digest, version or model) is refused."""
     if size != entry.size:
         raise SizeMismatch(
             f"firmware {entry.version}: received {size} bytes, the manifest says {entry.size}"
@@ -224,8 +252,14 @@ def verify_image(
             f"firmware {entry.version}: SHA-256 {sha256_digest.hex()} is not the manifest's "
             f"{entry.sha256}"
         )
+    if entry.signature_scheme != OTA_SIGNATURE_SCHEME or entry.statement_signature is None:
+        raise SignatureInvalid(
+            f"firmware {entry.version}: not signed under {OTA_SIGNATURE_SCHEME} (scheme "
+            f"{entry.signature_scheme!r}); a release published before signed statements must "
+            "be published again"
+        )
     try:
-        signature = base64.b64decode(entry.signature, validate=True)
+        signature = base64.b64decode(entry.statement_signature, validate=True)
     except (binascii.Error, ValueError):
         raise SignatureInvalid(f"firmware {entry.version}: the signature is not base64") from None
     if len(signature) != ED25519_SIGNATURE_BYTES:
@@ -233,13 +267,36 @@ def verify_image(
             f"firmware {entry.version}: the signature is {len(signature)} bytes, not "
             f"{ED25519_SIGNATURE_BYTES}"
         )
+    statement = ota_statement(entry.model, entry.version, sha256_digest.hex(), size)
     try:
-        public_key.verify(signature, sha256_digest)
+        public_key.verify(signature, statement)
     except InvalidSignature:
         raise SignatureInvalid(
             f"firmware {entry.version}: the signature does not verify with the pinned public "
-            "key; refusing the image"
+            f"key for model {entry.model!r}, version {entry.version}, this image's sha256 and "
+            "size; refusing the image"
         ) from None
+
+
+def check_offer(entry: ManifestEntry, model: str, running: str) -> None:
+    """Refuse what no honest manifest offers (raises `OfferRefused`): another model's
+    firmware, or a version not newer than `running`, which is read by the contract's rule
+    (`protocol.parse_fw_version`) as the server reads it. A running version no rule reads
+    (a developer's build) sets no floor, as on the server."""
+    if entry.model != model:
+        raise OfferRefused(
+            f"firmware {entry.version} is for model {entry.model!r}, this device is "
+            f"{model!r}; refusing it"
+        )
+    try:
+        floor = parse_fw_version(running)
+    except FirmwareVersionError:
+        return
+    if semver.Version.parse(entry.version) <= floor:
+        raise OfferRefused(
+            f"firmware {entry.version} is not newer than {running}, the version running; "
+            "refusing a downgrade"
+        )
 
 
 # ---- the updater ----------------------------------------------------------------------
@@ -320,11 +377,20 @@ class OtaUpdater:
         device: ReferenceDevice,
         public_key: Ed25519PublicKey | str | bytes,
         *,
+        model: str | None = None,
         client: httpx.AsyncClient | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.device = device
+        # The model the firmware is built for, as firmware knows it: never taken from the
+        # server, whose manifest is what is being checked.
+        resolved_model = model or device.model
+        if not resolved_model:
+            raise ValueError(
+                "OTA needs the model the firmware is built for: ReferenceDevice(..., model=...)"
+            )
+        self.model = resolved_model
         self.public_key = (
             public_key if isinstance(public_key, Ed25519PublicKey) else load_public_key(public_key)
         )
@@ -351,9 +417,9 @@ class OtaUpdater:
     async def check(self, api_url: str, current_version: str | None = None) -> ManifestEntry | None:
         """Step 1: the newest release offered to this device, or None when it is up to date.
 
-        `current_version` defaults to the device's running `fw_version`. Entries that are
-        not newer than it are ignored even if the server lists them: a device never
-        downgrades because a manifest told it to.
+        `current_version` defaults to the device's running `fw_version`. An entry that is
+        not newer than the running version, or for another model, is still returned: the
+        server never offers one, so `download` refuses it and reports the refusal.
         """
         current = self.device.fw_version if current_version is None else current_version
         username, password = self.device.credentials
@@ -376,23 +442,11 @@ class OtaUpdater:
             raise OtaServerError(f"{url}: the manifest is not JSON") from None
         if not isinstance(document, list):
             raise OtaServerError(f"{url}: the manifest is not a JSON list")
-        # Read as the server reads it (a leading v, git describe), so both agree on "newer".
-        try:
-            floor: semver.Version | None = parse_fw_version(current)
-        except FirmwareVersionError:
-            floor = None
-        for item in document:
-            entry = ManifestEntry.from_json(item, base_url=str(response.url))
-            if floor is not None and semver.Version.parse(entry.version) <= floor:
-                log.warning(
-                    "%s: manifest offers %s, not newer than %s; ignored",
-                    self.device.device_id,
-                    entry.version,
-                    current,
-                )
-                continue
-            return entry
-        return None
+        if not document:
+            return None
+        # The first entry is the one to take. It is not vetted here: `download` refuses
+        # another model's firmware or a downgrade, and reports why, where the operator sees it.
+        return ManifestEntry.from_json(document[0], base_url=str(response.url))
 
     # ---- steps 2 and 3 -----------------------------------------------------------------
 
@@ -412,12 +466,19 @@ class OtaUpdater:
         that drops after `n` more bytes: the partial file is kept and `OtaInterrupted` is
         raised, as for a real network error.
 
-        Reports `"downloading"` when it starts, `"failed"` when the image is refused or the
-        server has no such image. Raises `OtaInterrupted` (resume later),
+        Reports `"failed"` without downloading when the entry is another model's or not
+        newer than the running version (`OfferRefused`). Reports `"downloading"` when it
+        starts, `"failed"` when the image is refused or the server has no such image.
+        Raises `OtaInterrupted` (resume later),
         `OtaVerificationError` (the image is refused and its partial file deleted),
         `OtaDownloadError` (4xx), `OtaServerError`.
         """
         partial = partial_path(dest_path)
+        try:
+            check_offer(entry, self.model, self.device.fw_version)
+        except OfferRefused as exc:
+            await self.report(entry.version, "failed", str(exc))
+            raise
         await self.report(entry.version, "downloading")
         prefix = await asyncio.to_thread(_hash_prefix, partial, entry) if resume else None
         if prefix is None:
@@ -554,6 +615,7 @@ class OtaUpdater:
         (a flash write can fail; a bootloader checks too), report `"installed"`."""
         await self.report(entry.version, "installing")
         try:
+            check_offer(entry, self.model, self.device.fw_version)
             size, digest = await asyncio.to_thread(_hash_file, image)
             verify_image(entry, size, digest, self.public_key)
         except (OSError, OtaVerificationError) as exc:

@@ -106,6 +106,7 @@ class OtaPlan:
     public_key_b64: str  # the release signing key the firmware pins (GET /ota/public-key)
     workdir: Path  # each device downloads into workdir/<device id>
     check_every_s: float
+    model: str = "simulated"  # the model the simulated firmware is built for
 
 
 def read_credentials(path: Path) -> Credentials:
@@ -250,7 +251,15 @@ async def run_fleet(
 
     fleet = []
     for device_id, password in credentials:
-        device = ReferenceDevice(host, port, device_id, password, fw_version="1.0.0", tls=tls)
+        device = ReferenceDevice(
+            host,
+            port,
+            device_id,
+            password,
+            fw_version="1.0.0",
+            model=ota.model if ota is not None else None,
+            tls=tls,
+        )
         device.on_command("ping", answer)
         device.on_command("reboot", answer)
         fleet.append(device)

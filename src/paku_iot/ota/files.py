@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,9 +28,13 @@ class FirmwareFiles:
         path = self._root / f"{sha256}.bin"
         return path if path.is_file() else None
 
-    def store(self, source: BinaryIO) -> tuple[str, int]:
+    def store(
+        self, source: BinaryIO, accept: Callable[[str, int], None] | None = None
+    ) -> tuple[str, int]:
         """Copy `source` in chunks into the store, hashing as it goes; returns (sha256, size).
-        Blocking: run it in a thread. Nothing is left behind when the image is refused."""
+        `accept(sha256, size)` may refuse the image by raising before it is kept (a signature
+        that does not match it). Blocking: run it in a thread. Nothing is left behind when
+        the image is refused."""
         self._root.mkdir(parents=True, exist_ok=True)
         partial = self._root / f".upload-{secrets.token_hex(8)}"
         digest = hashlib.sha256()
@@ -51,6 +56,8 @@ class FirmwareFiles:
             if size == 0:
                 raise InvalidInput("the firmware file is empty", code="firmware_empty")
             sha256 = digest.hexdigest()
+            if accept is not None:
+                accept(sha256, size)
             os.replace(partial, self._root / f"{sha256}.bin")
             return sha256, size
         finally:

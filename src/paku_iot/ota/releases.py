@@ -11,12 +11,11 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 import semver
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from paku_iot.exceptions import InvalidInput, NotFound
 from paku_iot.ota.files import FirmwareFiles
 from paku_iot.ota.rollout import in_rollout
-from paku_iot.ota.signing import sign_digest
+from paku_iot.ota.signer import ReleaseSignatures, ReleaseSigner
 from paku_iot.ota.versions import parse_version, running_version, running_version_or_none
 from paku_iot.protocol import OTA_REPORT_STATUSES
 from paku_iot.storage.devices import DeviceStore
@@ -49,18 +48,22 @@ class ReleaseService:
         store: ReleaseStore,
         devices: DeviceStore,
         files: FirmwareFiles,
-        signing_key: Ed25519PrivateKey,
+        signer: ReleaseSigner,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
         self._devices = devices
         self._files = files
-        self._key = signing_key
+        self._signer = signer
         self._clock = clock
 
     @property
     def files(self) -> FirmwareFiles:
         return self._files
+
+    @property
+    def signer(self) -> ReleaseSigner:
+        return self._signer
 
     async def publish(
         self,
@@ -70,20 +73,39 @@ class ReleaseService:
         image: BinaryIO,
         notes: str | None = None,
         rollout_percent: int = 100,
+        statement_signature: str | None = None,
+        digest_signature: str | None = None,
     ) -> ReleaseRecord:
+        """Store and sign a release. Signatures the upload brings (made off the server by
+        `paku-iot ota sign`) are checked against the image before it is kept."""
         parse_version(version)
         if not 1 <= len(model) <= 64:
             raise InvalidInput("model must be 1-64 characters")
         if not 0 <= rollout_percent <= 100:
             raise InvalidInput("rolloutPercent must be between 0 and 100")
-        sha256, size = await asyncio.to_thread(self._files.store, image)
+        signed: list[ReleaseSignatures] = []
+
+        def accept(sha256: str, size: int) -> None:
+            signed.append(
+                self._signer.signatures(
+                    model=model,
+                    version=version,
+                    sha256=sha256,
+                    size=size,
+                    statement=statement_signature,
+                    digest=digest_signature,
+                )
+            )
+
+        sha256, size = await asyncio.to_thread(self._files.store, image, accept)
         release = ReleaseRecord(
             id="fw-" + secrets.token_hex(8),
             model=model,
             version=version,
             sha256=sha256,
             size=size,
-            signature=sign_digest(self._key, sha256),
+            signature=signed[0].digest,
+            statement_signature=signed[0].statement,
             rollout_percent=rollout_percent,
             paused=False,
             notes=notes,

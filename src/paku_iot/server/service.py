@@ -55,7 +55,7 @@ from paku_iot.storage.security import (
 )
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from paku_iot.ota.releases import ReleaseService
     from paku_iot.server.metrics import Metrics
@@ -118,8 +118,10 @@ class Service:
         return self.ota.releases()
 
     @property
-    def signing_key(self) -> Ed25519PrivateKey:
-        return self.ota.signing_key()
+    def ota_public_key(self) -> Ed25519PublicKey:
+        """The key devices pin: the public half of the signing key, or
+        PAKU_OTA_PUBLIC_KEY_FILE on a server that signs nothing itself."""
+        return self.ota.signer().public_key
 
     async def refresh_metrics(self) -> None:
         """Read the database-backed gauges just before a scrape."""

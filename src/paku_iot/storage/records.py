@@ -164,7 +164,11 @@ class ReleaseRecord:
     version: str
     sha256: str
     size: int
-    signature: str
+    # Over the bare digest, for firmware older than the statement; None when a release
+    # signed off the server came without one (docs/protocol.md, 8a).
+    signature: str | None
+    # Over protocol.ota_statement; None for releases published before it existed.
+    statement_signature: str | None
     rollout_percent: int
     paused: bool
     notes: str | None

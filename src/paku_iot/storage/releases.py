@@ -33,6 +33,7 @@ class ReleaseStore:
                         sha256=release.sha256,
                         size=release.size,
                         signature=release.signature,
+                        statement_signature=release.statement_signature,
                         rollout_percent=release.rollout_percent,
                         paused=release.paused,
                         notes=release.notes,

@@ -129,8 +129,12 @@ firmware_releases = Table(
     Column("version", String(64), nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("size", BigInteger, nullable=False),
-    # base64 Ed25519 signature of the image's SHA-256 digest (docs/protocol.md, OTA)
-    Column("signature", Text, nullable=False),
+    # base64 Ed25519 signatures (docs/protocol.md, 8a): `statement_signature` over the
+    # release's statement (model, version, sha256, size), which current firmware verifies;
+    # NULL for releases published before migration 0008. `signature` over the bare SHA-256
+    # digest, for older firmware; NULL when a release signed off the server came without it.
+    Column("signature", Text, nullable=True),
+    Column("statement_signature", Text, nullable=True),
     Column("rollout_percent", Integer, nullable=False),
     Column("paused", Boolean, nullable=False),
     Column("notes", Text, nullable=True),

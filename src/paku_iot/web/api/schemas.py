@@ -15,6 +15,7 @@ from paku_iot.protocol import (
     DEVICE_ID_PATTERN,
     MAX_COMMAND_TTL_S,
     MIN_COMMAND_TTL_S,
+    OTA_SIGNATURE_SCHEME,
 )
 from paku_iot.storage.records import (
     CommandRecord,
@@ -285,7 +286,18 @@ class Release(ApiModel):
     sha256: str
     size: int
     url: str = Field(description="Absolute download URL (byte ranges supported).")
-    signature: str = Field(description="base64 Ed25519 signature of the SHA-256 digest.")
+    signature: str | None = Field(
+        description="base64 Ed25519 signature of the bare SHA-256 digest, for firmware built "
+        "before paku-ota-v1; null when the release was signed off the server without one."
+    )
+    signature_scheme: Literal["paku-ota-v1"] | None = Field(
+        description="What `statementSignature` signs (docs/protocol.md, 8a); null for a "
+        "release published before statements were signed."
+    )
+    statement_signature: str | None = Field(
+        description="base64 Ed25519 signature of the release statement (scheme, model, "
+        "version, sha256, size): what firmware must verify."
+    )
     rollout_percent: int
     paused: bool
     notes: str | None
@@ -301,6 +313,8 @@ class Release(ApiModel):
             size=record.size,
             url=url,
             signature=record.signature,
+            signature_scheme=signature_scheme(record),
+            statement_signature=record.statement_signature,
             rollout_percent=record.rollout_percent,
             paused=record.paused,
             notes=record.notes,
@@ -326,17 +340,42 @@ class ReleaseUpdate(RequestModel):
     paused: bool | None = None
 
 
-class ManifestEntry(BaseModel):
+class ManifestEntry(ApiModel):
+    """What a device acts on (docs/protocol.md, 8a). `signature` keeps its old meaning for
+    firmware built before paku-ota-v1."""
+
     model: str
     version: str
     url: str
     sha256: str
     size: int
-    signature: str
+    signature: str | None
+    signature_scheme: Literal["paku-ota-v1"] | None
+    statement_signature: str | None
+
+    @classmethod
+    def of(cls, record: ReleaseRecord, url: str) -> ManifestEntry:
+        return cls(
+            model=record.model,
+            version=record.version,
+            url=url,
+            sha256=record.sha256,
+            size=record.size,
+            signature=record.signature,
+            signature_scheme=signature_scheme(record),
+            statement_signature=record.statement_signature,
+        )
+
+
+def signature_scheme(record: ReleaseRecord) -> Literal["paku-ota-v1"] | None:
+    return OTA_SIGNATURE_SCHEME if record.statement_signature is not None else None
 
 
 class PublicKey(ApiModel):
     algorithm: Literal["Ed25519"] = "Ed25519"
     public_key: str = Field(description="The raw 32-byte public key, base64.")
     pem: str
-    signed_message: str = "the 32-byte SHA-256 digest of the image"
+    signed_message: str = (
+        f"the {OTA_SIGNATURE_SCHEME} release statement (docs/protocol.md, 8a); `signature` "
+        "alone: the 32-byte SHA-256 digest of the image"
+    )

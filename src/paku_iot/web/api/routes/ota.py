@@ -64,6 +64,11 @@ FIRMWARE_UPLOAD_PATH = "/ota/firmware"
     responses={
         400: error("The multipart body is malformed."),
         409: error("This model already has a release of this version (`release_exists`)."),
+        422: error(
+            "A bad version, an empty image, no `statementSignature` on a server that holds "
+            "only the public key (`signature_required`), or a signature that does not verify "
+            "for this image, model and version (`invalid_signature`)."
+        ),
         413: error("The upload is over PAKU_OTA_MAX_FIRMWARE_BYTES (`payload_too_large`)."),
     },
 )
@@ -84,9 +89,28 @@ async def publish_firmware(
     ],
     notes: Annotated[str | None, Form(max_length=4000, pattern=NO_NUL)] = None,
     rollout_percent: Annotated[int, Form(alias="rolloutPercent", ge=0, le=100)] = 100,
+    statement_signature: Annotated[
+        str | None,
+        Form(
+            alias="statementSignature",
+            max_length=200,
+            description="base64 Ed25519 signature of the release statement, made off the "
+            "server by `paku-iot ota sign`. Required when the server holds only the public "
+            "key (PAKU_OTA_PUBLIC_KEY_FILE); else the server signs.",
+        ),
+    ] = None,
+    signature: Annotated[
+        str | None,
+        Form(
+            max_length=200,
+            description="base64 Ed25519 signature of the bare SHA-256 digest, for firmware "
+            "built before paku-ota-v1 (`paku-iot ota sign` makes it too).",
+        ),
+    ] = None,
 ) -> Release:
-    """Publish a firmware image. It is stored by its SHA-256 and signed; `rolloutPercent`
-    stages it (a stable share of the model's devices)."""
+    """Publish a firmware image. It is stored by its SHA-256 and signed (or its signatures,
+    made off the server, are checked); `rolloutPercent` stages it (a stable share of the
+    model's devices)."""
     # An upload over PAKU_OTA_MAX_FIRMWARE_BYTES (declared or not) was refused before it was
     # read (`web.api.limits`, with the route's path FIRMWARE_UPLOAD_PATH); an image over it
     # by less than the form's framing is refused by the store.
@@ -97,6 +121,8 @@ async def publish_firmware(
             image=file.file,
             notes=notes,
             rollout_percent=rollout_percent,
+            statement_signature=statement_signature,
+            digest_signature=signature,
         )
     finally:
         await file.close()
@@ -193,17 +219,7 @@ async def manifest(
     records = await service.releases.manifest(
         model=model, current=current, device=caller.device, admin=caller.admin
     )
-    return [
-        ManifestEntry(
-            model=r.model,
-            version=r.version,
-            url=firmware_url(request, service, r.sha256),
-            sha256=r.sha256,
-            size=r.size,
-            signature=r.signature,
-        )
-        for r in records
-    ]
+    return [ManifestEntry.of(r, firmware_url(request, service, r.sha256)) for r in records]
 
 
 @router.get(
@@ -234,5 +250,5 @@ async def download_firmware(sha256: str, service: ServiceDep) -> FileResponse:
 @router.get("/ota/public-key", response_model=PublicKey)
 async def public_key(service: ServiceDep) -> PublicKey:
     """The Ed25519 key that signs every release, for firmware to pin."""
-    key = service.signing_key
+    key = service.ota_public_key
     return PublicKey(public_key=public_key_raw_b64(key), pem=public_key_pem(key))
