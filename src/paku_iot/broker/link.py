@@ -91,6 +91,7 @@ class BrokerLink:
         self._connector: asyncio.Task[None] | None = None
         self._stopping = False
         self._ever_lost = False
+        self._session_present = False
         # Bumped on every connect and disconnect. A packet id names a message only on the
         # connection that delivered it: a PUBACK for an older connection must never be sent
         # on a newer one, where the same id may name a message not yet stored.
@@ -111,6 +112,11 @@ class BrokerLink:
             return bool(self._client.is_connected)
         except AttributeError:  # no connection object before the first attempt
             return False
+
+    @property
+    def session_present(self) -> bool:
+        """The broker had a session for our client id at the last connect (CONNACK)."""
+        return self._session_present
 
     @property
     def ready(self) -> bool:
@@ -159,8 +165,9 @@ class BrokerLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _on_connect(self, client: Client, _flags: int, _rc: int, _props: Any) -> None:
+    def _on_connect(self, client: Client, flags: int, _rc: int, _props: Any) -> None:
         self._generation += 1
+        self._session_present = bool(flags)
         self.last_error = None
         log.info(
             "connected to the broker at %s:%d as %s",
@@ -193,8 +200,9 @@ class BrokerLink:
 
     def _other_forms(self, uplink: UplinkFilter) -> list[str]:
         """The forms of this filter the session may hold from an earlier configuration."""
-        groups = {LEGACY_SHARED_GROUP, self._options.shared_group} - {None, self._sharing_group()}
-        others = [f"$share/{group}/{uplink.topic_filter}" for group in sorted(map(str, groups))]
+        sharing = self._sharing_group()
+        groups = {LEGACY_SHARED_GROUP, self._options.shared_group or LEGACY_SHARED_GROUP}
+        others = [f"$share/{g}/{uplink.topic_filter}" for g in sorted(groups) if g != sharing]
         if self._sharing_group():
             others.append(uplink.topic_filter)
         return others
@@ -256,7 +264,12 @@ class BrokerLink:
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain)
 
-    async def stop(self) -> None:
+    def unsubscribe(self, topic_filters: list[str]) -> None:
+        self._client.unsubscribe(topic_filters)
+
+    async def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect for good. `end_session`: the broker drops our session (and whatever
+        it still queues for it) instead of keeping it for the next connect."""
         self._stopping = True
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
@@ -265,8 +278,9 @@ class BrokerLink:
         # Also when not (yet) connected: a connect cut short by this stop may have opened a
         # socket already, and only disconnect() closes it.
         if gmqtt_internals.has_connection(self._client):
+            ending = {"session_expiry_interval": 0} if end_session else {}
             with contextlib.suppress(Exception):
-                await self._client.disconnect()
+                await self._client.disconnect(**ending)
         if self._ever_lost:
             await self._outlast_reconnects()
 

@@ -37,6 +37,7 @@ from paku_iot.security.claims import FailureLimiter
 from paku_iot.security.onboarding import Onboarding
 from paku_iot.security.sessions import DashboardSessions
 from paku_iot.security.tokens import AdminTokens
+from paku_iot.server.legacy_session import empty_legacy_session, legacy_client_id
 from paku_iot.server.tasks import TaskSet
 from paku_iot.settings import Settings
 from paku_iot.storage.commands import CommandStore
@@ -269,6 +270,11 @@ async def running_service(
             # Registered before the link's stop, so it runs after it has disconnected...
             stack.push_async_callback(stop_writer)
         link.start(intake.handle if intake is not None else None)
+        if collecting:
+            background.spawn(
+                _empty_legacy_session(settings, engine, stats, password, commands, background),
+                name="legacy-session",
+            )
         background.spawn(sweep_forever(commands), name="command-sweeper")
         if writer is not None:
             policy = RetentionPolicy(
@@ -346,6 +352,41 @@ def _collector_parts(
         max_in_flight=settings.ingest_queue_size,
     )
     return writer, intake
+
+
+async def _empty_legacy_session(
+    settings: Settings,
+    engine: AsyncEngine,
+    stats: IngestStats,
+    password: str,
+    commands: CommandService,
+    background: TaskSet,
+) -> None:
+    """See `legacy_session`: what the broker queued under the collector's former id."""
+    options = LinkOptions(
+        host=settings.mqtt_host,
+        port=settings.mqtt_backend_port,
+        username=settings.mqtt_username,
+        password=password,
+        client_id=legacy_client_id(settings.broker_session_name),
+        persistent_session=True,
+    )
+
+    def parts(link: BrokerLink) -> tuple[BatchWriter, Intake]:
+        writer, intake = _collector_parts(
+            settings,
+            engine,
+            stats,
+            link,
+            frozenset({Role.COLLECTOR}),
+            on_online=lambda ids: background.spawn_each(commands.dispatch, ids),
+            observe_batch=None,
+        )
+        assert writer is not None
+        assert intake is not None
+        return writer, intake
+
+    await empty_legacy_session(options, parts)
 
 
 def backend_client_id(role: str, session_name: str) -> str:
