@@ -264,7 +264,7 @@ async def ceiling(work: Path, devices: int, duration: float) -> dict[str, Any]:
         client = Client("bench-bare-subscriber", clean_session=True, receive_maximum=1000)
         client.set_auth_credentials(BACKEND_MQTT_USERNAME, password)
         client.on_message = on_message
-        await client.connect("127.0.0.1", st.mqtt_port)
+        await client.connect("127.0.0.1", st.backend_port)
         client.subscribe("paku/+/telemetry", qos=1)
         await asyncio.sleep(0.5)
         cpu0 = time.process_time()

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # works there only, and compose never publishes it).
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
-    mqtt_backend_port: int = Field(default=1884, ge=0, le=65535)
+    mqtt_backend_port: int = Field(default=11883, ge=0, le=65535)
     mqtt_username: str = BACKEND_MQTT_USERNAME
     mqtt_password: str | None = None
     # MQTT over TLS: when a certificate and key are set, the generated broker config gets a
