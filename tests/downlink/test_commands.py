@@ -214,11 +214,15 @@ async def test_mosquitto_command_line_device_answers_a_command(
     require(sub_tool is not None and pub_tool is not None, "mosquitto clients not installed")
     password = await provision(api, "cli-1")
     auth = ["-h", broker.host, "-p", str(broker.port), "-u", "cli-1", "-P", password]
+    # One connection at a time: the broker gives every connection of a device its device id
+    # as client id, so each tool runs while no other holds the device's connection.
+    online = await asyncio.create_subprocess_exec(
+        str(pub_tool), *auth, "-q", "1", "-r", "-t", "paku/cli-1/state", "-m", '{"online": true}'
+    )
+    assert await online.wait() == 0
     listener = await asyncio.create_subprocess_exec(
         str(sub_tool),
         *auth,
-        "-i",
-        "cli-1",
         "-q",
         "1",
         "-C",
@@ -230,10 +234,6 @@ async def test_mosquitto_command_line_device_answers_a_command(
         stdout=asyncio.subprocess.PIPE,
     )
     await asyncio.sleep(0.3)  # let it subscribe
-    online = await asyncio.create_subprocess_exec(
-        str(pub_tool), *auth, "-q", "1", "-r", "-t", "paku/cli-1/state", "-m", '{"online": true}'
-    )
-    assert await online.wait() == 0
     command = (await api.post("/devices/cli-1/commands", json={"name": "beep"})).json()
     stdout, _ = await listener.communicate()
     received = json.loads(stdout)
