@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck secrets pytest install mosquitto compose-tools browser-tools docker-engine compose-test soak bench clean
+.PHONY: dev test lint typecheck secrets pytest install mosquitto compose-tools backup-tools browser-tools docker-engine compose-test soak bench clean
 
 # Run paku-iot locally: Mosquitto child process, HTTP API and collector, SQLite in ./var.
 dev: $(STAMP) mosquitto
@@ -13,7 +13,7 @@ dev: $(STAMP) mosquitto
 # Everything CI checks: lint, types, and the whole test suite against real services.
 test: lint typecheck secrets pytest
 
-pytest: $(STAMP) mosquitto compose-tools browser-tools docker-engine
+pytest: $(STAMP) mosquitto compose-tools backup-tools browser-tools docker-engine
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -70,6 +70,13 @@ compose-tools:
 		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		$$sudo apt-get install -y -qq docker-compose busybox shellcheck >/dev/null; }
+
+# scripts/backup.sh encrypts archives with age (tests/test_backup.py), as the image does.
+backup-tools:
+	@command -v age >/dev/null && command -v age-keygen >/dev/null || { \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$$sudo apt-get install -y -qq age >/dev/null; }
 
 # The tests that run the compose stacks on a real Docker engine (tests/containers/): installs
 # docker.io, docker-compose and mmdebstrap when missing and starts dockerd when no engine
