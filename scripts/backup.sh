@@ -58,7 +58,7 @@ die() {
 }
 warn() { printf '%s: warning: %s\n' "$prog" "$*" >&2; }
 usage() {
-  sed -n '/^#   scripts/,/only the matching private key/p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '/^#   scripts/,/matching private key can restore it/p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 out_dir=./backups
@@ -316,8 +316,8 @@ echo "wrote $out_dir/$name$suffix ($size bytes)"
 
 # --- keep the newest N ---------------------------------------------------------------------
 shopt -s nullglob
-stamped=paku-backup-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z
-archives=("$out_dir"/$stamped.tar.gz "$out_dir"/$stamped.tar.gz.age)
+archives=("$out_dir"/paku-backup-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z.tar.gz
+  "$out_dir"/paku-backup-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z.tar.gz.age)
 # Oldest first, encrypted or not: the names sort by their time stamp.
 mapfile -t archives < <(printf '%s\n' "${archives[@]}" | sort)
 excess=$((${#archives[@]} - keep))

@@ -42,7 +42,8 @@
 #   <name>.replaced-<time> (a signing key that devices may pin is never silently lost).
 #
 # Needs bash, tar, gzip, python3 (or the python next to paku-iot), for PostgreSQL pg_restore
-# and psql, and for an encrypted archive age. Exit status: 0 restored, 1 failed or refused, 2 bad usage.
+# and psql, and for an encrypted archive age. Exit status: 0 restored, 1 failed or refused,
+# 2 bad usage.
 set -euo pipefail
 umask 077
 export LC_ALL=C
@@ -54,6 +55,7 @@ die() {
 }
 warn() { printf '%s: warning: %s\n' "$prog" "$*" >&2; }
 usage() {
+  # shellcheck disable=SC2016 # a literal $ in the pattern
   sed -n '/^#   scripts/,/^#           \$PAKU_BACKUP_IDENTITY_FILE/p' "$0" | sed 's/^# \{0,1\}//'
 }
 
@@ -323,6 +325,9 @@ with os.fdopen(fd, "w", encoding="utf-8") as fh:
     fh.write(secrets.token_urlsafe(32) + "\n")
 os.replace(tmp, path)
 PY
+if [ "$(id -u)" -eq 0 ]; then # the key belongs to whoever runs paku-iot, not to root
+  chown --reference="$secrets_dir" "$secrets_dir/ui-session-key"
+fi
 echo "made a new dashboard session key: sessions signed before the restore are refused"
 if [ -n "$archive_key_member" ]; then
   if [ -n "$signing_key_file" ]; then
