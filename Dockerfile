@@ -40,9 +40,9 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG PAKU_UID=1883
 
 # bash, tar and gzip are in the base image; scripts/backup.sh and restore.sh also need
-# pg_dump, pg_restore and psql (Debian bookworm: PostgreSQL 15).
+# pg_dump, pg_restore and psql (Debian bookworm: PostgreSQL 15), and age for encrypted archives.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends postgresql-client \
+ && apt-get install -y --no-install-recommends postgresql-client age \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid "${PAKU_UID}" paku \
  && useradd --system --uid "${PAKU_UID}" --gid paku --home-dir /paku --no-create-home \

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # `make install` install exactly these.
 LOCK := requirements/runtime.txt
 
-.PHONY: dev test lint typecheck secrets audit lock pytest install mosquitto compose-tools browser-tools docker-engine compose-test soak bench clean
+.PHONY: dev test lint typecheck secrets audit lock pytest install mosquitto compose-tools backup-tools browser-tools docker-engine compose-test soak bench clean
 
 # Run paku-iot locally: Mosquitto child process, HTTP API and collector, SQLite in ./var.
 dev: $(STAMP) mosquitto
@@ -17,7 +17,7 @@ dev: $(STAMP) mosquitto
 # against real services.
 test: lint typecheck secrets audit pytest
 
-pytest: $(STAMP) mosquitto compose-tools browser-tools docker-engine
+pytest: $(STAMP) mosquitto compose-tools backup-tools browser-tools docker-engine
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -94,6 +94,13 @@ compose-tools:
 		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		$$sudo apt-get install -y -qq docker-compose busybox shellcheck >/dev/null; }
+
+# scripts/backup.sh encrypts archives with age (tests/test_backup.py), as the image does.
+backup-tools:
+	@command -v age >/dev/null && command -v age-keygen >/dev/null || { \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$$sudo apt-get install -y -qq age >/dev/null; }
 
 # The tests that run the compose stacks on a real Docker engine (tests/containers/): installs
 # docker.io, docker-compose and mmdebstrap when missing and starts dockerd when no engine

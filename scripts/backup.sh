@@ -3,10 +3,15 @@
 # OTA signing key) and the broker directory, into one dated archive. Safe to run from cron while
 # paku-iot runs; never prompts.
 #
-#   scripts/backup.sh [--out DIR] [--keep N]
+#   scripts/backup.sh [--out DIR] [--keep N] [--recipients-file FILE]
 #
 #   --out DIR   where archives go (default: ./backups, created mode 0700)
 #   --keep N    keep the newest N archives in DIR, delete older ones (default: 14)
+#   --recipients-file FILE
+#               encrypt the archive with age to the public keys in FILE (one `age1...` or
+#               `ssh-ed25519 ...` a line; default: $PAKU_BACKUP_RECIPIENTS_FILE, else
+#               DIR/recipients.txt when it exists): it is then .tar.gz.age, and only the
+#               matching private key can restore it
 #
 # Settings come from the environment only, with paku-iot's defaults (relative paths are taken
 # from the current directory, as paku-iot does): PAKU_DATA_DIR (./var), PAKU_DATABASE_URL
@@ -21,18 +26,27 @@
 #   database/paku.pgdump     PostgreSQL: pg_dump --format=custom (one consistent snapshot)
 #   database/paku.db         SQLite: a copy made with SQLite's online backup API
 #   firmware/<sha256>.bin    the firmware store (unfinished uploads left out)
-#   secrets/                 admin-token, ota-signing-key.pem (devices pin its public key)
+#   secrets/                 admin-token, ota-signing-key.pem (devices pin its public key);
+#                            never ui-session-key (it signs dashboard sessions, and restore.sh
+#                            makes a new one)
 #   signing-key/<file>       only when PAKU_OTA_SIGNING_KEY_FILE points outside secrets/
-#   broker/                  mosquitto.conf, acl, passwd, backend-password and data/ (the
-#                            broker's persistence: retained messages such as each device's
-#                            desired config, and queued messages for offline sessions). The
-#                            pid file, the log and half-written files are left out.
+#   broker/                  mosquitto.conf, acl and data/ (the broker's persistence:
+#                            retained messages such as each device's desired config, and
+#                            queued messages for offline sessions). Left out: the pid file, the
+#                            log, half-written files, and what paku-iot makes again on its next
+#                            start: backend-password (the backend's own broker password: a new
+#                            one is made when there is none) and passwd (rewritten from the
+#                            devices in the database and the backend's password).
+# Whatever can be regenerated stays out, so that an archive hands out as little as it can; it
+# still holds the admin token (when generated), the OTA signing key and every device's password
+# hash: keep it 0600, or encrypt it (--recipients-file, docs/operations.md "Backups").
 # The database is dumped first and the files copied after it: firmware images are named by
 # their content and only ever added, so every release in the dump has its image in the archive.
 # The broker's persistence is as of its last autosave (30 s) unless the broker is stopped.
 #
 # Needs bash, tar, gzip, python3 (or the python next to paku-iot) and, for PostgreSQL, pg_dump
-# (postgresql-client) no older than the server. Exit status: 0 done, 1 failed, 2 bad usage.
+# (postgresql-client) no older than the server; with --recipients-file, age (Debian: apt-get
+# install age). Exit status: 0 done, 1 failed, 2 bad usage.
 set -euo pipefail
 umask 077
 export LC_ALL=C
@@ -44,17 +58,20 @@ die() {
 }
 warn() { printf '%s: warning: %s\n' "$prog" "$*" >&2; }
 usage() {
-  sed -n '/^#   scripts/,/^#   --keep/p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '/^#   scripts/,/matching private key can restore it/p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 out_dir=./backups
 keep=14
+recipients_file=${PAKU_BACKUP_RECIPIENTS_FILE:-}
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || { usage >&2; exit 2; }; out_dir=$2; shift 2 ;;
     --out=*) out_dir=${1#--out=}; shift ;;
     --keep) [ $# -ge 2 ] || { usage >&2; exit 2; }; keep=$2; shift 2 ;;
     --keep=*) keep=${1#--keep=}; shift ;;
+    --recipients-file) [ $# -ge 2 ] || { usage >&2; exit 2; }; recipients_file=$2; shift 2 ;;
+    --recipients-file=*) recipients_file=${1#--recipients-file=}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) printf '%s: unknown argument: %s\n' "$prog" "$1" >&2; usage >&2; exit 2 ;;
   esac
@@ -67,6 +84,13 @@ if [ "$keep" -lt 1 ]; then
   exit 2
 fi
 [ -n "$out_dir" ] || { printf '%s: --out needs a directory\n' "$prog" >&2; exit 2; }
+if [ -z "$recipients_file" ] && [ -e "$out_dir/recipients.txt" ]; then
+  recipients_file=$out_dir/recipients.txt
+fi
+suffix=.tar.gz
+if [ -n "$recipients_file" ]; then
+  suffix=.tar.gz.age
+fi
 
 # shellcheck source=scripts/paku-tools.sh
 source "$(dirname "${BASH_SOURCE[0]}")/paku-tools.sh"
@@ -91,6 +115,12 @@ if [ "$db_kind" = sqlite ] && [ ! -f "$db_target" ]; then
 fi
 if [ "$db_kind" = postgresql ]; then
   need pg_dump "install the PostgreSQL client tools (Debian/Ubuntu: apt-get install postgresql-client)"
+fi
+if [ -n "$recipients_file" ]; then
+  need age "install age to encrypt backups (Debian/Ubuntu: apt-get install age)"
+  [ -r "$recipients_file" ] || die "cannot read the recipients file $recipients_file"
+  grep -qE '^(age1|ssh-)' "$recipients_file" ||
+    die "$recipients_file holds no age recipient (a line starting age1... or ssh-...): give the PUBLIC key"
 fi
 
 # --- output directory, lock, staging -------------------------------------------------------
@@ -117,7 +147,7 @@ trap 'exit 143' TERM
 while :; do
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
   name=paku-backup-$stamp
-  [ -e "$out_dir/$name.tar.gz" ] || break
+  [ -e "$out_dir/$name.tar.gz" ] || [ -e "$out_dir/$name.tar.gz.age" ] || break
   sleep 1
 done
 root=$stage/$name
@@ -178,7 +208,7 @@ fi
 
 secrets_included=false
 if [ -d "$secrets_dir" ]; then
-  copy_dir "$secrets_dir" "$root/secrets" '.*.tmp'
+  copy_dir "$secrets_dir" "$root/secrets" '.*.tmp' ui-session-key 'ui-session-key.*'
   secrets_included=true
 else
   warn "no secrets directory at $secrets_dir: the admin token and signing key are not in this backup"
@@ -194,7 +224,8 @@ fi
 
 broker_included=false
 if [ -d "$broker_dir" ]; then
-  copy_dir "$broker_dir" "$root/broker" mosquitto.pid mosquitto.log mosquitto.stderr '.*.tmp' '*.new'
+  copy_dir "$broker_dir" "$root/broker" mosquitto.pid mosquitto.log mosquitto.stderr '.*.tmp' '*.new' \
+    ./backend-password './backend-password.*' ./passwd './passwd.*'
   broker_included=true
 elif [ -n "${PAKU_BROKER_DIR:-}" ]; then
   die "PAKU_BROKER_DIR=$broker_dir: no such directory"
@@ -255,7 +286,9 @@ manifest = {
     if e["BK_KEY_MEMBER"] else None,
     "broker": {"included": e["BK_BROKER"] == "true", "source": absolute(e["BK_BROKER_DIR"]),
                "persistence": any(n.startswith("broker/data/") for n in files),
-               "excluded": ["mosquitto.pid", "mosquitto.log", "mosquitto.stderr"]},
+               "excluded": ["mosquitto.pid", "mosquitto.log", "mosquitto.stderr",
+                            "backend-password", "passwd"]},
+    "regenerated": ["secrets/ui-session-key", "broker/backend-password", "broker/passwd"],
     "data_dir": absolute(e["BK_DATA_DIR"]),
     "files": files,
 }
@@ -263,19 +296,30 @@ manifest = {
 PY
 
 # --- archive: a temporary name, checked, then renamed --------------------------------------
-partial=$out_dir/.$name.tar.gz.partial
-tar -C "$stage" -czf "$partial" "$name" || die "could not write the archive in $out_dir"
+partial=$out_dir/.$name$suffix.partial
+if [ -n "$recipients_file" ]; then
+  # Only the encrypted bytes ever reach the output directory.
+  echo "encrypting to the recipients in $recipients_file"
+  tar -C "$stage" -czf - "$name" | age --encrypt --recipients-file "$recipients_file" --output "$partial" ||
+    die "could not write the encrypted archive in $out_dir (see above)"
+  head -c 21 "$partial" | grep -q '^age-encryption.org/v1' || die "the archive just written is not age-encrypted: $partial"
+else
+  tar -C "$stage" -czf "$partial" "$name" || die "could not write the archive in $out_dir"
+  gzip -t "$partial" || die "the archive just written does not read back: $partial"
+fi
 chmod 600 "$partial"
-gzip -t "$partial" || die "the archive just written does not read back: $partial"
 sync "$partial" 2>/dev/null || true
-mv -f "$partial" "$out_dir/$name.tar.gz"
+mv -f "$partial" "$out_dir/$name$suffix"
 partial=""
-size=$(wc -c <"$out_dir/$name.tar.gz" | tr -d ' ')
-echo "wrote $out_dir/$name.tar.gz ($size bytes)"
+size=$(wc -c <"$out_dir/$name$suffix" | tr -d ' ')
+echo "wrote $out_dir/$name$suffix ($size bytes)"
 
 # --- keep the newest N ---------------------------------------------------------------------
 shopt -s nullglob
-archives=("$out_dir"/paku-backup-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z.tar.gz)
+archives=("$out_dir"/paku-backup-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z.tar.gz
+  "$out_dir"/paku-backup-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z.tar.gz.age)
+# Oldest first, encrypted or not: the names sort by their time stamp.
+mapfile -t archives < <(printf '%s\n' "${archives[@]}" | sort)
 excess=$((${#archives[@]} - keep))
 if [ "$excess" -gt 0 ]; then
   for old in "${archives[@]:0:excess}"; do

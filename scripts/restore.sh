@@ -2,10 +2,13 @@
 # Put a backup made by scripts/backup.sh back in place: the database, the firmware store, the
 # secrets (admin token, OTA signing key) and the broker directory.
 #
-#   scripts/restore.sh [--yes] ARCHIVE
+#   scripts/restore.sh [--yes] [--identity FILE] ARCHIVE
 #
 #   --yes   replace what is there: without it, restore.sh refuses when any target (database,
 #           firmware, secrets, broker directory) already holds data
+#   --identity FILE
+#           the age private key an encrypted archive (.tar.gz.age) was made for (default:
+#           $PAKU_BACKUP_IDENTITY_FILE, if set)
 #
 # (A PostgreSQL database with any table in it counts as holding data; so does a migrated but
 # empty one.) The archive is unpacked into $TMPDIR (/tmp), which needs room for its contents
@@ -20,19 +23,27 @@
 # They need not be where the backup was made.
 #
 # - Every file is checked against the SHA-256 in the archive's manifest before anything is
-#   touched.
+#   touched, and an archive holding anything its manifest does not list (a file, a link, a
+#   device) is refused whole: nothing is restored from it.
+# - An encrypted archive is decrypted with age into $TMPDIR first; a wrong key is refused
+#   before anything is touched.
+# - The dashboard's session key (secrets/ui-session-key) is never taken from an archive: a new
+#   one is made, so no session signed before the restore is accepted after it.
 # - PostgreSQL: the database in PAKU_DATABASE_URL must exist (it may be empty: createdb it);
 #   the tables in the dump are dropped and pg_restore --clean --if-exists's script recreates
 #   them, all in one transaction (psql --single-transaction), so a failure leaves the database
-#   as it was. Objects end up owned by the user in the URL (--no-owner); grants are not
-#   restored (--no-privileges). Tables the dump does not have are left alone.
+#   as it was. The dump's SQL runs as the user in the URL, who then owns what it creates
+#   (--no-owner); grants are not restored (--no-privileges). Tables the dump does not have are
+#   left alone. The compose files' URL names paku_app, a role that owns paku-iot's tables and
+#   nothing more (not a superuser): a dump's SQL can do nothing that role cannot.
 # - SQLite: the file is replaced atomically (rename), its old -wal/-shm removed.
 # - Files are copied over what is there, each one atomically; files the archive does not have
 #   are left alone. A secret that differs from the archive's is kept next to it as
 #   <name>.replaced-<time> (a signing key that devices may pin is never silently lost).
 #
-# Needs bash, tar, gzip, python3 (or the python next to paku-iot) and, for PostgreSQL,
-# pg_restore and psql. Exit status: 0 restored, 1 failed or refused, 2 bad usage.
+# Needs bash, tar, gzip, python3 (or the python next to paku-iot), for PostgreSQL pg_restore
+# and psql, and for an encrypted archive age. Exit status: 0 restored, 1 failed or refused,
+# 2 bad usage.
 set -euo pipefail
 umask 077
 export LC_ALL=C
@@ -44,14 +55,18 @@ die() {
 }
 warn() { printf '%s: warning: %s\n' "$prog" "$*" >&2; }
 usage() {
-  sed -n '/^#   scripts/,/^#           firmware/p' "$0" | sed 's/^# \{0,1\}//'
+  # shellcheck disable=SC2016 # a literal $ in the pattern
+  sed -n '/^#   scripts/,/^#           \$PAKU_BACKUP_IDENTITY_FILE/p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 yes=false
 archive=""
+identity=${PAKU_BACKUP_IDENTITY_FILE:-}
 while [ $# -gt 0 ]; do
   case "$1" in
     -y | --yes) yes=true; shift ;;
+    --identity) [ $# -ge 2 ] || { usage >&2; exit 2; }; identity=$2; shift 2 ;;
+    --identity=*) identity=${1#--identity=}; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; [ $# -eq 1 ] || { usage >&2; exit 2; }; archive=$1; shift ;;
     -*) printf '%s: unknown option: %s\n' "$prog" "$1" >&2; usage >&2; exit 2 ;;
@@ -86,14 +101,33 @@ stage=$(mktemp -d "${TMPDIR:-/tmp}/paku-restore.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-tar -xzf "$archive" -C "$stage" || die "cannot read $archive (not a complete paku-backup archive?)"
-shopt -s nullglob
-roots=("$stage"/paku-backup-*/)
-shopt -u nullglob
-if [ ${#roots[@]} -ne 1 ] || [ ! -f "${roots[0]}manifest.json" ]; then
-  die "$archive is not a paku-iot backup (no paku-backup-*/manifest.json inside)"
+plain=$archive
+if head -c 64 "$archive" | grep -aqE '^(age-encryption\.org/v1|-----BEGIN AGE ENCRYPTED FILE-----)'; then
+  [ -n "$identity" ] ||
+    die "$archive is encrypted (age): give the private key it was made for with --identity FILE"
+  [ -r "$identity" ] || die "cannot read the identity file $identity"
+  need age "install age to decrypt this archive (Debian/Ubuntu: apt-get install age)"
+  plain=$stage/archive.tar.gz
+  if ! age_error=$(age --decrypt --identity "$identity" --output "$plain" "$archive" 2>&1); then
+    case "$age_error" in
+      *"no identity matched"*)
+        die "cannot decrypt $archive: $identity is not the key it was encrypted to (age: no identity matched any of the recipients); nothing was restored" ;;
+      *) die "cannot decrypt $archive with $identity: ${age_error:-age failed}; nothing was restored" ;;
+    esac
+  fi
+  echo "decrypted $archive with $identity"
 fi
-root=${roots[0]%/}
+mkdir "$stage/unpacked"
+tar -xzf "$plain" -C "$stage/unpacked" || die "cannot read $archive (not a complete paku-backup archive?)"
+[ "$plain" = "$archive" ] || rm -f "$plain"
+shopt -s nullglob dotglob
+roots=("$stage"/unpacked/*)
+shopt -u nullglob dotglob
+if [ ${#roots[@]} -ne 1 ] || [ ! -f "${roots[0]}/manifest.json" ] || [ -L "${roots[0]}" ] ||
+  [[ "${roots[0]##*/}" != paku-backup-* ]]; then
+  die "$archive is not a paku-iot backup (not one paku-backup-*/ directory with a manifest.json inside)"
+fi
+root=${roots[0]}
 
 manifest=$("$python" - "$root" <<'PY'
 import hashlib
@@ -105,8 +139,24 @@ root = Path(sys.argv[1])
 m = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
 if m.get("format") != "paku-backup/1":
     sys.exit(f"unknown archive format {m.get('format')!r}")
+listed = set(m["files"])
+unlisted = []
+for path in sorted(root.rglob("*")):
+    name = path.relative_to(root).as_posix()
+    if path.is_symlink() or not (path.is_dir() or path.is_file()):
+        unlisted.append(f"{name} (not a regular file)")
+    elif path.is_file() and name != "manifest.json" and name not in listed:
+        unlisted.append(name)
+if unlisted:
+    sys.exit(
+        "the archive holds what its manifest does not list, so none of it is restored: "
+        + ", ".join(unlisted[:10]) + (f" and {len(unlisted) - 10} more" if len(unlisted) > 10 else "")
+    )
 bad = []
 for name, meta in m["files"].items():
+    if name.startswith("/") or ".." in name.split("/"):
+        bad.append(f"{name}: not a path inside the archive")
+        continue
     path = root / name
     if not path.is_file():
         bad.append(f"{name}: missing")
@@ -258,8 +308,27 @@ put_dir() {
 }
 
 put_dir "$root/firmware" "$firmware_dir" false
+# The session key is made anew (an old archive may still hold one: it is not used).
+rm -f "$root/secrets/ui-session-key"
 put_dir "$root/secrets" "$secrets_dir" true
-[ ! -d "$secrets_dir" ] || chmod 700 "$secrets_dir"
+mkdir -p "$secrets_dir"
+chmod 700 "$secrets_dir"
+"$python" - "$secrets_dir/ui-session-key" <<'PY' || die "could not make a new dashboard session key in $secrets_dir"
+import os
+import secrets
+import sys
+
+path = sys.argv[1]
+tmp = f"{path}.restore.{os.getpid()}"
+fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    fh.write(secrets.token_urlsafe(32) + "\n")
+os.replace(tmp, path)
+PY
+if [ "$(id -u)" -eq 0 ]; then # the key belongs to whoever runs paku-iot, not to root
+  chown --reference="$secrets_dir" "$secrets_dir/ui-session-key"
+fi
+echo "made a new dashboard session key: sessions signed before the restore are refused"
 if [ -n "$archive_key_member" ]; then
   if [ -n "$signing_key_file" ]; then
     put_file "$root/$archive_key_member" "$signing_key_file" true

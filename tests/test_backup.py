@@ -29,12 +29,13 @@ from paku_iot import __version__
 from tests.support import eventually, free_port, require
 from tests.support.mqtt import DeviceClient
 from tests.support.processes import dev_environment, paku, read_until, run_paku, stop
+from tests.support.ui import sign_in
 
 REPO = Path(__file__).resolve().parents[1]
 BACKUP = REPO / "scripts" / "backup.sh"
 RESTORE = REPO / "scripts" / "restore.sh"
 PG_ADMIN_DSN = os.environ.get("PAKU_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-ARCHIVE_NAME = re.compile(r"^paku-backup-\d{8}T\d{6}Z\.tar\.gz$")
+ARCHIVE_NAME = re.compile(r"^paku-backup-\d{8}T\d{6}Z\.tar\.gz(\.age)?$")
 DEVICES = ("kitchen-01", "garage-02", "attic-03")
 MODEL = "paku-sensor"
 
@@ -214,6 +215,9 @@ async def test_backup_destroy_restore_brings_everything_back(
         sha256 = json.loads(published.stdout)["sha256"]
         assert sha256 == hashlib.sha256(firmware).hexdigest()
         before = await snapshot(base_url, token, sha256)
+        # A dashboard sign-in: the session key is made, and signs a cookie.
+        async with httpx.AsyncClient(base_url=base_url) as browser:
+            await sign_in(browser, token)
     finally:
         code, stderr = stop(dev)
     assert code == 0, stderr
@@ -221,6 +225,7 @@ async def test_backup_destroy_restore_brings_everything_back(
     assert before["devices"] == sorted((d, MODEL) for d in DEVICES)
     assert [r["version"] for r in before["releases"]] == ["1.2.3"]
     signing_key = (data_dir / "secrets" / "ota-signing-key.pem").read_bytes()
+    session_key = (data_dir / "secrets" / "ui-session-key").read_bytes()
 
     # --- back up ----------------------------------------------------------------------------
     made = script(BACKUP, "--out", str(backups), env=env, cwd=tmp_path)
@@ -238,11 +243,16 @@ async def test_backup_destroy_restore_brings_everything_back(
         f"firmware/{sha256}.bin",
         "secrets/admin-token",
         "secrets/ota-signing-key.pem",
-        "broker/passwd",
-        "broker/backend-password",
         "broker/mosquitto.conf",
     ):
         assert member in manifest["files"], member
+    # What paku-iot makes again is left out: the key that signs dashboard sessions, the
+    # backend's broker password, and the password file made from it and the database.
+    for member in ("secrets/ui-session-key", "broker/backend-password", "broker/passwd"):
+        assert member not in manifest["files"], member
+    with tarfile.open(archive) as tar:
+        names = [m.name.split("/", 1)[-1] for m in tar.getmembers()]
+    assert not [n for n in names if n.endswith(("ui-session-key", "backend-password", "passwd"))]
     assert manifest["files"][f"firmware/{sha256}.bin"]["sha256"] == sha256
     assert "broker/mosquitto.pid" not in manifest["files"]
 
@@ -260,6 +270,11 @@ async def test_backup_destroy_restore_brings_everything_back(
     assert "restore complete" in restored.stdout
     assert (data_dir / "secrets" / "ota-signing-key.pem").read_bytes() == signing_key
     assert (data_dir / "secrets" / "admin-token").read_text().strip() == token
+    # A new session key: nothing signed with the old one is accepted after the restore.
+    new_session_key = data_dir / "secrets" / "ui-session-key"
+    assert new_session_key.stat().st_mode & 0o777 == 0o600
+    assert len(new_session_key.read_text().strip()) >= 40
+    assert new_session_key.read_bytes() != session_key
 
     # --- and paku-iot finds it all ------------------------------------------------------------
     dev, banner = await start_dev(env, tmp_path)
@@ -340,3 +355,115 @@ def test_backup_fails_clearly_and_leaves_no_archive(tmp_path: Path) -> None:
 
     bad = script(BACKUP, "--keep", "0", env={}, cwd=tmp_path)
     assert bad.returncode == 2
+
+
+def sqlite_install(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A migrated SQLite install with an admin token and a session key: its env, token file."""
+    env = {"PAKU_DATA_DIR": str(tmp_path / "var")}
+    migrated = run_paku("migrate", env=env, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    secrets_dir = tmp_path / "var" / "secrets"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    token_file = secrets_dir / "admin-token"
+    token_file.write_text("the-admin-token-0123456789\n")
+    (secrets_dir / "ui-session-key").write_text("the-old-session-key\n")
+    return env, token_file
+
+
+def age_keys(directory: Path, name: str) -> tuple[Path, Path]:
+    """An age identity (private key) and its recipient (public key) file, from age-keygen."""
+    identity = directory / f"{name}.key"
+    made = subprocess.run(
+        ["age-keygen", "-o", str(identity)], capture_output=True, text=True, check=True
+    )
+    public = re.search(r"age1[0-9a-z]+", made.stderr + made.stdout)
+    assert public, made.stderr
+    recipients = directory / f"{name}.pub"
+    recipients.write_text(public.group(0) + "\n")
+    return identity, recipients
+
+
+def test_an_encrypted_archive_restores_only_with_its_key(tmp_path: Path) -> None:
+    need_tools("bash", "tar", "gzip", "python3", "age", "age-keygen")
+    env, token_file = sqlite_install(tmp_path)
+    identity, recipients = age_keys(tmp_path, "backup")
+    wrong_identity, _ = age_keys(tmp_path, "other")
+
+    made = script(BACKUP, "--recipients-file", str(recipients), env=env, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    [archive] = archives(tmp_path / "backups")
+    assert archive.name.endswith(".tar.gz.age")
+    assert oct(archive.stat().st_mode & 0o777) == "0o600"
+    data = archive.read_bytes()
+    assert data.startswith(b"age-encryption.org/v1\n")
+    with pytest.raises(tarfile.ReadError), tarfile.open(archive):
+        pass
+    # The same through the environment, and through recipients.txt in the output directory
+    # (where compose's backup service finds it).
+    time.sleep(1.1)
+    made = script(BACKUP, env={**env, "PAKU_BACKUP_RECIPIENTS_FILE": str(recipients)}, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    shutil.copy(recipients, tmp_path / "backups" / "recipients.txt")
+    time.sleep(1.1)
+    made = script(BACKUP, env=env, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert "encrypting to the recipients in" in made.stdout
+    assert [p.name.endswith(".age") for p in archives(tmp_path / "backups")] == [True] * 3
+
+    shutil.rmtree(tmp_path / "var")
+    without = script(RESTORE, str(archive), env=env, cwd=tmp_path)
+    assert without.returncode == 1
+    assert "encrypted" in without.stderr, without.stderr
+    assert "--identity" in without.stderr, without.stderr
+    public_only = script(
+        RESTORE, "--identity", str(recipients), str(archive), env=env, cwd=tmp_path
+    )
+    assert public_only.returncode == 1
+    assert "cannot decrypt" in public_only.stderr, public_only.stderr
+    wrong = script(RESTORE, "--identity", str(wrong_identity), str(archive), env=env, cwd=tmp_path)
+    assert wrong.returncode == 1
+    assert "is not the key it was encrypted to" in wrong.stderr, wrong.stderr
+    assert "nothing was restored" in wrong.stderr
+    assert not (tmp_path / "var").exists()
+
+    restored = script(RESTORE, "--identity", str(identity), str(archive), env=env, cwd=tmp_path)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert token_file.read_text() == "the-admin-token-0123456789\n"
+    session_key = token_file.parent / "ui-session-key"
+    assert session_key.read_text() != "the-old-session-key\n"
+    assert session_key.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "var" / "paku.db").is_file()
+
+
+def test_restore_refuses_an_archive_with_a_file_its_manifest_does_not_list(
+    tmp_path: Path,
+) -> None:
+    need_tools("bash", "tar", "gzip", "python3")
+    env, token_file = sqlite_install(tmp_path)
+    made = script(BACKUP, env=env, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    [archive] = archives(tmp_path / "backups")
+
+    # The same archive, with one more file that its manifest does not name.
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    [root] = unpacked.iterdir()
+    (root / "broker").mkdir(exist_ok=True)
+    (root / "broker" / "extra.conf").write_text("listener 1884 0.0.0.0\nallow_anonymous true\n")
+    tampered = tmp_path / "tampered" / archive.name
+    tampered.parent.mkdir()
+    with tarfile.open(tampered, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+
+    shutil.rmtree(tmp_path / "var")
+    refused = script(RESTORE, "--yes", str(tampered), env=env, cwd=tmp_path)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "does not list" in refused.stderr, refused.stderr
+    assert "broker/extra.conf" in refused.stderr
+    assert not (tmp_path / "var").exists()  # nothing at all was restored
+
+    # The untouched archive restores.
+    restored = script(RESTORE, str(archive), env=env, cwd=tmp_path)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert token_file.read_text() == "the-admin-token-0123456789\n"

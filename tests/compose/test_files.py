@@ -347,3 +347,35 @@ def test_the_dockerfile_builds_a_slim_non_root_image_with_a_healthcheck() -> Non
     assert dockerfile.env["PAKU_HTTP_HOST"] == "0.0.0.0"
     assert dockerfile.env["PAKU_DATA_DIR"] == DATA_MOUNT
     assert f"PAKU_UID={MOSQUITTO_IMAGE_UID}" in DOCKERFILE.read_text()
+
+
+def test_dev_publishes_its_ports_on_the_loopback_only() -> None:
+    dev = services(load_compose("dev"))
+    published = {
+        name: [str(port) for port in service.get("ports", [])] for name, service in dev.items()
+    }
+    for name in ("paku-iot", "mosquitto", "grafana"):
+        assert published[name], name
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_paku_iot_connects_as_the_application_role_made_before_migrate(name: str) -> None:
+    """db-init (compose/postgres/roles.sh) makes paku_app, not a superuser, before migrate;
+    everything built from our image connects as it, never as the postgres superuser."""
+    document = services(load_compose(name))
+    superuser = environment(document["postgres"])["POSTGRES_USER"]
+    db_init = document["db-init"]
+    assert db_init["entrypoint"] == ["bash", "/paku/postgres/roles.sh"]
+    assert db_init["network_mode"] == "service:postgres"
+    assert environment(db_init)["PGUSER"] == superuser
+    assert str(db_init["restart"]) == "no"
+    assert document["migrate"]["depends_on"]["db-init"]["condition"] == ONE_SHOT_CONDITION
+    for service_name, service in document.items():
+        url = environment(service).get("PAKU_DATABASE_URL")
+        if url is None:
+            continue
+        user = url.split("://", 1)[1].split(":", 1)[0]
+        assert user == "paku_app" != superuser, f"{service_name} connects as {user}"

@@ -1,18 +1,24 @@
-"""Grafana (dev.yaml's `grafana` profile): provisioned with the database and a dashboard,
-and the dashboard's queries run on the migrated schema in PostgreSQL."""
+"""Grafana (dev.yaml's `grafana` profile): provisioned with the database (through the read-only
+role) and a dashboard, the dashboard's queries run on the migrated schema in PostgreSQL, no
+anonymous access, and an admin password generated on the first start (its entrypoint, run
+here under busybox sh as the Alpine-based image would)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import json
+import os
 import re
+import subprocess
+from pathlib import Path
 
 import asyncpg
 import yaml
 
 from paku_iot.storage.migrate import upgrade
-from tests.support.compose import GRAFANA_DIR, environment, load_compose, services
+from tests.compose.test_entrypoints import busybox_path
+from tests.support.compose import GRAFANA_DIR, environment, load_compose, services, strings
 
 
 def test_grafana_is_provisioned_with_the_database_and_a_dashboard() -> None:
@@ -23,11 +29,14 @@ def test_grafana_is_provisioned_with_the_database_and_a_dashboard() -> None:
     dev = services(load_compose("dev"))
     assert dev["grafana"]["profiles"] == ["grafana"]
     postgres_env = environment(dev["postgres"])
+    db_init = environment(dev["db-init"])
     source = datasources[0]
     assert source["url"] == "postgres:5432"
-    assert source["user"] == postgres_env["POSTGRES_USER"]
+    # The read-only role db-init makes (compose/postgres/roles.sh), not the superuser.
+    assert source["user"] == "paku_grafana" != postgres_env["POSTGRES_USER"]
+    assert db_init.get("PAKU_DB_READONLY_ROLE", "paku_grafana") == source["user"]
     assert source["jsonData"]["database"] == postgres_env["POSTGRES_DB"]
-    assert source["secureJsonData"]["password"] == postgres_env["POSTGRES_PASSWORD"]
+    assert source["secureJsonData"]["password"] == db_init["PAKU_DB_READONLY_PASSWORD"]
     dashboard = json.loads((GRAFANA_DIR / "dashboards" / "paku-overview.json").read_text())
     assert dashboard["panels"]
     for panel in dashboard["panels"]:
@@ -73,3 +82,70 @@ async def test_the_dashboard_queries_run_on_the_migrated_schema(empty_pg_databas
                 assert rows, f"{title}: no rows for a device that is online and sending"
     finally:
         await conn.close()
+
+
+def test_grafana_is_not_anonymous_and_has_no_password_in_git() -> None:
+    grafana = services(load_compose("dev"))["grafana"]
+    env = environment(grafana)
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    assert not [v for v in strings(grafana) if "paku-dev-only" in v]
+    assert grafana["entrypoint"] == ["/bin/sh", "/paku/grafana/entrypoint.sh"]
+    assert "./grafana/entrypoint.sh:/paku/grafana/entrypoint.sh:ro" in grafana["volumes"]
+
+
+def run_grafana_entrypoint(tmp_path: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    """compose/grafana/entrypoint.sh under busybox sh; the image's /run.sh and `grafana` are
+    stand-ins that write down what they were given."""
+    bin_dir = tmp_path / "stubs"
+    bin_dir.mkdir(exist_ok=True)
+    run = bin_dir / "run.sh"
+    run.write_text(f'#!/bin/sh\nprintf "%s" "$GF_SECURITY_ADMIN_PASSWORD" > {tmp_path}/given\n')
+    grafana = bin_dir / "grafana"
+    grafana.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/cli\n')
+    run.chmod(0o755)
+    grafana.chmod(0o755)
+    path = busybox_path(tmp_path) if not (tmp_path / "busybox-bin").exists() else ""
+    path = path or str(tmp_path / "busybox-bin")
+    return subprocess.run(
+        ["sh", str(GRAFANA_DIR / "entrypoint.sh")],
+        env={
+            "PATH": f"{bin_dir}:{path}",
+            "GF_PATHS_DATA": str(data),
+            "PAKU_GRAFANA_RUN": str(run),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_admin_password_is_generated_once_into_a_private_file(tmp_path: Path) -> None:
+    data = tmp_path / "var-lib-grafana"
+    data.mkdir()
+    first = run_grafana_entrypoint(tmp_path, data)
+    assert first.returncode == 0, first.stderr
+    password_file = data / "admin-password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    password = password_file.read_text().strip()
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
+    assert (tmp_path / "given").read_text() == password
+    assert not (tmp_path / "cli").exists()  # a new volume: Grafana creates the admin itself
+
+    again = run_grafana_entrypoint(tmp_path, data)
+    assert again.returncode == 0, again.stderr
+    assert password_file.read_text().strip() == password
+    assert (tmp_path / "given").read_text() == password
+
+    # A volume from before (Grafana's database, no password file): the admin's password is
+    # reset to the new one.
+    old = tmp_path / "old-volume"
+    old.mkdir()
+    (old / "grafana.db").write_bytes(b"")
+    upgraded = run_grafana_entrypoint(tmp_path, old)
+    assert upgraded.returncode == 0, upgraded.stderr
+    new_password = (old / "admin-password").read_text().strip()
+    assert new_password != password
+    assert (tmp_path / "cli").read_text().split()[-2:] == ["reset-admin-password", new_password]
+    assert os.stat(old / "admin-password").st_mode & 0o777 == 0o600

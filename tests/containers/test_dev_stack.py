@@ -5,8 +5,10 @@ telemetry published with a real MQTT client through the published MQTT port and 
 from the API, a command answered by the reference device, a firmware release published
 through the API and installed by the reference device's OTA updater (manifest with its
 device credentials, download, SHA-256 and signature checked), a dashboard sign-in with the
-dev admin token that lists the device, paku-iot's start line in `docker-compose logs`, then
-`down -v`, after which nothing of the project is left.
+dev admin token that lists the device, paku-iot's start line in `docker-compose logs`, the
+database as db-init left it (paku-iot connected as paku_app, which owns every table and is no
+superuser; paku_grafana reads and cannot write; the superuser refused over the network), every
+port published on 127.0.0.1 only, then `down -v`, after which nothing of the project is left.
 
 The engine is started when it is not running (scripts/docker-engine.sh); the official images
 are used when present or pullable, local stand-ins otherwise (tests/support/engine.py,
@@ -31,7 +33,7 @@ from tests.support.compose import environment
 from tests.support.downlink import wait_status
 from tests.support.mqtt import ConnectRefused, DeviceClient
 from tests.support.processes import provision, stored_telemetry
-from tests.support.stacks import ComposeProject, default_services, wait_until_ready
+from tests.support.stacks import ComposeProject, default_services, docker, wait_until_ready
 from tests.support.ui import sign_in
 
 # The first run builds the stand-ins and the paku-iot image; a cached run takes a minute or two.
@@ -173,6 +175,65 @@ async def dashboard_lists(stack: Stack, device_id: str, token: str) -> None:
             assert (await stranger.get("/ui/fleet")).status_code in (302, 303, 401)
 
 
+def psql(stack: Stack, sql: str, *, user: str = "paku", host: str = "") -> tuple[int, str]:
+    """psql in the postgres container: as the superuser over its socket (trusted), or as
+    another role over the network with the given host (password from PGPASSWORD)."""
+    env = {"paku_app": "paku-dev-only", "paku_grafana": "paku-grafana-dev-only"}
+    args = ["exec", "-e", f"PGPASSWORD={env.get(user, 'paku-dev-only')}"]
+    args += [stack.container("postgres"), "psql", "-U", user, "-d", "paku", "-At", "-c", sql]
+    if host:
+        args += ["-h", host]
+    result = docker(*args)
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+def database_roles(stack: Stack) -> None:
+    """What db-init (compose/postgres/roles.sh) made, and paku-iot connecting as paku_app."""
+    code, users = psql(
+        stack,
+        "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = 'paku' "
+        "AND pid <> pg_backend_pid() AND usename IS NOT NULL",
+    )
+    assert code == 0, users
+    assert users.split() == ["paku_app"], users
+    code, owners = psql(
+        stack,
+        "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND relkind IN ('r', 'p')",
+    )
+    assert (code, owners) == (0, "paku_app"), owners
+    code, powers = psql(
+        stack,
+        "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'paku_app'",
+    )
+    assert (code, powers) == (0, "f|f|f"), powers
+    # Over the network (from the postgres container's own address, not 127.0.0.1): the app
+    # role gets in, the superuser has no password any more, Grafana's role only reads.
+    address = docker(
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        stack.container("postgres"),
+    ).stdout.strip()
+    code, out = psql(stack, "SELECT current_user", user="paku_app", host=address)
+    assert (code, out) == (0, "paku_app"), out
+    code, out = psql(stack, "SELECT 1", user="paku", host=address)
+    assert code != 0, out
+    assert "password authentication failed" in out, out
+    code, out = psql(stack, "SELECT count(*) FROM devices", user="paku_grafana", host=address)
+    assert (code, out) == (0, "1"), out
+    code, out = psql(stack, "DELETE FROM devices", user="paku_grafana", host=address)
+    assert code != 0, out
+    assert "read-only" in out or "permission denied" in out, out
+
+
+def published_on_loopback_only(stack: Stack) -> None:
+    for service, port in (("paku-iot", 8000), ("mosquitto", 1883)):
+        bound = docker("port", stack.container(service), f"{port}/tcp").stdout.split()
+        assert bound, f"{service}: {port} is not published"
+        assert all(b.startswith("127.0.0.1:") for b in bound), f"{service}: {bound}"
+
+
 async def test_the_dev_stack_runs_on_a_real_engine(engine: list[str], tmp_path: Path) -> None:
     stack = Stack()
     admin_token = environment(default_services("dev")["paku-iot"])["PAKU_ADMIN_TOKEN"]
@@ -207,6 +268,11 @@ async def test_the_dev_stack_runs_on_a_real_engine(engine: list[str], tmp_path: 
         assert logs.returncode == 0, logs.stderr
         assert "paku-iot api+collector running (database " in logs.stdout, logs.stdout[-2000:]
         assert "broker mosquitto:1883)" in logs.stdout, logs.stdout[-2000:]
+
+        started = time.monotonic()
+        database_roles(stack)
+        published_on_loopback_only(stack)
+        timings["roles and ports"] = time.monotonic() - started
     except BaseException:
         stack.print_logs()
         raise

@@ -15,7 +15,8 @@ operator to, from nothing:
   to new connections without a restart (its watcher reloads it);
 - the backup job (`run --rm backup`) and its archive restored into a second, fresh install
   with secrets of its own (step 9's restore): the device, its password, its data, the
-  firmware and the OTA signing key are all there.
+  firmware and the OTA signing key are all there; a copy of the archive with one file more
+  than its manifest lists is refused first, and restores nothing.
 
 Caddy cannot reach Let's Encrypt from a test, so the test's override file gives Caddy the
 same Caddyfile with its internal CA in place of the `acme_ca` line, and Mosquitto that CA's
@@ -33,6 +34,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -354,6 +356,16 @@ async def restored(stack: ProdStack, archive: Path) -> None:
     os.chown(copy, 1883, 1883)
     stopped = stack.compose("stop", "caddy", "paku-iot", "mosquitto")
     assert stopped.returncode == 0, stopped.stderr
+    tampered = with_an_unlisted_file(archive, stack.root / "backups" / "tampered")
+    refused = stack.compose(
+        *("run", "--rm", "-T", "backup"),
+        *("bash", "/paku/scripts/restore.sh", "--yes"),
+        f"/paku/backups/tampered/{tampered.name}",
+        timeout=600,
+    )
+    assert refused.returncode == 1, f"{refused.stdout}\n{refused.stderr}"
+    assert "does not list" in refused.stderr, refused.stderr
+    assert "restored" not in refused.stdout, refused.stdout
     restore = stack.compose(
         *("run", "--rm", "-T", "backup"),
         *("bash", "/paku/scripts/restore.sh", "--yes", f"/paku/backups/{archive.name}"),
@@ -363,6 +375,23 @@ async def restored(stack: ProdStack, archive: Path) -> None:
     started = stack.compose("up", "-d", timeout=600)
     assert started.returncode == 0, started.stderr
     await wait_until_ready(stack)
+
+
+def with_an_unlisted_file(archive: Path, directory: Path) -> Path:
+    """A copy of the archive with one more file (a broker config include), which its
+    manifest does not list; readable by the backup container's user."""
+    unpacked = directory / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    [root] = unpacked.iterdir()
+    (root / "broker" / "extra.conf").write_text("listener 1884\nallow_anonymous true\n")
+    tampered = directory / archive.name
+    with tarfile.open(tampered, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    shutil.rmtree(unpacked)
+    for path in (directory, tampered):
+        os.chown(path, 1883, 1883)
+    return tampered
 
 
 def ports_free() -> None:
