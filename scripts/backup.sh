@@ -35,8 +35,8 @@
 #                            queued messages for offline sessions). Left out: the pid file, the
 #                            log, half-written files, and what paku-iot makes again on its next
 #                            start: backend-password (the backend's own broker password: a new
-#                            one is made when there is none) and passwd (rewritten from the
-#                            devices in the database and the backend's password).
+#                            one is made when there is none), backend-passwd (its hash, made
+#                            with it) and passwd (rewritten from the devices in the database).
 # Whatever can be regenerated stays out, so that an archive hands out as little as it can; it
 # still holds the admin token (when generated), the OTA signing key and every device's password
 # hash: keep it 0600, or encrypt it (--recipients-file, docs/operations.md "Backups").
@@ -225,7 +225,8 @@ fi
 broker_included=false
 if [ -d "$broker_dir" ]; then
   copy_dir "$broker_dir" "$root/broker" mosquitto.pid mosquitto.log mosquitto.stderr '.*.tmp' '*.new' \
-    ./backend-password './backend-password.*' ./passwd './passwd.*'
+    ./backend-password './backend-password.*' ./passwd './passwd.*' ./backend-passwd \
+    './backend-passwd.*'
   broker_included=true
 elif [ -n "${PAKU_BROKER_DIR:-}" ]; then
   die "PAKU_BROKER_DIR=$broker_dir: no such directory"
@@ -287,8 +288,9 @@ manifest = {
     "broker": {"included": e["BK_BROKER"] == "true", "source": absolute(e["BK_BROKER_DIR"]),
                "persistence": any(n.startswith("broker/data/") for n in files),
                "excluded": ["mosquitto.pid", "mosquitto.log", "mosquitto.stderr",
-                            "backend-password", "passwd"]},
-    "regenerated": ["secrets/ui-session-key", "broker/backend-password", "broker/passwd"],
+                            "backend-password", "passwd", "backend-passwd"]},
+    "regenerated": ["secrets/ui-session-key", "broker/backend-password", "broker/passwd",
+                    "broker/backend-passwd"],
     "data_dir": absolute(e["BK_DATA_DIR"]),
     "files": files,
 }
