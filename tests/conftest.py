@@ -19,8 +19,8 @@ import pytest
 from paku_iot.server.service import Service, running_service
 from paku_iot.settings import Settings
 from paku_iot.storage.migrate import upgrade
-from paku_iot.web.app import create_app
 from tests.support import ADMIN_TOKEN, require
+from tests.support.api import admin_api
 from tests.support.broker import Broker, start_broker
 from tests.support.postgres import PG_ADMIN_DSN, pg_admin, pg_dsn
 from tests.support.processes import dev_environment, paku, read_until, stop
@@ -183,11 +183,7 @@ async def service(settings: Settings) -> AsyncIterator[Service]:
 @pytest.fixture
 async def api(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     """The HTTP API of the running service, authenticated as admin."""
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(service)),
-        base_url="http://paku.test",
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ) as client:
+    async with admin_api(service) as client:
         yield client
 
 

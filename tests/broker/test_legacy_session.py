@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
-
 from paku_iot.broker.link import BrokerLink, LinkOptions
 from paku_iot.protocol import uplink_subscriptions
 from paku_iot.server.legacy_session import legacy_client_id
 from paku_iot.server.service import Role, running_service
 from paku_iot.settings import BACKEND_MQTT_USERNAME, Settings
-from paku_iot.web.app import create_app
-from tests.support import ADMIN_TOKEN, eventually
+from tests.support import eventually
+from tests.support.api import admin_api
 from tests.support.broker import Broker
 from tests.support.downlink import provision
 
@@ -48,13 +46,11 @@ async def test_what_the_former_session_queued_is_stored_and_the_session_ends(
     # The old release ran: its collector had a session under the former id, which stays
     # (queueing for it) after it stopped, while the device keeps publishing. The API alone
     # provisions the device, so that no session exists under the new id yet.
-    async with running_service(settings, frozenset({Role.API})) as before:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(before)),
-            base_url="http://paku.test",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as api:
-            password = await provision(api, "upgrade-1")
+    async with (
+        running_service(settings, frozenset({Role.API})) as before,
+        admin_api(before) as api,
+    ):
+        password = await provision(api, "upgrade-1")
     old = _old_collector(broker, settings)
     old.start(lambda *_: None)
     await _wait_ready(old)
@@ -65,19 +61,14 @@ async def test_what_the_former_session_queued_is_stored_and_the_session_ends(
         assert await device.publish("paku/upgrade-1/telemetry", json.dumps(sample)) == 0
     await device.disconnect()
 
-    async with running_service(settings) as after:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(after)),
-            base_url="http://paku.test",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as api:
+    async with running_service(settings) as after, admin_api(after) as api:
 
-            async def all_stored() -> None:
-                page = await api.get("/devices/upgrade-1/telemetry", params={"limit": 100})
-                assert len(page.json()["items"]) == 25
+        async def all_stored() -> None:
+            page = await api.get("/devices/upgrade-1/telemetry", params={"limit": 100})
+            assert len(page.json()["items"]) == 25
 
-            await eventually(all_stored, timeout=20)
-            await asyncio.sleep(2)  # the take-over ends the session once idle for a second
+        await eventually(all_stored, timeout=20)
+        await asyncio.sleep(2)  # the take-over ends the session once idle for a second
 
     # Nothing is left under the former id: a connect finds no session.
     probe = _old_collector(broker, settings)

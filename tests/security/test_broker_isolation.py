@@ -19,8 +19,8 @@ from paku_iot.broker.link import shared_group_name
 from paku_iot.protocol import uplink_subscriptions
 from paku_iot.server.service import Service, running_service
 from paku_iot.settings import BACKEND_MQTT_USERNAME, Settings
-from paku_iot.web.app import create_app
-from tests.support import ADMIN_TOKEN, eventually
+from tests.support import eventually
+from tests.support.api import admin_api
 from tests.support.broker import Broker
 from tests.support.downlink import go_online, provision
 from tests.support.mqtt import ConnectRefused, DeviceClient
@@ -107,11 +107,7 @@ async def shared_service(settings: Settings) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def shared_api(shared_service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(shared_service)),
-        base_url="http://paku.test",
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ) as client:
+    async with admin_api(shared_service) as client:
         yield client
 
 
