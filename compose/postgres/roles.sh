@@ -26,6 +26,13 @@ readonly_role=${PAKU_DB_READONLY_ROLE:-paku_grafana}
 readonly_password=${PAKU_DB_READONLY_PASSWORD:-}
 keep_superuser_password=${PAKU_DB_KEEP_SUPERUSER_PASSWORD:-false}
 
+# While the image initialises a new cluster, a temporary server listens on its socket only:
+# wait for the real one on TCP (up to a minute).
+for _ in $(seq 1 60); do
+  pg_isready --quiet && break
+  sleep 1
+done
+
 psql=(psql --no-psqlrc --no-password --quiet --set=ON_ERROR_STOP=1 --single-transaction --file=-
   --set=app="$app" --set=app_password="$app_password"
   --set=ro="$readonly_role" --set=ro_password="$readonly_password")

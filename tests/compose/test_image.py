@@ -145,7 +145,9 @@ async def test_the_image_command_and_the_start_steps_run_as_plain_processes(
 
         # The container restarts: the same directory and port, and paku-iot is healthy again
         # (it reconnects by itself) with the devices it knew.
-        broker = start_entrypoint(tmp_path, shell=["sh"], compose=name, port=broker.port)
+        broker = start_entrypoint(
+            tmp_path, shell=["sh"], compose=name, port=broker.port, backend_port=broker.backend_port
+        )
         entrypoint_brokers.append(broker)
         await eventually(healthy, timeout=30)
         device = await DeviceClient("127.0.0.1", broker.port, "img-1", password).connect()

@@ -40,7 +40,8 @@ class EntrypointBroker:
     a shell of this machine and in its own process group (mosquitto and its watcher)."""
 
     process: subprocess.Popen[bytes]
-    port: int
+    port: int  # the devices' plain listener
+    backend_port: int
     broker_dir: Path
     log: Path
 
@@ -66,7 +67,9 @@ class EntrypointBroker:
         assert not leftover, f"processes left behind: {leftover}\n{self.output()}"
 
 
-def broker_config(out: Path, port: int, tmp_path: Path, compose: str = "dev") -> None:
+def broker_config(
+    out: Path, port: int, tmp_path: Path, compose: str = "dev", backend_port: int | None = None
+) -> int:
     """The compose files' broker-init step, on this machine: listening on the loopback only,
     and running as this user (there is no `mosquitto` user to share files with here)."""
     command = services(load_compose(compose))["broker-init"]["command"]
@@ -75,9 +78,11 @@ def broker_config(out: Path, port: int, tmp_path: Path, compose: str = "dev") ->
         for arg in command
     ]
     args = [str(out) if arg == BROKER_MOUNT else arg for arg in args]
-    ports = {"PAKU_MQTT_PORT": str(port), "PAKU_MQTT_BACKEND_PORT": str(free_port())}
+    backend_port = backend_port or free_port()
+    ports = {"PAKU_MQTT_PORT": str(port), "PAKU_MQTT_BACKEND_PORT": str(backend_port)}
     result = run_command(args, ports, tmp_path)
     assert result.returncode == 0, result.stderr
+    return backend_port
 
 
 def venv_tool(name: str) -> str:
@@ -109,6 +114,7 @@ def start_entrypoint(
     extra_env: dict[str, str] | None = None,
     compose: str = "dev",
     port: int | None = None,
+    backend_port: int | None = None,
 ) -> EntrypointBroker:
     try:
         mosquitto = find_mosquitto(None)
@@ -117,7 +123,7 @@ def start_entrypoint(
         raise
     port = port or free_port()
     broker_dir = tmp_path / "broker"
-    broker_config(broker_dir, port, tmp_path, compose)
+    backend_port = broker_config(broker_dir, port, tmp_path, compose, backend_port)
     log = tmp_path / "entrypoint.log"
     env = {
         **os.environ,
@@ -138,7 +144,7 @@ def start_entrypoint(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: mosquitto (exec'd) and the watcher
         )
-    broker = EntrypointBroker(process, port, broker_dir, log)
+    broker = EntrypointBroker(process, port, backend_port, broker_dir, log)
     if not wait_for_port_sync(port):
         broker.stop()
         pytest.fail(f"mosquitto did not start:\n{broker.output()}")
