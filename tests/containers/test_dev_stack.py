@@ -144,7 +144,7 @@ async def ota_round_trip(
             ("1.1.0", release["sha256"])
         ]
 
-        device = ReferenceDevice("127.0.0.1", stack.mqtt_port, device_id, password)
+        device = ReferenceDevice("127.0.0.1", stack.mqtt_port, device_id, password, model="m")
         await device.connect()
         try:
             assert await device.update_firmware(base_url, key, workdir) == "1.1.0"
