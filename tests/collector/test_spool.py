@@ -158,7 +158,11 @@ def test_partial_last_frame_is_truncated(
     assert f"torn tail at byte {last}" in caplog.text
 
 
-@pytest.mark.parametrize("garbage", [b"\x00" * 5000, b"\xff" * 7, os.urandom(3000)])
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00" * 5000, b"\xff" * 7, os.urandom(3000)],
+    ids=["zeros", "short", "random"],
+)
 def test_garbage_tail_is_truncated(tmp_path: Path, garbage: bytes) -> None:
     directory = tmp_path / "s"
     with open_spool(directory, segment_bytes=1 << 20) as spool:
