@@ -29,6 +29,7 @@ from paku_iot import __version__
 from tests.support import eventually, free_port, require
 from tests.support.mqtt import DeviceClient
 from tests.support.processes import dev_environment, paku, read_until, run_paku, stop
+from tests.support.processes import run_script as script
 from tests.support.ui import sign_in
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,21 +44,6 @@ MODEL = "paku-sensor"
 def need_tools(*tools: str) -> None:
     for tool in tools:
         require(shutil.which(tool) is not None, f"{tool} is not installed")
-
-
-def script(
-    path: Path, *args: str, env: dict[str, str], cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [shutil.which("bash") or "bash", str(path), *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def archives(directory: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from tests.support import require
 from tests.support.compose import COMPOSE_DIR
 from tests.support.postgres import PG_ADMIN_DSN, pg_admin
 from tests.support.processes import run_paku
+from tests.support.processes import run_script as script
 
 ROLES = COMPOSE_DIR / "postgres" / "roles.sh"
 REPO = COMPOSE_DIR.parent
@@ -160,25 +161,11 @@ def test_an_existing_install_gets_an_owner_role_and_a_read_only_one(
 
     # Backup and restore as the application role: the dump's SQL runs as that role.
     env = {"PAKU_DATABASE_URL": dsn(database, app), "PAKU_DATA_DIR": str(tmp_path / "var")}
-    backup = subprocess.run(
-        ["bash", str(REPO / "scripts" / "backup.sh"), "--out", str(tmp_path / "b")],
-        env={**os.environ, **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    backup = script(
+        REPO / "scripts" / "backup.sh", "--out", str(tmp_path / "b"), env=env, cwd=tmp_path
     )
     assert backup.returncode == 0, backup.stderr
     [archive] = (tmp_path / "b").glob("paku-backup-*.tar.gz")
-    restore = subprocess.run(
-        ["bash", str(REPO / "scripts" / "restore.sh"), "--yes", str(archive)],
-        env={**os.environ, **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    restore = script(REPO / "scripts" / "restore.sh", "--yes", str(archive), env=env, cwd=tmp_path)
     assert restore.returncode == 0, restore.stdout + restore.stderr
     asyncio.run(fetch(as_ro, "SELECT count(*) FROM devices"))  # still readable

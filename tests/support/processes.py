@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,3 +117,20 @@ def dev_environment(tmp_path: Path) -> tuple[dict[str, str], int, int]:
         "PAKU_MQTT_BACKEND_PORT": str(free_port()),
     }
     return env, http_port, mqtt_port
+
+
+def run_script(
+    path: Path, *args: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """A shell script of the project (scripts/backup.sh, ...) with bash, `env` on top of
+    this process's environment."""
+    return subprocess.run(
+        [shutil.which("bash") or "bash", str(path), *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

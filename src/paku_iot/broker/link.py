@@ -9,7 +9,7 @@ import hmac
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50
@@ -46,7 +46,15 @@ class LinkOptions:
     # session remembers the other form from before a change, and it must be unsubscribed.
     shared_group: str | None = None
     share_subscriptions: bool = False
+    # The broker's own `$SYS/...` topics this link follows (QoS 0, plain), handed to the
+    # observer given to `watch_broker` rather than to the device message handler.
+    broker_topics: tuple[str, ...] = ()
     keepalive_s: int = 30
+
+
+class BrokerObserver(Protocol):
+    def connected(self) -> None: ...
+    def observe(self, topic: str, payload: bytes) -> None: ...
 
 
 def shared_group_name(backend_password: str) -> str:
@@ -92,6 +100,7 @@ class BrokerLink:
         self._stopping = False
         self._ever_lost = False
         self._session_present = False
+        self._observer: BrokerObserver | None = None
         # Bumped on every connect and disconnect. A packet id names a message only on the
         # connection that delivered it: a PUBACK for an older connection must never be sent
         # on a newer one, where the same id may name a message not yet stored.
@@ -142,6 +151,10 @@ class BrokerLink:
             gmqtt_internals.take_over_qos1_delivery(self._client, self._on_qos1_publish)
         self._connector = asyncio.create_task(self._connect_until_up(), name="mqtt-connect")
 
+    def watch_broker(self, observer: BrokerObserver) -> None:
+        """Hand the broker's `$SYS` messages (LinkOptions.broker_topics) to `observer`."""
+        self._observer = observer
+
     async def _connect_until_up(self) -> None:
         delay = 0.2
         while not self._stopping:
@@ -175,8 +188,14 @@ class BrokerLink:
             self._options.port,
             self._options.client_id,
         )
+        if self._observer is not None:
+            self._observer.connected()
         if self._options.subscriptions:
-            client.subscribe([self._subscription(f) for f in self._options.subscriptions])
+            # One SUBSCRIBE, so one SUBACK says when all of it holds (`ready`).
+            client.subscribe(
+                [self._subscription(f) for f in self._options.subscriptions]
+                + [Subscription(topic, qos=0) for topic in self._options.broker_topics]
+            )
             # A persistent session remembers the other form from before a change of
             # `collector_shared_subscription`; keeping both would deliver everything twice.
             client.unsubscribe(
@@ -229,10 +248,15 @@ class BrokerLink:
         _qos: int,
         properties: dict[str, Any],
     ) -> None:
-        """A QoS 0 message (state may come that way): no PUBACK to send. QoS 1 messages go to
-        `_on_qos1_publish`."""
+        """A QoS 0 message (state may come that way, and the broker's `$SYS` topics): no
+        PUBACK to send. QoS 1 messages go to `_on_qos1_publish`."""
         assert self._handler is not None
-        self._handler(_text(topic), payload, bool(properties.get("retain")), None)
+        text = _text(topic)
+        if text.startswith("$SYS/"):
+            if self._observer is not None:
+                self._observer.observe(text, payload)
+            return
+        self._handler(text, payload, bool(properties.get("retain")), None)
 
     def _on_qos1_publish(
         self, mid: int, payload: bytes, topic: str | bytes, properties: dict[str, Any]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(slots=True)
@@ -13,3 +14,6 @@ class IngestStats:
     batches: int = 0
     write_failures: int = 0
     degraded_reason: str | None = None
+    # Messages the broker reports it dropped (collector/broker_drops.py), and when last.
+    broker_dropped: int = 0
+    broker_dropped_at: datetime | None = None

@@ -57,6 +57,12 @@ class _StateCollector(Collector):
             "Batch writes that failed and were retried.",
             value=self._stats.write_failures,
         )
+        yield CounterMetricFamily(
+            "paku_broker_dropped_messages",
+            "Messages the broker reports it dropped from a full session queue (acknowledged to "
+            "their senders, lost), seen by this process.",
+            value=self._stats.broker_dropped,
+        )
         yield GaugeMetricFamily(
             "paku_ingest_queue_depth",
             "Messages waiting for the database writer.",

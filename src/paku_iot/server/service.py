@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paku_iot.broker.credentials import PasswordFileSync
-from paku_iot.broker.files import BrokerPaths
+from paku_iot.broker.files import BROKER_DROPPED_TOPIC, BrokerPaths
 from paku_iot.broker.link import BrokerLink, LinkOptions, shared_group_name
+from paku_iot.collector.broker_drops import BrokerDropWatch
 from paku_iot.collector.intake import Intake
 from paku_iot.collector.stats import IngestStats
 from paku_iot.collector.writer import BatchWriter
@@ -109,6 +110,7 @@ class Service:
     metrics_source: Callable[[], Metrics]
     stats: IngestStats = field(default_factory=IngestStats)
     writer: BatchWriter | None = None
+    broker_drops: BrokerDropWatch | None = None
 
     @property
     def metrics(self) -> Metrics:
@@ -150,9 +152,13 @@ class Service:
             components["broker"] = "unavailable"
             details["broker"] = self.link.last_error or "not connected"
         if self.writer is not None:
-            if self.stats.degraded_reason:
+            reasons = [self.stats.degraded_reason]
+            if self.broker_drops is not None:
+                reasons.append(self.broker_drops.degraded_reason())
+            given = [reason for reason in reasons if reason]
+            if given:
                 components["collector"] = "degraded"
-                details["collector"] = self.stats.degraded_reason
+                details["collector"] = "; ".join(given)
             else:
                 components["collector"] = "ok"
         if "unavailable" in components.values():
@@ -208,7 +214,7 @@ async def running_service(
         collecting = Role.COLLECTOR in roles
         # Built first: the intake sends PUBACKs and pauses reading through the link, commands
         # publish through it. It is handed the intake (its handler) when it starts, below.
-        link = _broker_link(settings, password, collecting=collecting)
+        link, drop_watch = _backend_link(settings, password, stats, collecting=collecting)
         command_store = CommandStore(engine)
         commands = CommandService(command_store, devices, link)
         background = TaskSet()
@@ -254,6 +260,7 @@ async def running_service(
             metrics_source=metrics,
             stats=stats,
             writer=writer,
+            broker_drops=drop_watch,
         )
 
         writer_task: asyncio.Task[None] | None = None
@@ -395,6 +402,18 @@ def backend_client_id(role: str, session_name: str) -> str:
     return f"paku.{role}.{session_name}"
 
 
+def _backend_link(
+    settings: Settings, password: str, stats: IngestStats, *, collecting: bool
+) -> tuple[BrokerLink, BrokerDropWatch | None]:
+    """The process's broker link, and for a collector the watch on what the broker drops."""
+    link = _broker_link(settings, password, collecting=collecting)
+    if not collecting:
+        return link, None
+    drop_watch = BrokerDropWatch(stats)
+    link.watch_broker(drop_watch)
+    return link, drop_watch
+
+
 def _broker_link(settings: Settings, password: str, *, collecting: bool) -> BrokerLink:
     """The collector's link keeps a persistent session with the uplink subscriptions (shared
     between replicas when configured); an API-only process gets a plain one to publish
@@ -411,6 +430,7 @@ def _broker_link(settings: Settings, password: str, *, collecting: bool) -> Brok
             subscriptions=tuple(uplink_subscriptions()) if collecting else (),
             shared_group=shared_group_name(password) if collecting else None,
             share_subscriptions=settings.collector_shared_subscription,
+            broker_topics=(BROKER_DROPPED_TOPIC,) if collecting else (),
         )
     )
 
