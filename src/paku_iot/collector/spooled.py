@@ -17,7 +17,7 @@ from pathlib import Path
 
 from paku_iot.collector.drain import SpoolDrain
 from paku_iot.collector.intake import BrokerSide
-from paku_iot.collector.spool import DEFAULT_SEGMENT_BYTES, Position, Spool
+from paku_iot.collector.spool import DEFAULT_SEGMENT_BYTES, Position, Spool, SpoolError
 from paku_iot.collector.spooled_intake import SpooledIntake
 from paku_iot.collector.writer import BatchWriter
 
@@ -153,10 +153,14 @@ class SpooledCollector:
         self.spool.close()
 
     def status(self) -> SpoolStatus:
+        try:
+            oldest = self.spool.oldest_pending_age_s
+        except (SpoolError, OSError):
+            oldest = 0.0  # a failed spool (degraded_reason says so) cannot read its frames
         return SpoolStatus(
             size_bytes=self.spool.size_bytes,
             pending_messages=self.spool.pending_records,
-            oldest_pending_s=self.spool.oldest_pending_age_s,
+            oldest_pending_s=oldest,
             full=self.intake.paused,
         )
 
