@@ -153,7 +153,12 @@ class SpooledIntake:
             self._broker.pause_reading()
 
     def _check_resume(self) -> None:
-        if not self.paused or self._spool.size_bytes > self._low_water:
+        if not self.paused:
+            return
+        if self._spool.size_bytes > self._low_water:
+            if not self._reading_stopped:
+                # Again: a pause holds for one connection, and the link may have reconnected.
+                self._broker.pause_reading()
             return
         self.paused = False
         log.warning("spool %s has room again: reading from the broker", self._spool.directory)
