@@ -124,7 +124,7 @@ def test_message_codec_round_trip() -> None:
     ]
     for message in cases:
         body = encode_message(
-            message.topic, message.payload, message.retained, message.received_at_ms
+            message.topic, message.payload, message.retained, message.received_at_us
         )
         assert decode_message(body) == message
     with pytest.raises(SpoolError, match="too short"):

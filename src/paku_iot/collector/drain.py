@@ -24,11 +24,11 @@ log = logging.getLogger("paku_iot.collector")
 _POLL_S = 0.2
 
 
-def spooled_time(received_at_ms: int) -> datetime:
+def spooled_time(received_at_us: int) -> datetime:
     """The receive time as spooled. Integer arithmetic: a float division could land a
     microsecond off, and the replay would then not match the first write's key."""
-    seconds, millis = divmod(received_at_ms, 1000)
-    return datetime.fromtimestamp(seconds, UTC) + timedelta(milliseconds=millis)
+    seconds, micros = divmod(received_at_us, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=micros)
 
 
 class SpoolDrain:
@@ -104,7 +104,7 @@ class SpoolDrain:
         return parse_message(
             message.topic,
             message.payload,
-            spooled_time(message.received_at_ms),
+            spooled_time(message.received_at_us),
             retained=message.retained,
             max_payload_bytes=self._max_payload_bytes,
         )

@@ -694,7 +694,7 @@ def _sync_and_close(fd: int) -> None:
 
 _MESSAGE_VERSION = 1
 _RETAINED = 0x01
-_MESSAGE_HEAD = struct.Struct("<BBqH")  # version, flags, received at (epoch ms), topic length
+_MESSAGE_HEAD = struct.Struct("<BBqH")  # version, flags, received at (epoch µs), topic length
 
 
 @dataclass(frozen=True, slots=True)
@@ -705,17 +705,17 @@ class SpooledMessage:
     topic: str
     payload: bytes
     retained: bool
-    received_at_ms: int
+    received_at_us: int
 
 
-def encode_message(topic: str, payload: bytes, retained: bool, received_at_ms: int) -> bytes:
+def encode_message(topic: str, payload: bytes, retained: bool, received_at_us: int) -> bytes:
     """The spool record of one message. Total for any topic str: surrogatepass keeps even a
     topic that is not valid UTF-8 (parse.py rejects it later, with the topic as it came)."""
     raw_topic = topic.encode("utf-8", "surrogatepass")
     if len(raw_topic) > 0xFFFF:
         raise ValueError(f"topic of {len(raw_topic)} bytes exceeds MQTT's 65535")
     head = _MESSAGE_HEAD.pack(
-        _MESSAGE_VERSION, _RETAINED if retained else 0, received_at_ms, len(raw_topic)
+        _MESSAGE_VERSION, _RETAINED if retained else 0, received_at_us, len(raw_topic)
     )
     return b"".join((head, raw_topic, payload))
 
@@ -725,7 +725,7 @@ def decode_message(body: bytes) -> SpooledMessage:
     made (the CRC passed, so that is a version mismatch or a bug, not a disk error)."""
     if len(body) < _MESSAGE_HEAD.size:
         raise SpoolError(f"spool record of {len(body)} bytes is too short for a message")
-    version, flags, received_at_ms, topic_length = _MESSAGE_HEAD.unpack_from(body)
+    version, flags, received_at_us, topic_length = _MESSAGE_HEAD.unpack_from(body)
     if version != _MESSAGE_VERSION:
         raise SpoolError(f"spool record has message version {version}, not {_MESSAGE_VERSION}")
     start = _MESSAGE_HEAD.size
@@ -733,4 +733,4 @@ def decode_message(body: bytes) -> SpooledMessage:
     if end > len(body):
         raise SpoolError("spool record's topic runs past its end")
     topic = body[start:end].decode("utf-8", "surrogatepass")
-    return SpooledMessage(topic, body[end:], bool(flags & _RETAINED), received_at_ms)
+    return SpooledMessage(topic, body[end:], bool(flags & _RETAINED), received_at_us)

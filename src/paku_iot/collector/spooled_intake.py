@@ -69,8 +69,8 @@ class SpooledIntake:
         self, topic: str, payload: bytes, retained: bool, puback: PubackToken | None
     ) -> None:
         """A message from the broker (`puback` is None at QoS 0)."""
-        received_at_ms = time.time_ns() // 1_000_000
-        self._records.append(encode_message(topic, payload, retained, received_at_ms))
+        received_at_us = time.time_ns() // 1_000
+        self._records.append(encode_message(topic, payload, retained, received_at_us))
         self._tokens.append(puback)
         waiting = len(self._records)
         if waiting == 1:
