@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ from bench.common import (
 )
 from paku_iot.broker.files import BrokerPaths
 from paku_iot.collector.parse import Parsed
-from paku_iot.collector.writer import PubackToken
-from paku_iot.server.service import Role, Service, running_service
+from paku_iot.collector.writer import BatchWriter
+from paku_iot.server.service import Role, running_service
 from paku_iot.settings import BACKEND_MQTT_USERNAME
 from paku_iot.storage import schema
 from paku_iot.storage.engine import create_engine
@@ -75,37 +76,57 @@ class PeakMemory:
 class CommitClock:
     """Publish-to-commit latency of every telemetry message the in-process collector stores.
 
-    The collector sends a batch's PUBACKs right after the batch has committed, so the moment
-    a message's PUBACK goes out is its commit time. The clock wraps two public methods of
-    the running collector: `writer.offer`, which tells which PUBACK token a message got (and
-    its `ts`, the publish time), and `link.send_pubacks`, which tells when that token's
-    PUBACK was sent. Production code has no hook for this: the bench instruments from
-    outside.
+    Every message reaches the database through `BatchWriter.offer(record, token)` and comes
+    back, once its batch has committed, in the token list `BatchWriter.run` hands to its
+    `on_committed` callback (a PUBACK token, or with the spool a spool position). The clock
+    wraps both on the class, for the writers made while it is installed (`with
+    CommitClock() as clock:` around `running_service`): `record.ts` is the publish time, the
+    callback's moment the commit time. Production code has no hook for this: the bench
+    instruments from outside.
     """
 
-    def __init__(self, service: Service) -> None:
-        assert service.writer is not None
+    def __init__(self) -> None:
         self.latencies = array("d")  # a million samples in 8 MB, not 32
         self.committed = 0
         self.first_publish = float("inf")
         self.last_commit = 0.0
-        self._published_at: dict[PubackToken, float] = {}
-        writer, link = service.writer, service.link
-        offer, send_pubacks = writer.offer, link.send_pubacks
+        self._published_at: dict[Any, float] = {}
+        self._saved: tuple[Any, Any] | None = None
 
-        def offer_noting_publish(record: Parsed, puback: PubackToken | None) -> None:
-            if puback is not None and isinstance(record, TelemetryRecord):
-                self._published_at[puback] = record.ts.timestamp()
-            offer(record, puback)
+    def __enter__(self) -> CommitClock:
+        offer, run = BatchWriter.offer, BatchWriter.run
+        self._saved = (offer, run)
+        clock = self
 
-        def send_pubacks_noting_commit(tokens: list[PubackToken]) -> None:
-            self._committed(tokens, time.time())
-            send_pubacks(tokens)
+        def offer_noting_publish(writer: BatchWriter[Any], record: Parsed, token: Any) -> None:
+            if token is not None and isinstance(record, TelemetryRecord):
+                clock._published_at[token] = record.ts.timestamp()
+            offer(writer, record, token)
 
-        writer.offer = offer_noting_publish  # type: ignore[method-assign]
-        link.send_pubacks = send_pubacks_noting_commit  # type: ignore[method-assign]
+        async def run_noting_commits(
+            writer: BatchWriter[Any], on_committed: Callable[[list[Any]], None], *args: Any
+        ) -> None:
+            def noting(tokens: list[Any]) -> None:
+                clock._committed(tokens, time.time())
+                on_committed(tokens)
 
-    def _committed(self, tokens: list[PubackToken], at: float) -> None:
+            await run(writer, noting, *args)
+
+        BatchWriter.offer = offer_noting_publish  # type: ignore[method-assign,assignment]
+        BatchWriter.run = run_noting_commits  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self._saved is not None
+        BatchWriter.offer, BatchWriter.run = self._saved  # type: ignore[method-assign]
+
+    @asynccontextmanager
+    async def installed(self) -> AsyncIterator[CommitClock]:
+        """The same as `with clock:`, to go in one `async with` beside the service."""
+        with self:
+            yield self
+
+    def _committed(self, tokens: list[Any], at: float) -> None:
         published_at = self._published_at
         sent = [published_at.pop(token) for token in tokens if token in published_at]
         if not sent:
@@ -135,8 +156,11 @@ async def ingest(db: str, work: Path, devices: int, rate: float, duration: float
     publish-to-commit latency of every message, CPU and memory."""
     async with stack(db, work) as st:
         creds = await provision(st.settings, devices, "b-", work / "creds.json")
-        async with running_service(st.settings, frozenset({Role.COLLECTOR})) as service:
-            clock = CommitClock(service)
+        clock = CommitClock()
+        async with (
+            clock.installed(),
+            running_service(st.settings, frozenset({Role.COLLECTOR})) as service,
+        ):
             while not service.link.ready:
                 await asyncio.sleep(0.05)
             args = ["--duration", str(duration), "--rate", str(rate)]

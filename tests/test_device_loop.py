@@ -222,7 +222,8 @@ async def test_retained_telemetry_is_not_stored_again_on_resubscribe(
     await eventually(event_stored)
     await asyncio.sleep(0.2)  # the PUBACK follows the commit
     await service.link.stop()
-    async with running_service(settings) as again:
+    # The first service still holds its spool (one spool, one process): a directory of its own.
+    async with running_service(_own_spool(settings)) as again:
         # The collector subscribes again on reconnect; a marker shows it is live.
         await eventually(lambda: asyncio.sleep(0, again.link.ready))
         await device.publish("paku/dev-a/telemetry", '{"v": 2}')
@@ -331,7 +332,8 @@ async def test_messages_sent_while_the_collector_is_down_are_not_lost(
         )
     assert await telemetry(api, "dev-q") == []
 
-    async with running_service(settings) as again:
+    # The first service still holds its spool (one spool, one process): a directory of its own.
+    async with running_service(_own_spool(settings)) as again:
 
         async def all_there() -> None:
             assert len(await telemetry(api, "dev-q", limit=100)) == 20
@@ -418,3 +420,7 @@ async def test_api_and_collector_can_run_as_separate_roles(
         health = (await api.get("/health")).json()
         assert health["components"] == {"database": "ok", "broker": "ok"}
         assert collector_only.stats.accepted["telemetry"] == 1
+
+
+def _own_spool(settings: Settings) -> Settings:
+    return settings.model_copy(update={"spool_dir": settings.data_dir / "spool-again"})

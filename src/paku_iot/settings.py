@@ -31,6 +31,9 @@ CONFIG_FILE_ENV = "PAKU_CONFIG_FILE"
 DEFAULT_CONFIG_FILES = (Path("config/config.yml"), Path("config.yml"))
 BACKEND_MQTT_USERNAME = "paku.backend"  # a dot can never appear in a device id
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The smallest spool: four segments of 64 KiB (collector/spooled.py sizes segments at a
+# quarter of a small spool; the spool itself needs at least two). Tests fill one this small.
+SPOOL_MIN_BYTES = 256 * 1024
 
 
 def _config_file() -> Path | None:
@@ -135,6 +138,13 @@ class Settings(BaseSettings):
     # restarts, so until they resubscribe (about a second) devices' messages find no
     # subscriber. See docs/scaling.md.
     collector_shared_subscription: bool = False
+    # The collector's write-ahead spool (docs/reliability.md): messages are acknowledged to
+    # devices once durable there, and drained to the database afterwards. One directory per
+    # collector (default <data_dir>/spool/<instance_id or hostname>); its size bound, past
+    # which the collector stops reading from the broker. At least SPOOL_MIN_BYTES: the spool
+    # needs two segments, and its segments are a quarter of a small spool.
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=2 * 1024**3, ge=SPOOL_MIN_BYTES)
 
     # OTA: where firmware images are kept (default <data_dir>/firmware), the largest image
     # accepted, the Ed25519 signing key (PEM; generated into <data_dir>/secrets when unset),
@@ -226,6 +236,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'paku.db').resolve()}"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        """This collector's spool: replicas each need their own (the directory is locked)."""
+        return self.spool_dir or self.data_dir / "spool" / self.broker_session_name
 
     @property
     def firmware_dir(self) -> Path:

@@ -2,10 +2,10 @@
 and started again: every message the broker acknowledged to a device is in the database
 exactly once.
 
-It holds because the collector acknowledges a message to the broker only after the batch
-holding it committed, on a persistent session: what it had not acknowledged when it died is
-delivered again to the next process with the same instance id, and a redelivered row that
-did commit is dropped by the (device_id, ts) key.
+It holds because the collector acknowledges a message to the broker only once it is synced
+to its spool, on a persistent session: what it had not acknowledged when it died is delivered
+again to the next process with the same instance id, what it had is in the spool that process
+drains first, and a row written twice is dropped by the (device_id, ts) key.
 """
 
 from __future__ import annotations

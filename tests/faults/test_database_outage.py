@@ -2,10 +2,11 @@
 tests' own cluster, `pg_ctl stop -m fast`), or the SQLite file locked by another connection
 (`BEGIN EXCLUSIVE`) for longer than the collector's busy timeout.
 
-Meanwhile the collector does not acknowledge what it could not store, so the broker keeps
-it; it retries with backoff; `/health` says it is degraded; and once the database is back it
-recovers by itself with nothing lost. With `kill_during` the collector is also SIGKILLed
-during the outage: had it acknowledged anything it had not committed, that would be lost.
+Meanwhile the collector keeps acknowledging what is durable in its spool (issue 17), and the
+spool, not the broker, holds the backlog; it retries with backoff; `/health` says it is
+degraded; and once the database is back it recovers by itself with nothing lost. With
+`kill_during` the collector is also SIGKILLed during the outage: had it acknowledged anything
+it had not spooled, that would be lost.
 """
 
 from __future__ import annotations

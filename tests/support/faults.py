@@ -159,6 +159,8 @@ class Deployment:
     http_port: int = field(default_factory=listening_port)
     instance_id: str = field(default_factory=lambda: f"fault-{secrets.token_hex(4)}")
     processes: list[PakuProcess] = field(default_factory=list)
+    # More settings for every process (PAKU_SPOOL_DIR, PAKU_SPOOL_MAX_BYTES...).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -179,6 +181,7 @@ class Deployment:
             "PAKU_INGEST_LINGER_MS": "5",
             "PAKU_TELEMETRY_RETENTION_DAYS": "0",
             "PAKU_EVENTS_RETENTION_DAYS": "0",
+            **self.extra_env,
         }
 
     def process(self, role: str) -> PakuProcess:

@@ -35,7 +35,7 @@ class Intake:
 
     def __init__(
         self,
-        writer: BatchWriter,
+        writer: BatchWriter[PubackToken],
         broker: BrokerSide,
         *,
         max_payload_bytes: int,

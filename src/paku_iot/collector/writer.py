@@ -1,10 +1,12 @@
 """The batch writer: collects parsed messages and commits them to the database in batches.
 
-After each commit it hands the batch's PUBACK tokens back (`run`'s `on_committed`): nothing
-that was not committed is ever handed over, so a crash at any point leaves the message with
-the broker, which delivers it again. Writes are retried with backoff while the database is
-unavailable; meanwhile messages pile up here, and the intake (collector/intake.py) bounds
-them: past its limit it stops reading from the broker, which keeps the rest.
+Each message comes with a token of its source, opaque to the writer: a PUBACK token (the
+legacy session's intake, collector/intake.py) or a spool position (the drain,
+collector/drain.py). After each commit it hands the batch's tokens back (`run`'s
+`on_committed`): nothing that was not committed is ever handed over, so a crash at any point
+leaves the message with its source (the broker, or the spool), which delivers it again.
+Writes are retried with backoff while the database is unavailable; meanwhile messages pile up
+here, and the feeder bounds them: past its limit it stops handing more.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,8 +43,11 @@ _MAX_BACKOFF_S = 5.0
 
 
 PubackToken = int
-"""Opaque to the writer: what the intake needs to send one message's PUBACK once it is stored
-(QoS 0 messages have none)."""
+"""What the intake needs to send one message's PUBACK once it is stored (QoS 0 messages have
+none)."""
+
+Token = TypeVar("Token")
+"""Opaque to the writer: what the feeder needs back once a message is stored."""
 
 
 def _topic_of(record: Parsed) -> str:
@@ -118,10 +124,10 @@ def build_batch(records: list[Parsed], known_devices: set[str]) -> IngestBatch:
     return batch
 
 
-class BatchWriter:
+class BatchWriter(Generic[Token]):
     """Collects parsed messages and commits them in batches of up to `batch_size`, waiting at
-    most `linger_s` for a batch to fill. After each commit it hands the batch's PUBACK tokens
-    to `run`'s `on_committed`; nothing that was not committed is ever handed over.
+    most `linger_s` for a batch to fill. After each commit it hands the batch's tokens to
+    `run`'s `on_committed`; nothing that was not committed is ever handed over.
 
     `on_online` is told (after commit) which devices just said they are online: their queued
     commands can go out now. `observe_batch` is told the size and write time of every
@@ -148,8 +154,8 @@ class BatchWriter:
         self._on_online = on_online
         self._observe_batch = observe_batch
         self._records: list[Parsed] = []
-        # One entry per record, None for QoS 0 messages, which get no PUBACK.
-        self._pubacks: list[PubackToken | None] = []
+        # One entry per record; None when nothing is owed back (QoS 0 messages get no PUBACK).
+        self._tokens: list[Token | None] = []
         # The most messages ever waiting here at once: flow control keeps it near the intake's
         # limit (operators and tests can see that it does).
         self.peak_backlog = 0
@@ -162,10 +168,10 @@ class BatchWriter:
         """Messages received and not yet committed."""
         return len(self._records)
 
-    def offer(self, record: Parsed, puback: PubackToken | None) -> None:
-        """Take one message; its PUBACK token comes back through `on_committed` once stored."""
+    def offer(self, record: Parsed, token: Token | None) -> None:
+        """Take one message; its token comes back through `on_committed` once stored."""
         self._records.append(record)
-        self._pubacks.append(puback)
+        self._tokens.append(token)
         waiting = len(self._records)
         if waiting == 1:
             self._arrived.set()
@@ -173,12 +179,17 @@ class BatchWriter:
             self._batch_full.set()
         self.peak_backlog = max(self.peak_backlog, waiting)
 
-    async def run(self, on_committed: Callable[[list[PubackToken]], None]) -> None:
-        """Write batches until `stop()`; then write what is waiting and return. The PUBACK
-        tokens of every committed batch go to `on_committed`.
+    async def run(
+        self,
+        on_committed: Callable[[list[Token]], None],
+        on_failed: Callable[[int], None] | None = None,
+    ) -> None:
+        """Write batches until `stop()`; then write what is waiting and return. The tokens of
+        every committed batch go to `on_committed`; `on_failed` is told the size of a batch
+        given up on because of a bug (its tokens never come back).
 
-        `on_committed` comes here rather than to the constructor because it belongs to the
-        intake, which is built with this writer (it offers messages to it)."""
+        The callbacks come here rather than to the constructor because they belong to the
+        feeder, which is built with this writer (it offers messages to it)."""
         while True:
             if not self._records:
                 if self._stopping:
@@ -191,30 +202,32 @@ class BatchWriter:
                 self._batch_full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._batch_full.wait(), timeout=self._linger_s)
-            records, pubacks = self._take()
+            records, tokens = self._take()
             try:
                 committed = await self._write_with_retry(records)
             except Exception:
                 # A bug, not bad input (that is set aside) nor an outage (that is retried):
-                # leave these messages without PUBACK (the broker redelivers them on the next
-                # connection) and keep ingesting the rest.
+                # leave these messages with their source (no PUBACK: the broker redelivers
+                # them on the next connection) and keep ingesting the rest.
                 log.exception("writing a batch of %d failed", len(records))
+                if on_failed is not None:
+                    on_failed(len(records))
                 continue
             if committed:
-                on_committed([puback for puback in pubacks if puback is not None])
+                on_committed([token for token in tokens if token is not None])
 
-    def _take(self) -> tuple[list[Parsed], list[PubackToken | None]]:
+    def _take(self) -> tuple[list[Parsed], list[Token | None]]:
         if len(self._records) <= self._batch_size:
-            records, pubacks = self._records, self._pubacks
-            self._records, self._pubacks = [], []
-            return records, pubacks
+            records, tokens = self._records, self._tokens
+            self._records, self._tokens = [], []
+            return records, tokens
         size = self._batch_size
-        records, pubacks = self._records[:size], self._pubacks[:size]
-        del self._records[:size], self._pubacks[:size]
-        return records, pubacks
+        records, tokens = self._records[:size], self._tokens[:size]
+        del self._records[:size], self._tokens[:size]
+        return records, tokens
 
     async def _write_with_retry(self, records: list[Parsed]) -> bool:
-        """True once committed; False if given up at shutdown (left to the broker)."""
+        """True once committed; False if given up at shutdown (left to the source)."""
         delay = 0.1
         while True:
             try:
@@ -226,11 +239,12 @@ class BatchWriter:
                 self._stats.degraded_reason = f"database unavailable: {type(exc).__name__}"
                 if self._stopping:
                     log.error(
-                        "database unavailable at shutdown: %d messages left to the broker",
+                        "database unavailable at shutdown: %d messages left to their source "
+                        "(the broker, or the spool)",
                         len(records) + len(self._records),
                     )
                     self._records.clear()
-                    self._pubacks.clear()
+                    self._tokens.clear()
                     return False
                 log.warning("database write failed (%s), retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

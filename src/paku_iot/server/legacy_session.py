@@ -36,7 +36,7 @@ def legacy_client_id(session_name: str) -> str:
     return f"paku-collector-{session_name}"
 
 
-PartsFactory = Callable[[BrokerLink], tuple[BatchWriter, Intake]]
+PartsFactory = Callable[[BrokerLink], tuple[BatchWriter[int], Intake]]
 
 
 async def empty_legacy_session(options: LinkOptions, parts: PartsFactory) -> int:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from paku_iot.collector.spooled import SpoolStatus
 from paku_iot.collector.stats import IngestStats
 
 
@@ -33,11 +34,13 @@ class _StateCollector(Collector):
         snapshot: Callable[[], Snapshot],
         queue_depth: Callable[[], int],
         broker_connected: Callable[[], bool],
+        spool: Callable[[], SpoolStatus | None],
     ) -> None:
         self._stats = stats
         self._snapshot = snapshot
         self._queue_depth = queue_depth
         self._broker_connected = broker_connected
+        self._spool = spool
 
     def collect(self) -> Iterator[Metric]:
         received = CounterMetricFamily(
@@ -73,6 +76,7 @@ class _StateCollector(Collector):
             "1 when this process's broker connection is up.",
             value=1 if self._broker_connected() else 0,
         )
+        yield from self._spool_gauges()
         snapshot = self._snapshot()
         yield GaugeMetricFamily(
             "paku_devices_online", "Devices whose state says online.", value=snapshot.devices_online
@@ -84,6 +88,29 @@ class _StateCollector(Collector):
         for status, count in sorted(snapshot.commands_by_status.items()):
             commands.add_metric([status], count)
         yield commands
+
+    def _spool_gauges(self) -> Iterator[Metric]:
+        spool = self._spool()
+        if spool is None:
+            return  # no collector in this process
+        yield GaugeMetricFamily(
+            "paku_spool_bytes", "Disk used by the collector's spool.", value=spool.size_bytes
+        )
+        yield GaugeMetricFamily(
+            "paku_spool_pending_messages",
+            "Messages acknowledged (durable in the spool) and not yet in the database.",
+            value=spool.pending_messages,
+        )
+        yield GaugeMetricFamily(
+            "paku_spool_oldest_pending_seconds",
+            "How long the oldest message not yet in the database has waited in the spool.",
+            value=spool.oldest_pending_s,
+        )
+        yield GaugeMetricFamily(
+            "paku_spool_full",
+            "1 while the spool is full and the collector does not read from the broker.",
+            value=1 if spool.full else 0,
+        )
 
 
 class Metrics:
@@ -120,9 +147,10 @@ class Metrics:
         stats: IngestStats,
         queue_depth: Callable[[], int],
         broker_connected: Callable[[], bool],
+        spool: Callable[[], SpoolStatus | None] = lambda: None,
     ) -> None:
         self.registry.register(
-            _StateCollector(stats, lambda: self.snapshot, queue_depth, broker_connected)
+            _StateCollector(stats, lambda: self.snapshot, queue_depth, broker_connected, spool)
         )
 
     def observe_batch(self, size: int, seconds: float) -> None:

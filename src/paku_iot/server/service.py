@@ -6,7 +6,6 @@ reverse order. The HTTP app and the CLI receive the finished `Service`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +21,8 @@ from paku_iot.broker.files import BROKER_DROPPED_TOPIC, BrokerPaths
 from paku_iot.broker.link import BrokerLink, LinkOptions, shared_group_name
 from paku_iot.collector.broker_drops import BrokerDropWatch
 from paku_iot.collector.intake import Intake
+from paku_iot.collector.spool import Position
+from paku_iot.collector.spooled import SpooledCollector, SpoolStatus
 from paku_iot.collector.stats import IngestStats
 from paku_iot.collector.writer import BatchWriter
 from paku_iot.downlink.commands import CommandService
@@ -109,8 +110,9 @@ class Service:
     # endpoint to expose metrics on, and leaves prometheus_client unloaded.
     metrics_source: Callable[[], Metrics]
     stats: IngestStats = field(default_factory=IngestStats)
-    writer: BatchWriter | None = None
+    writer: BatchWriter[Position] | None = None
     broker_drops: BrokerDropWatch | None = None
+    spooled: SpooledCollector | None = None
 
     @property
     def metrics(self) -> Metrics:
@@ -155,6 +157,8 @@ class Service:
             reasons = [self.stats.degraded_reason]
             if self.broker_drops is not None:
                 reasons.append(self.broker_drops.degraded_reason())
+            if self.spooled is not None:
+                reasons.append(self.spooled.degraded_reason())
             given = [reason for reason in reasons if reason]
             if given:
                 components["collector"] = "degraded"
@@ -222,17 +226,24 @@ async def running_service(
         # them. A collector alone has no endpoint to expose them on and leaves
         # prometheus_client unloaded; metrics built there on demand see no batches.
         batch_metrics = _new_metrics() if Role.API in roles else None
-        writer, intake = _collector_parts(
-            settings,
-            engine,
-            stats,
-            link,
-            roles,
-            # Devices that just came online get their queued commands.
-            on_online=lambda ids: background.spawn_each(commands.dispatch, ids),
-            observe_batch=batch_metrics.observe_batch if batch_metrics else None,
+        spooled = (
+            _spooled_collector(
+                settings,
+                engine,
+                stats,
+                link,
+                # Devices that just came online get their queued commands.
+                on_online=lambda ids: background.spawn_each(commands.dispatch, ids),
+                observe_batch=batch_metrics.observe_batch if batch_metrics else None,
+            )
+            if collecting
+            else None
         )
-        metrics = _metrics_source(batch_metrics, stats, writer, link)
+        if spooled is not None:
+            # Closed (drained for a bounded time) after the link has disconnected, below.
+            stack.push_async_callback(spooled.close)
+        writer = spooled.writer if spooled is not None else None
+        metrics = _metrics_source(batch_metrics, stats, spooled, link)
         if Role.API in roles:
             metrics()
         ota = OtaParts(settings, engine, devices)
@@ -261,22 +272,13 @@ async def running_service(
             stats=stats,
             writer=writer,
             broker_drops=drop_watch,
+            spooled=spooled,
         )
 
-        writer_task: asyncio.Task[None] | None = None
-        if writer is not None:
-            assert intake is not None
-            writer_task = asyncio.create_task(writer.run(intake.committed), name="batch-writer")
-
-            async def stop_writer() -> None:
-                assert writer is not None
-                assert writer_task is not None
-                writer.stop()
-                await writer_task
-
-            # Registered before the link's stop, so it runs after it has disconnected...
-            stack.push_async_callback(stop_writer)
-        link.start(intake.handle if intake is not None else None)
+        if spooled is not None:
+            # What an earlier run left in the spool is drained first (it was acknowledged).
+            spooled.start()
+        link.start(spooled.intake.handle if spooled is not None else None)
         if collecting:
             background.spawn(
                 _empty_legacy_session(settings, engine, stats, password, commands, background),
@@ -292,10 +294,10 @@ async def running_service(
                 name="maintenance",
             )
         stack.push_async_callback(background.cancel_all)
-        # ...except that what is queued is written, and its PUBACKs sent, before we disconnect.
         stack.push_async_callback(link.stop)
-        if writer is not None:
-            stack.push_async_callback(_drain, writer)
+        if spooled is not None:
+            # First at shutdown: stop reading, and PUBACK what is spooled before disconnecting.
+            stack.push_async_callback(spooled.stop_intake)
         yield service
 
 
@@ -306,16 +308,22 @@ def _new_metrics() -> Metrics:
 
 
 def _metrics_source(
-    built: Metrics | None, stats: IngestStats, writer: BatchWriter | None, link: BrokerLink
+    built: Metrics | None, stats: IngestStats, spooled: SpooledCollector | None, link: BrokerLink
 ) -> Callable[[], Metrics]:
     """The process's metrics (`built`, or new ones on first use), watching the ingest
-    counters, the writer's backlog and the broker connection."""
+    counters, the writer's backlog, the spool and the broker connection."""
+
+    def spool_status() -> SpoolStatus | None:
+        return spooled.status() if spooled is not None else None
 
     @functools.cache
     def source() -> Metrics:
         metrics = built if built is not None else _new_metrics()
         metrics.watch(
-            stats, lambda: writer.backlog if writer is not None else 0, lambda: link.connected
+            stats,
+            lambda: spooled.writer.backlog if spooled is not None else 0,
+            lambda: link.connected,
+            spool_status,
         )
         return metrics
 
@@ -332,6 +340,35 @@ def _password_file_sync(settings: Settings, devices: DeviceStore) -> PasswordFil
     )
 
 
+def _spooled_collector(
+    settings: Settings,
+    engine: AsyncEngine,
+    stats: IngestStats,
+    link: BrokerLink,
+    *,
+    on_online: Callable[[set[str]], None],
+    observe_batch: Callable[[int, float], None] | None,
+) -> SpooledCollector:
+    """The collector: broker -> spool -> database (collector/spooled.py)."""
+    writer: BatchWriter[Position] = BatchWriter(
+        engine,
+        stats,
+        batch_size=settings.ingest_batch_size,
+        linger_s=settings.ingest_linger_ms / 1000,
+        on_online=on_online,
+        observe_batch=observe_batch,
+    )
+    return SpooledCollector.open(
+        settings.resolved_spool_dir,
+        settings.spool_max_bytes,
+        writer,
+        link,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_backlog=settings.ingest_queue_size,
+        read_size=settings.ingest_batch_size,
+    )
+
+
 def _collector_parts(
     settings: Settings,
     engine: AsyncEngine,
@@ -341,10 +378,12 @@ def _collector_parts(
     *,
     on_online: Callable[[set[str]], None],
     observe_batch: Callable[[int, float], None] | None,
-) -> tuple[BatchWriter | None, Intake | None]:
+) -> tuple[BatchWriter[int] | None, Intake | None]:
+    """The legacy session's collector, which acknowledges at database commit: it only
+    empties a session the broker already holds (server/legacy_session.py)."""
     if Role.COLLECTOR not in roles:
         return None, None
-    writer = BatchWriter(
+    writer: BatchWriter[int] = BatchWriter(
         engine,
         stats,
         batch_size=settings.ingest_batch_size,
@@ -379,7 +418,7 @@ async def _empty_legacy_session(
         persistent_session=True,
     )
 
-    def parts(link: BrokerLink) -> tuple[BatchWriter, Intake]:
+    def parts(link: BrokerLink) -> tuple[BatchWriter[int], Intake]:
         writer, intake = _collector_parts(
             settings,
             engine,
@@ -433,10 +472,3 @@ def _broker_link(settings: Settings, password: str, *, collecting: bool) -> Brok
             broker_topics=(BROKER_DROPPED_TOPIC,) if collecting else (),
         )
     )
-
-
-async def _drain(writer: BatchWriter) -> None:
-    """Give queued messages a moment to commit so their PUBACKs go out on this connection."""
-    deadline = asyncio.get_running_loop().time() + 5
-    while writer.backlog and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
