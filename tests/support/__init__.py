@@ -22,10 +22,12 @@ and retrying a check. The modules next to it:
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import pytest
@@ -45,10 +47,38 @@ def require(condition: bool, why: str) -> None:
     pytest.skip(why)
 
 
-def free_port() -> int:
+# Ports for the services a test starts come from below Linux's ephemeral range (32768-60999):
+# a port the kernel hands out with bind(0) can be given to another test's outgoing connection
+# between our choice and the server's bind ("Address already in use"). Each xdist worker has
+# its own slice, so workers never choose the same port either.
+_PORT_RANGE_START = 20000
+_PORT_SLICE = 1500
+
+
+@functools.cache
+def _worker_ports() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    start = _PORT_RANGE_START + (index % 8) * _PORT_SLICE
+    return itertools.cycle(range(start, start + _PORT_SLICE))
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    ports = _worker_ports()
+    for _ in range(_PORT_SLICE):
+        port = next(ports)
+        if _bindable(port):
+            return port
+    raise RuntimeError("no free port left in this worker's slice")
 
 
 def wait_for_port_sync(port: int, timeout: float = 10.0) -> bool:
