@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 JsonObject = dict[str, Any]
@@ -211,3 +211,115 @@ class NewClaimCode:
     device_id: str
     created_at: datetime
     expires_at: datetime
+
+
+# ---- alerts (issue 18; docs/alerts.md) ---------------------------------------------------
+
+
+class AlertKind(StrEnum):
+    OFFLINE = "offline"
+    THRESHOLD = "threshold"
+    OTA_FAILED = "ota_failed"
+    REJECTED_RATE = "rejected_rate"
+
+
+class AlertState(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class AlertEvent(StrEnum):
+    """What a notification tells: an alert opened or resolved."""
+
+    OPENED = "opened"
+    RESOLVED = "resolved"
+
+
+class DestinationType(StrEnum):
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+    NTFY = "ntfy"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDestination:
+    """Where a rule's notifications go. `secret` signs webhook bodies (X-Paku-Signature);
+    it is stored, never returned by the API."""
+
+    type: DestinationType
+    url: str
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRuleRecord:
+    """A rule as stored. Scope: `device_id`, or `model`, or neither (every device).
+    The kind's own fields are None where the kind has none."""
+
+    id: str
+    name: str
+    kind: AlertKind
+    device_id: str | None
+    model: str | None
+    field: str | None  # threshold: the telemetry field (dots for nested fields)
+    above: float | None  # threshold: open when the value is above (strictly)
+    below: float | None  # threshold: open when the value is below (strictly)
+    for_seconds: float  # threshold: only once the value stayed out of range this long
+    silence_seconds: float | None  # offline: None is twice the device's reporting interval
+    per_minute: int | None  # rejected_rate: open when a device's rejects exceed this a minute
+    destinations: tuple[AlertDestination, ...]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTransition:
+    """What the evaluator decided: a (rule, device) alert opens or resolves, at `at`, with
+    the values that made it (the reading, the limit, the last seen time...)."""
+
+    rule_id: str
+    device_id: str
+    event: AlertEvent
+    at: datetime
+    values: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    id: int
+    rule_id: str
+    device_id: str
+    state: AlertState
+    opened_at: datetime
+    resolved_at: datetime | None
+    values: JsonObject  # what opened it
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    silenced_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDeliveryRecord:
+    """One notification to one destination: an outbox row, retried until delivered."""
+
+    id: int
+    alert_id: int
+    event: AlertEvent
+    destination: AlertDestination
+    state: str  # pending | delivered | failed (given up)
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDeliveryAttempt:
+    delivery_id: int
+    at: datetime
+    status_code: int | None  # None: no HTTP answer (refused, timeout)
+    error: str | None
+    duration_ms: float
