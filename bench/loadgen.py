@@ -93,6 +93,9 @@ class Device(asyncio.Protocol):
                 acked += 1
                 if length >= 3 and body[2] >= 0x80:
                     self.load.refused += 1
+                elif length >= 3 and body[2] == 0x10:
+                    # "No matching subscribers": a success code, but the broker kept nothing.
+                    self.load.unmatched += 1
             elif kind == 0x20:  # CONNACK
                 if body[1] == 0:
                     self.connected.set()
@@ -147,6 +150,7 @@ class Load:
         self.sent = 0
         self.acked = 0
         self.refused = 0
+        self.unmatched = 0
         self.connect_failures = 0
         self.lost = 0
         self.stopping = False
@@ -236,6 +240,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "sent": load.sent,
         "acked": load.acked,
         "refused": load.refused,
+        "unmatched": load.unmatched,
         "connect_failures": load.connect_failures,
         "lost_connections": load.lost,
         "elapsed_s": round(elapsed, 3),

@@ -115,7 +115,13 @@ class Settings(BaseSettings):
     device_mqtt_tls: bool | None = None
     broker_dir: Path | None = None
     mosquitto_bin: str | None = None
-    broker_max_queued_messages: int = Field(default=100_000, ge=1000)
+    # What the broker queues per persistent session (the collector's, above all) before it
+    # drops messages it has acknowledged: a burst the collector cannot read as fast as the
+    # broker takes it waits there. Measured ~420 bytes of broker memory per small queued
+    # message (docs/performance.md, "The broker's queue"): 500,000 is ~200 MiB at most;
+    # the byte limit (payload bytes, 0 = none) bounds the same queue for large payloads.
+    broker_max_queued_messages: int = Field(default=500_000, ge=1000)
+    broker_max_queued_bytes: int = Field(default=128 * 1024**2, ge=0)
 
     # Reverse proxies whose X-Forwarded-For is believed (addresses or CIDR networks, comma
     # separated in the environment). Behind one (Caddy in compose/prod.yaml) every request

@@ -13,7 +13,7 @@ from paku_iot.broker.files import BrokerOptions, BrokerPaths
 from paku_iot.broker.process import find_mosquitto
 from paku_iot.broker.setup import prepare_broker_dir
 from paku_iot.exceptions import SettingsError
-from paku_iot.settings import BACKEND_MQTT_USERNAME
+from paku_iot.settings import BACKEND_MQTT_USERNAME, Settings
 from tests.support import free_port, require, wait_for_port_sync
 from tests.support.mqtt import DeviceClient
 
@@ -71,7 +71,8 @@ def broker_options(**tls: Any) -> BrokerOptions:
         backend_port=free_port(),
         backend_username=BACKEND_MQTT_USERNAME,
         max_payload_bytes=65_536,
-        max_queued_messages=100_000,
+        max_queued_messages=Settings.model_fields["broker_max_queued_messages"].default,
+        max_queued_bytes=Settings.model_fields["broker_max_queued_bytes"].default,
         **tls,
     )
 

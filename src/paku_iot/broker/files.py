@@ -99,6 +99,8 @@ class BrokerOptions:
     backend_username: str
     max_payload_bytes: int
     max_queued_messages: int
+    # Payload bytes queued per session, besides the count; 0: no byte limit (Mosquitto's).
+    max_queued_bytes: int = 0
     run_as_user: str | None = None
     log_to_file: bool = True
     # A TLS listener on tls_port (same address) when both the certificate (chain) and its
@@ -184,6 +186,7 @@ def render_config(paths: BrokerPaths, options: BrokerOptions) -> str:
         # able to queue a long outage's worth of messages (the default is 1000).
         "max_inflight_messages 1000",
         f"max_queued_messages {options.max_queued_messages}",
+        f"max_queued_bytes {options.max_queued_bytes}",
         f"max_packet_size {max_packet}",
         "set_tcp_nodelay true",
         # How often the broker publishes its `$SYS` counters, among them the count of

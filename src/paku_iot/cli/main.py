@@ -109,6 +109,7 @@ def _broker_config(settings: Settings, args: argparse.Namespace) -> None:
         backend_username=settings.mqtt_username,
         max_payload_bytes=settings.max_payload_bytes,
         max_queued_messages=settings.broker_max_queued_messages,
+        max_queued_bytes=settings.broker_max_queued_bytes,
         run_as_user=args.user,
         log_to_file=not args.log_stdout,
         tls_port=settings.mqtt_tls_port,

@@ -142,6 +142,7 @@ def prepare_dev(settings: Settings, *, tls: bool = False) -> Settings:
             backend_username=settings.mqtt_username,
             max_payload_bytes=settings.max_payload_bytes,
             max_queued_messages=settings.broker_max_queued_messages,
+            max_queued_bytes=settings.broker_max_queued_bytes,
             tls_port=settings.mqtt_tls_port,
             tls_cert_file=settings.mqtt_tls_cert_file,
             tls_key_file=settings.mqtt_tls_key_file,
