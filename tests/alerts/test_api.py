@@ -18,6 +18,7 @@ from paku_iot.storage.records import (
     AlertEvent,
     AlertTransition,
 )
+from paku_iot.web.api.cursors import encode_cursor
 
 SECRET = "hook-secret-do-not-show"
 HOOK = {"type": "webhook", "url": "https://hooks.example/paku", "secret": SECRET}
@@ -236,6 +237,8 @@ async def test_alerts_are_listed_acknowledged_silenced_and_their_deliveries_show
     assert (await api.get("/alerts", params={"ruleId": "ar-none"})).json()["items"] == []
     assert (await api.get("/alerts", params={"state": "closed"})).status_code == 422
     assert (await api.get("/alerts", params={"cursor": "nonsense!"})).status_code == 422
+    forged = encode_cursor(t0, 2**70)
+    assert (await api.get("/alerts", params={"cursor": forged})).status_code == 422
 
     alert_id = first["id"]
     assert (await api.get(f"/alerts/{alert_id}")).json() == first
@@ -294,6 +297,7 @@ async def test_alerts_are_listed_acknowledged_silenced_and_their_deliveries_show
     response = await api.post("/alerts/999999/silence", json={"seconds": 5})
     assert response.status_code == 404
     assert (await api.get("/alerts/abc")).status_code == 422
+    assert (await api.get(f"/alerts/{2**64}")).status_code == 422
 
     # Deleting the rule takes its alerts with it.
     assert (await api.delete(f"/alert-rules/{rule['id']}")).status_code == 204

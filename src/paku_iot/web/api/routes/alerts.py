@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic.alias_generators import to_camel
 
+from paku_iot.exceptions import InvalidInput
 from paku_iot.storage.records import AlertState
 from paku_iot.web.api.alert_schemas import (
     Alert,
@@ -24,6 +26,8 @@ from paku_iot.web.deps import ServiceDep
 
 router = APIRouter(tags=["alerts"], dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
 Limit = Annotated[int, Query(ge=1, le=1000)]
+# Within BIGINT: a larger number is no alert, not a database error.
+AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 NO_RULE: Responses = {404: error("No alert rule with this id (`alert_rule_not_found`).")}
 NO_ALERT: Responses = {404: error("No alert with this id (`alert_not_found`).")}
 NO_RULE_OR_DEVICE: Responses = {
@@ -32,6 +36,13 @@ NO_RULE_OR_DEVICE: Responses = {
         "device (`device_not_found`)."
     )
 }
+
+
+def _alert_position(cursor: str) -> tuple[datetime, int]:
+    at, alert_id = decode_time_cursor(cursor)
+    if not 0 < alert_id < 2**63:  # a forged cursor: no database error for it
+        raise InvalidInput("cursor is not one this API issued", code="invalid_cursor")
+    return at, alert_id
 
 
 @router.post(
@@ -104,7 +115,7 @@ async def list_alerts(
     or one state; pass `next` back as `cursor` for the next page."""
     views = await service.alerts.page(
         limit=limit,
-        before=decode_time_cursor(cursor) if cursor else None,
+        before=_alert_position(cursor) if cursor else None,
         device_id=device_id,
         rule_id=rule_id,
         state=state,
@@ -117,12 +128,12 @@ async def list_alerts(
 
 
 @router.get("/alerts/{alert_id}", response_model=Alert, responses=NO_ALERT)
-async def get_alert(alert_id: int, service: ServiceDep) -> Alert:
+async def get_alert(alert_id: AlertId, service: ServiceDep) -> Alert:
     return Alert.of(await service.alerts.get(alert_id))
 
 
 @router.post("/alerts/{alert_id}/acknowledge", response_model=Alert, responses=NO_ALERT)
-async def acknowledge_alert(alert_id: int, service: ServiceDep, actor: Actor) -> Alert:
+async def acknowledge_alert(alert_id: AlertId, service: ServiceDep, actor: Actor) -> Alert:
     """Say someone is on it. The first acknowledgement (who, when) stands."""
     view = await service.alerts.acknowledge(alert_id, actor)
     await service.audit.record(actor, "alert.acknowledge", f"alert:{alert_id}")
@@ -130,7 +141,9 @@ async def acknowledge_alert(alert_id: int, service: ServiceDep, actor: Actor) ->
 
 
 @router.post("/alerts/{alert_id}/silence", response_model=Alert, responses=NO_ALERT)
-async def silence_alert(alert_id: int, body: Silence, service: ServiceDep, actor: Actor) -> Alert:
+async def silence_alert(
+    alert_id: AlertId, body: Silence, service: ServiceDep, actor: Actor
+) -> Alert:
     """No notifications for `seconds` from now, for this alert and for the next ones of its
     rule and device while the silence lasts. Alerts still open and resolve."""
     view = await service.alerts.silence(alert_id, body.seconds)
@@ -141,7 +154,7 @@ async def silence_alert(alert_id: int, body: Silence, service: ServiceDep, actor
 
 
 @router.get("/alerts/{alert_id}/deliveries", response_model=DeliveryList, responses=NO_ALERT)
-async def alert_deliveries(alert_id: int, service: ServiceDep) -> DeliveryList:
+async def alert_deliveries(alert_id: AlertId, service: ServiceDep) -> DeliveryList:
     """The alert's notifications, one per destination and event, each with every attempt."""
     deliveries = await service.alerts.deliveries(alert_id)
     return DeliveryList(items=[Delivery.of(d, attempts) for d, attempts in deliveries])
