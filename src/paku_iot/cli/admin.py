@@ -35,15 +35,21 @@ FINAL_STATUSES = ("acked", "failed", "expired")
 
 def add_parsers(commands: Any) -> None:
     """Add the `devices`, `cmd`, `ota` and `config` groups to the top-level subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="API base URL (default: PAKU_PUBLIC_URL or the HTTP address)")
-    common.add_argument("--token", help="admin token (default: PAKU_ADMIN_TOKEN or the token file)")
-    common.add_argument("--json", action="store_true", help="print the API's JSON")
+    common = common_options()
     _add_device_parsers(commands, common)
     _add_command_parsers(commands, common)
     _add_ota_parsers(commands, common)
     _add_config_parsers(commands, common)
     _add_simulate_parser(commands, common)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every admin command takes: where the API is, the token, --json."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="API base URL (default: PAKU_PUBLIC_URL or the HTTP address)")
+    common.add_argument("--token", help="admin token (default: PAKU_ADMIN_TOKEN or the token file)")
+    common.add_argument("--json", action="store_true", help="print the API's JSON")
+    return common
 
 
 def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -207,9 +213,11 @@ def _add_config_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     ).add_argument("device_id")
 
 
-def _client(
+def api_client(
     settings: Settings, args: argparse.Namespace, verify: ssl.SSLContext | bool = True
 ) -> ApiClient:
+    """The API client for `--url` and `--token` (or the settings): what every admin command
+    talks through (here and in the sibling modules, `cli/alerts.py`)."""
     # Imported here, as in _simulate: `paku-iot serve` builds this parser too, and a collector
     # process should not carry an HTTP client or the simulated fleet in its memory.
     from paku_iot.cli.apiclient import ApiClient  # noqa: PLC0415
@@ -236,7 +244,7 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+def print_result(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if args.json else text)
 
 
@@ -261,9 +269,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one admin command; returns the exit code."""
     if args.command == "simulate":
         return _simulate(settings, args)
+
     if (args.command, args.action) == ("ota", "sign"):
         return run_sign(args)  # offline: no server, no token
-    with _client(settings, args) as api:
+    with api_client(settings, args) as api:
         handler = _HANDLERS[(args.command, args.action)]
         return handler(api, args)
 
@@ -302,7 +311,7 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     else:
         if not 1 <= args.devices <= 10_000:
             raise InvalidInput("--devices must be between 1 and 10000")
-        with _client(settings, args, verify) as api:
+        with api_client(settings, args, verify) as api:
             creds = []
             for _ in range(args.devices):
                 device = api.request("POST", "/devices", json={"model": args.model})
@@ -342,7 +351,7 @@ def _devices_list(api: ApiClient, args: argparse.Namespace) -> int:
         k: v for k, v in [("model", args.model), ("online", args.online)] if v
     }
     items = api.pages("/devices", params)
-    _print(args, items, "\n".join(_device_line(d) for d in items) or "no devices")
+    print_result(args, items, "\n".join(_device_line(d) for d in items) or "no devices")
     return 0
 
 
@@ -360,7 +369,7 @@ def _device_details(d: dict[str, Any]) -> str:
 
 def _devices_show(api: ApiClient, args: argparse.Namespace) -> int:
     device = api.request("GET", f"/devices/{args.device_id}")
-    _print(args, device, _device_details(device))
+    print_result(args, device, _device_details(device))
     return 0
 
 
@@ -373,7 +382,7 @@ def _devices_update(api: ApiClient, args: argparse.Namespace) -> int:
     if not body:
         raise InvalidInput("nothing to change: give --notes, --metadata or both")
     device = api.request("PATCH", f"/devices/{args.device_id}", json=body)
-    _print(args, device, _device_details(device))
+    print_result(args, device, _device_details(device))
     return 0
 
 
@@ -381,7 +390,7 @@ def _devices_create(api: ApiClient, args: argparse.Namespace) -> int:
     body = {"model": args.model, "id": args.device_id, "notes": args.notes}
     device = api.request("POST", "/devices", json={k: v for k, v in body.items() if v})
     creds = device["credentials"]
-    _print(
+    print_result(
         args,
         device,
         f"created {device['id']} (model {device['model']})\n"
@@ -394,13 +403,13 @@ def _devices_create(api: ApiClient, args: argparse.Namespace) -> int:
 
 def _devices_delete(api: ApiClient, args: argparse.Namespace) -> int:
     api.request("DELETE", f"/devices/{args.device_id}")
-    _print(args, {"deleted": args.device_id}, f"deleted {args.device_id}")
+    print_result(args, {"deleted": args.device_id}, f"deleted {args.device_id}")
     return 0
 
 
 def _devices_rotate(api: ApiClient, args: argparse.Namespace) -> int:
     device = api.request("POST", f"/devices/{args.device_id}/credentials")
-    _print(
+    print_result(
         args, device, f"new MQTT password for {device['id']}: {device['credentials']['password']}"
     )
     return 0
@@ -419,7 +428,7 @@ def _cmd_send(api: ApiClient, args: argparse.Namespace) -> int:
         while command["status"] not in FINAL_STATUSES and time.monotonic() < deadline:
             time.sleep(0.2)
             command = api.request("GET", f"/devices/{args.device_id}/commands/{command['id']}")
-    _print(args, command, _command_line(command))
+    print_result(args, command, _command_line(command))
     if not args.wait:
         return 0
     return 0 if command["status"] == "acked" else 1
@@ -427,14 +436,14 @@ def _cmd_send(api: ApiClient, args: argparse.Namespace) -> int:
 
 def _cmd_show(api: ApiClient, args: argparse.Namespace) -> int:
     command = api.request("GET", f"/devices/{args.device_id}/commands/{args.command_id}")
-    _print(args, command, _command_line(command))
+    print_result(args, command, _command_line(command))
     return 0
 
 
 def _cmd_list(api: ApiClient, args: argparse.Namespace) -> int:
     params = {"limit": 1000} | ({"status": args.status} if args.status else {})
     items = api.pages(f"/devices/{args.device_id}/commands", params)
-    _print(args, items, "\n".join(_command_line(c) for c in items) or "no commands")
+    print_result(args, items, "\n".join(_command_line(c) for c in items) or "no commands")
     return 0
 
 
@@ -453,13 +462,13 @@ def _config_set(api: ApiClient, args: argparse.Namespace) -> int:
         raise InvalidInput(f"cannot read {args.file}: {exc.strerror}") from None
     config = _json_object(text, args.file)
     view = api.request("PUT", f"/devices/{args.device_id}/config", json={"config": config})
-    _print(args, view, _config_text(view))
+    print_result(args, view, _config_text(view))
     return 0
 
 
 def _config_get(api: ApiClient, args: argparse.Namespace) -> int:
     view = api.request("GET", f"/devices/{args.device_id}/config")
-    _print(args, view, _config_text(view))
+    print_result(args, view, _config_text(view))
     return 0
 
 
@@ -485,27 +494,27 @@ def _ota_publish(api: ApiClient, args: argparse.Namespace) -> int:
         release = api.request(
             "POST", "/ota/firmware", data=fields, files={"file": (args.file.name, image)}
         )
-    _print(args, release, f"released {_release_line(release)}\n  {release['url']}")
+    print_result(args, release, f"released {_release_line(release)}\n  {release['url']}")
     return 0
 
 
 def _ota_list(api: ApiClient, args: argparse.Namespace) -> int:
     params = {"model": args.model} if args.model else None
     items = api.request("GET", "/ota/releases", params=params)["items"]
-    _print(args, items, "\n".join(_release_line(r) for r in items) or "no releases")
+    print_result(args, items, "\n".join(_release_line(r) for r in items) or "no releases")
     return 0
 
 
 def _ota_status(api: ApiClient, args: argparse.Namespace) -> int:
     release = api.request("GET", f"/ota/releases/{args.release_id}")
     counts = ", ".join(f"{k} {v}" for k, v in release["rollout"]["counts"].items())
-    _print(args, release, f"{_release_line(release)}\n  {counts}")
+    print_result(args, release, f"{_release_line(release)}\n  {counts}")
     return 0
 
 
 def _ota_patch(api: ApiClient, args: argparse.Namespace, body: dict[str, Any]) -> int:
     release = api.request("PATCH", f"/ota/releases/{args.release_id}", json=body)
-    _print(args, release, _release_line(release))
+    print_result(args, release, _release_line(release))
     return 0
 
 
@@ -554,7 +563,7 @@ def _devices_import(api: ApiClient, args: argparse.Namespace) -> int:
         creds = device["credentials"]
         rows.append([device["id"], creds["username"], creds["password"]])
     _write_private_csv(args.out, ["deviceId", "username", "password"], rows)
-    _print(
+    print_result(
         args,
         {"imported": len(rows), "out": str(args.out)},
         f"provisioned {len(rows)} devices; credentials in {args.out} (mode 0600)",
@@ -570,7 +579,7 @@ def _claim_codes_create(api: ApiClient, args: argparse.Namespace) -> int:
         ["deviceId", "claimCode", "expiresAt"],
         [[i["deviceId"], i["claimCode"], i["expiresAt"]] for i in items],
     )
-    _print(
+    print_result(
         args,
         {"created": len(items), "out": str(args.out)},
         f"registered {len(items)} devices; claim codes in {args.out} (mode 0600)",

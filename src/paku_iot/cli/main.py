@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from paku_iot import __version__
-from paku_iot.cli import admin, tokens
+from paku_iot.cli import admin, alerts, tokens
 from paku_iot.exceptions import PakuError
 from paku_iot.logs import configure_logging
 from paku_iot.server import hardening
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-stdout", action="store_true", help="log to stdout instead of a file (containers)"
     )
     admin.add_parsers(commands)
+    alerts.add_parsers(commands)
     tokens.add_parsers(commands)
     return parser
 
@@ -182,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _broker_config(settings, args)
         elif args.command == "tokens":
             return tokens.run(settings, args)
+        elif alerts.handles(args.command):
+            return alerts.run(settings, args)
         else:
             return admin.run(settings, args)
     except PakuError as exc:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paku_iot.alerts.rules import AlertRuleService
+from paku_iot.alerts.service import AlertService
 from paku_iot.broker.credentials import PasswordFileSync
 from paku_iot.broker.files import BROKER_DROPPED_TOPIC, BrokerPaths
 from paku_iot.broker.link import BrokerLink, LinkOptions, shared_group_name
@@ -42,6 +44,7 @@ from paku_iot.security.tokens import AdminTokens
 from paku_iot.server.legacy_session import empty_legacy_session, legacy_client_id
 from paku_iot.server.tasks import TaskSet
 from paku_iot.settings import Settings
+from paku_iot.storage.alerts import AlertStore
 from paku_iot.storage.commands import CommandStore
 from paku_iot.storage.configs import ConfigStore
 from paku_iot.storage.devices import DeviceStore
@@ -99,6 +102,8 @@ class Service:
     onboarding: Onboarding
     claim_limiter: FailureLimiter
     dashboard_sessions: DashboardSessions
+    alert_rules: AlertRuleService
+    alerts: AlertService
     # The bootstrap admin token (PAKU_ADMIN_TOKEN or the data dir's token file).
     admin_token: str
     # The server's own parts.
@@ -251,6 +256,7 @@ async def running_service(
             ota.releases()  # the signing key exists (or fails) at start, not at first use
         bootstrap_token = admin_token(settings)
         registry = DeviceRegistry(devices, broker_sync, link)
+        alert_store = AlertStore(engine)
         service = Service(
             settings=settings,
             registry=registry,
@@ -263,6 +269,8 @@ async def running_service(
             onboarding=Onboarding(devices, ClaimCodeStore(engine), registry),
             claim_limiter=FailureLimiter(ClaimFailureStore(engine)),
             dashboard_sessions=DashboardSessions(SessionStore(engine)),
+            alert_rules=AlertRuleService(alert_store, devices),
+            alerts=AlertService(alert_store),
             admin_token=bootstrap_token,
             engine=engine,
             device_store=devices,

@@ -180,6 +180,9 @@ class DeviceStore:
                 schema.device_configs,
                 schema.ota_progress,
                 schema.claim_codes,
+                # Its alerts (their deliveries follow by ON DELETE CASCADE): a device id
+                # provisioned again starts with no history that was not its own.
+                schema.alerts,
             ):
                 await conn.execute(delete(table).where(table.c.device_id == device_id))
             return True

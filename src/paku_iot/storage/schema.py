@@ -6,6 +6,8 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -14,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from paku_iot.storage.types import UtcDateTime, big_id_type, json_type
@@ -212,4 +215,114 @@ claim_failures = Table(
     Column("at", UtcDateTime(), nullable=False),
     Index(None, "address", "at"),  # an address's failures in the window
     Index(None, "at"),  # pruning by age
+)
+
+
+# ---- alerts (issue 18) ---------------------------------------------------------------------
+
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("kind", String(32), nullable=False),
+    # Scope: one device, or one model, or neither (every device).
+    Column("device_id", String(64), nullable=True),
+    Column("model", String(64), nullable=True),
+    Column("field", String(200), nullable=True),
+    Column("above", Float, nullable=True),
+    Column("below", Float, nullable=True),
+    Column("for_seconds", Float, nullable=False),
+    Column("silence_seconds", Float, nullable=True),
+    Column("per_minute", Integer, nullable=True),
+    # [{"type", "url", "secret"}]: the secret is kept here (it signs webhooks), never returned.
+    Column("destinations", json_type(), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index(None, "created_at", "id"),  # the listing's order
+)
+
+# At most one open alert per rule and device, whichever collector replica decided it: the
+# database, not the evaluator's memory, is what keeps a duplicate `opened` from counting twice.
+OPEN_ALERT_PREDICATE = text("state = 'open'")
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column(
+        "rule_id",
+        String(40),
+        ForeignKey("alert_rules.id", ondelete="CASCADE", name="fk_alerts_rule_id"),
+        nullable=False,
+    ),
+    Column("device_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # open | resolved
+    Column("opened_at", UtcDateTime(), nullable=False),
+    Column("resolved_at", UtcDateTime(), nullable=True),
+    # `values` is an SQL keyword and a ColumnCollection method: the Python key differs.
+    Column("values", json_type(), nullable=False, key="values_"),
+    Column("acknowledged_at", UtcDateTime(), nullable=True),
+    Column("acknowledged_by", String(80), nullable=True),
+    Column("silenced_until", UtcDateTime(), nullable=True),
+    Index(
+        "uq_alerts_open_rule_id_device_id",
+        "rule_id",
+        "device_id",
+        unique=True,
+        postgresql_where=OPEN_ALERT_PREDICATE,
+        sqlite_where=OPEN_ALERT_PREDICATE,
+    ),
+    # Newest first, filtered by device, rule or state, or not at all (keyset pages).
+    Index(None, "device_id", "opened_at", "id"),
+    Index(None, "rule_id", "opened_at", "id"),
+    Index(None, "state", "opened_at", "id"),
+    Index(None, "opened_at", "id"),
+)
+
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    # The outbox: written in the transaction that opens or resolves the alert, so a
+    # notification is never lost between deciding and sending.
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column(
+        "alert_id",
+        big_id_type(),
+        ForeignKey("alerts.id", ondelete="CASCADE", name="fk_alert_deliveries_alert_id"),
+        nullable=False,
+    ),
+    Column("event", String(16), nullable=False),  # opened | resolved
+    Column("destination", json_type(), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=True),
+    Index(None, "state", "next_attempt_at"),  # what is due
+    Index(None, "alert_id", "id"),
+)
+
+alert_delivery_attempts = Table(
+    "alert_delivery_attempts",
+    metadata,
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column(
+        "delivery_id",
+        big_id_type(),
+        ForeignKey(
+            "alert_deliveries.id",
+            ondelete="CASCADE",
+            name="fk_alert_delivery_attempts_delivery_id",
+        ),
+        nullable=False,
+    ),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("duration_ms", Float, nullable=False),
+    Index(None, "delivery_id", "id"),
 )

@@ -19,6 +19,7 @@ from paku_iot.web.api.limits import BodyCap, LimitRequestBody
 from paku_iot.web.api.observability import install_observability
 from paku_iot.web.api.responses import INVALID_INPUT
 from paku_iot.web.api.routes import (
+    alerts,
     commands,
     config,
     devices,
@@ -92,5 +93,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(ota.admin)
     app.include_router(ota.router)
     app.include_router(security.router)
+    app.include_router(alerts.router)
     app.include_router(dashboard)
     return app

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
+from paku_iot.server.service import Service
 from paku_iot.settings import Settings
+from paku_iot.storage.alerts import AlertStore
+from paku_iot.storage.records import AlertEvent, AlertTransition
 from tests.support import eventually
 from tests.support.broker import Broker
 
@@ -54,6 +58,16 @@ OPERATION_IDS = {
     ("post", "/claim-codes"): "create_claim_codes",
     ("post", "/claim"): "claim",
     ("get", "/audit"): "audit_log",
+    ("post", "/alert-rules"): "create_alert_rule",
+    ("get", "/alert-rules"): "list_alert_rules",
+    ("get", "/alert-rules/{rule_id}"): "get_alert_rule",
+    ("patch", "/alert-rules/{rule_id}"): "update_alert_rule",
+    ("delete", "/alert-rules/{rule_id}"): "delete_alert_rule",
+    ("get", "/alerts"): "list_alerts",
+    ("get", "/alerts/{alert_id}"): "get_alert",
+    ("post", "/alerts/{alert_id}/acknowledge"): "acknowledge_alert",
+    ("post", "/alerts/{alert_id}/silence"): "silence_alert",
+    ("get", "/alerts/{alert_id}/deliveries"): "alert_deliveries",
 }
 PUBLIC = {"health", "download_firmware", "firmware_headers", "public_key", "claim"}
 DEVICE_OR_ADMIN = {"manifest"}
@@ -138,16 +152,27 @@ NUL = "a%00b"  # a path parameter with a NUL, refused the same way
 @dataclass
 class Fleet:
     """What the probes need to exist: a device (with its password), a command, a release,
-    and a claim code."""
+    a claim code, an alert rule and an alert."""
 
     password: str
     command_id: str
     release_id: str
     sha256: str
     claim_code: str
+    rule_id: str
+    alert_id: int
 
 
-async def make_fleet(api: httpx.AsyncClient) -> Fleet:
+ALERT_RULE = {
+    "name": "hot",
+    "kind": "threshold",
+    "field": "t",
+    "above": 30,
+    "destinations": [{"type": "ntfy", "url": "https://ntfy.example/t"}],
+}
+
+
+async def make_fleet(api: httpx.AsyncClient, service: Service) -> Fleet:
     created = (await api.post("/devices", json={"model": "lamp", "id": "dev-1"})).json()
     await api.post("/devices", json={"model": "lamp", "id": "gone-1"})
     command = (await api.post("/devices/dev-1/commands", json={"name": "blink"})).json()
@@ -159,12 +184,21 @@ async def make_fleet(api: httpx.AsyncClient) -> Fleet:
         )
     ).json()
     [code] = (await api.post("/claim-codes", json={"model": "lamp"})).json()["items"]
+    rule = (await api.post("/alert-rules", json=ALERT_RULE)).json()
+    await api.post("/alert-rules", json=ALERT_RULE | {"name": "gone"})
+    # No evaluator in this test: an alert opened straight through the store.
+    [alert] = await AlertStore(service.engine).apply(
+        [AlertTransition(rule["id"], "dev-1", AlertEvent.OPENED, datetime.now(UTC), {})],
+        lambda _: (),
+    )
     return Fleet(
         password=created["credentials"]["password"],
         command_id=command["id"],
         release_id=release["id"],
         sha256=release["sha256"],
         claim_code=code["claimCode"],
+        rule_id=rule["id"],
+        alert_id=alert.id,
     )
 
 
@@ -313,6 +347,51 @@ def probes(fleet: Fleet) -> list[Probe]:
         Probe(401, "get", "/audit", request=NOBODY),
         Probe(422, "get", "/audit", request={"params": {"limit": 1001}}),
     ]
+    rule = {"rule_id": fleet.rule_id}
+    no_rule = {"rule_id": "ar-0"}
+    alert = {"alert_id": str(fleet.alert_id)}
+    no_alert = {"alert_id": "999999"}
+    table += [
+        Probe(201, "post", "/alert-rules", request={"json": ALERT_RULE}),
+        Probe(401, "post", "/alert-rules", request={"json": ALERT_RULE, **NOBODY}),
+        Probe(404, "post", "/alert-rules", request={"json": ALERT_RULE | {"deviceId": "ghost-1"}}),
+        Probe(422, "post", "/alert-rules", request={"json": ALERT_RULE | {"kind": "x"}}),
+        Probe(200, "get", "/alert-rules"),
+        Probe(401, "get", "/alert-rules", request=NOBODY),
+        Probe(422, "get", "/alert-rules", request={"params": {"limit": 0}}),
+        Probe(200, "get", "/alert-rules/{rule_id}", rule),
+        Probe(401, "get", "/alert-rules/{rule_id}", rule, NOBODY),
+        Probe(404, "get", "/alert-rules/{rule_id}", no_rule),
+        Probe(422, "get", "/alert-rules/{rule_id}", {"rule_id": NUL}),
+        Probe(200, "patch", "/alert-rules/{rule_id}", rule, {"json": {"name": "warm"}}),
+        Probe(401, "patch", "/alert-rules/{rule_id}", rule, {"json": {}, **NOBODY}),
+        Probe(404, "patch", "/alert-rules/{rule_id}", no_rule, {"json": {"name": "x"}}),
+        Probe(422, "patch", "/alert-rules/{rule_id}", rule, {"json": {}}),
+        Probe(401, "delete", "/alert-rules/{rule_id}", rule, NOBODY),
+        Probe(404, "delete", "/alert-rules/{rule_id}", no_rule),
+        Probe(422, "delete", "/alert-rules/{rule_id}", {"rule_id": NUL}),
+        Probe(200, "get", "/alerts"),
+        Probe(401, "get", "/alerts", request=NOBODY),
+        Probe(422, "get", "/alerts", request={"params": {"state": "closed"}}),
+        Probe(200, "get", "/alerts/{alert_id}", alert),
+        Probe(401, "get", "/alerts/{alert_id}", alert, NOBODY),
+        Probe(404, "get", "/alerts/{alert_id}", no_alert),
+        Probe(422, "get", "/alerts/{alert_id}", {"alert_id": "one"}),
+        Probe(200, "post", "/alerts/{alert_id}/acknowledge", alert),
+        Probe(401, "post", "/alerts/{alert_id}/acknowledge", alert, NOBODY),
+        Probe(404, "post", "/alerts/{alert_id}/acknowledge", no_alert),
+        Probe(422, "post", "/alerts/{alert_id}/acknowledge", {"alert_id": "one"}),
+        Probe(200, "post", "/alerts/{alert_id}/silence", alert, {"json": {"seconds": 60}}),
+        Probe(401, "post", "/alerts/{alert_id}/silence", alert, {"json": {}, **NOBODY}),
+        Probe(404, "post", "/alerts/{alert_id}/silence", no_alert, {"json": {"seconds": 60}}),
+        Probe(422, "post", "/alerts/{alert_id}/silence", alert, {"json": {"seconds": 0}}),
+        Probe(200, "get", "/alerts/{alert_id}/deliveries", alert),
+        Probe(401, "get", "/alerts/{alert_id}/deliveries", alert, NOBODY),
+        Probe(404, "get", "/alerts/{alert_id}/deliveries", no_alert),
+        Probe(422, "get", "/alerts/{alert_id}/deliveries", {"alert_id": "one"}),
+        # Last: the rule's alert goes with it.
+        Probe(204, "delete", "/alert-rules/{rule_id}", rule),
+    ]
     for method in ("get", "head"):
         path = "/ota/firmware/{sha256}.bin"
         table += [
@@ -373,11 +452,11 @@ async def run(
 
 @pytest.mark.timeout(60)
 async def test_each_operation_documents_exactly_the_statuses_it_answers(
-    api: httpx.AsyncClient, broker: Broker
+    api: httpx.AsyncClient, broker: Broker, service: Service
 ) -> None:
     document = await openapi(api)
     assert "HTTPValidationError" not in document["components"]["schemas"]  # FastAPI's shape
-    answered = await run(api, document, probes(await make_fleet(api)))
+    answered = await run(api, document, probes(await make_fleet(api, service)))
 
     broker.stop()  # the backend notices within moments
     without_broker = await eventually(lambda: run(api, document, WITHOUT_BROKER))
