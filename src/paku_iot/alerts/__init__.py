@@ -1,0 +1,1 @@
+"""Alerts: rules evaluated against what devices send, and their notifications."""
