@@ -39,7 +39,8 @@ import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from math import isfinite
+from itertools import pairwise
+from math import inf, isfinite
 from typing import Any
 
 from paku_iot.alerts.times import iso_utc
@@ -85,6 +86,23 @@ class _Threshold:
         self.for_seconds = rule.for_seconds
 
 
+class _Group:
+    """The threshold rules of one device on one field, with the band where every one of
+    them is in range: a value inside it, on a device with no open or pending alert, is done
+    with in two comparisons however many rules watch the field."""
+
+    __slots__ = ("high", "low", "members", "rest")
+
+    def __init__(self, members: list[_Threshold]) -> None:
+        self.members = tuple(members)
+        self.rest = members[0].rest
+        aboves = [t.above for t in members if t.above is not None]
+        belows = [t.below for t in members if t.below is not None]
+        # In range for all: value <= every `above` and >= every `below`.
+        self.high = min(aboves) if aboves else inf
+        self.low = max(belows) if belows else -inf
+
+
 class _Rules:
     """Rules of one scope (every device, one model or one device), by kind."""
 
@@ -98,8 +116,8 @@ class _Rules:
 
 
 class _Scope:
-    """The enabled rules that apply to one device; thresholds keyed by their field's first
-    part, so a record is matched by key lookups."""
+    """The enabled rules that apply to one device; thresholds in groups by field, keyed by
+    the field's first part, so a record is matched by key lookups."""
 
     __slots__ = ("offline", "ota", "rejected", "thresholds")
 
@@ -107,17 +125,20 @@ class _Scope:
         offline: list[AlertRuleRecord] = []
         ota: list[AlertRuleRecord] = []
         rejected: list[AlertRuleRecord] = []
-        thresholds: dict[str, list[_Threshold]] = {}
+        by_field: dict[str, list[_Threshold]] = {}
         for rules in parts:
             offline += rules.offline
             ota += rules.ota
             rejected += rules.rejected
             for threshold in rules.thresholds:
-                thresholds.setdefault(threshold.key, []).append(threshold)
+                by_field.setdefault(threshold.field, []).append(threshold)
         self.offline = tuple(offline)
         self.ota = tuple(ota)
         self.rejected = tuple(rejected)
-        self.thresholds = {key: tuple(found) for key, found in thresholds.items()}
+        groups: dict[str, list[_Group]] = {}
+        for members in by_field.values():
+            groups.setdefault(members[0].key, []).append(_Group(members))
+        self.thresholds = {key: tuple(found) for key, found in groups.items()}
 
 
 class _Pending:
@@ -133,14 +154,13 @@ class _Pending:
 
 class _Device:
     __slots__ = (
-        "gaps",
-        "gaps_changed",
         "generation",
         "interval",
+        "interval_at",
         "last_seen",
-        "last_telemetry",
         "open",
         "pending",
+        "received",
         "reject_count",
         "rejects",
         "scope",
@@ -152,10 +172,11 @@ class _Device:
         self.open: set[str] = set()  # rule ids with an open alert for this device
         self.pending: dict[str, _Pending] = {}
         self.last_seen: datetime | None = None
-        self.last_telemetry: datetime | None = None
-        self.gaps: deque[float] = deque(maxlen=GAPS)
-        self.gaps_changed = False
+        # The last telemetry receive times: the hot path only appends, the interval is
+        # worked out from them when silence is checked (a median per message would cost).
+        self.received: deque[datetime] = deque(maxlen=GAPS + 1)
         self.interval: float | None = None
+        self.interval_at: datetime | None = None  # the newest receive time it was learnt from
         self.rejects: deque[list[int]] = deque()  # [unix second, count], oldest first
         self.reject_count = 0
 
@@ -283,7 +304,9 @@ class AlertEvaluator:
                 continue
             scope = self._scope(device_id, device)
             covering = {r.id for r in scope.offline + scope.ota + scope.rejected}
-            covering.update(t.rule_id for found in scope.thresholds.values() for t in found)
+            covering.update(
+                t.rule_id for groups in scope.thresholds.values() for g in groups for t in g.members
+            )
             for rule_id in sorted(device.open - covering):
                 device.open.discard(rule_id)
                 out.append(
@@ -372,44 +395,54 @@ class AlertEvaluator:
         )
         at = record.received_at
         if scope.offline:
-            previous = device.last_telemetry
-            if previous is not None:
-                gap = (at - previous).total_seconds()
-                if gap > 0:
-                    device.gaps.append(gap)
-                    device.gaps_changed = True
-            device.last_telemetry = at
-            self._seen(device_id, device, scope, at, out)
+            device.received.append(at)
+            device.last_seen = at  # the collector commits in receive order
+            if device.open:
+                self._back(device_id, device, scope, at, out)
         index = scope.thresholds
         if not index:
             return
         payload = record.payload
         if len(index) <= len(payload):
-            for key, thresholds in index.items():
+            for key, groups in index.items():
                 top = payload.get(key)
                 if top is not None:
-                    for threshold in thresholds:
-                        self._check(threshold, top, device_id, device, record, out)
+                    for group in groups:
+                        self._group(group, top, device_id, device, record, out)
         else:
             for key, top in payload.items():
                 found = index.get(key)
                 if found is not None:
-                    for threshold in found:
-                        self._check(threshold, top, device_id, device, record, out)
+                    for group in found:
+                        self._group(group, top, device_id, device, record, out)
 
-    def _check(
+    def _group(
         self,
-        threshold: _Threshold,
+        group: _Group,
         top: Any,
         device_id: str,
         device: _Device,
         record: TelemetryRecord,
         out: Transitions,
     ) -> None:
-        value: Any = top if not threshold.rest else _field_value(top, threshold.rest)
+        value: Any = top if not group.rest else _field_value(top, group.rest)
         kind = type(value)
         if not ((kind is float and isfinite(value)) or kind is int):
             return
+        if group.low <= value <= group.high and not device.open and not device.pending:
+            return
+        for threshold in group.members:
+            self._check(threshold, value, device_id, device, record, out)
+
+    def _check(
+        self,
+        threshold: _Threshold,
+        value: float,
+        device_id: str,
+        device: _Device,
+        record: TelemetryRecord,
+        out: Transitions,
+    ) -> None:
         above = threshold.above
         below = threshold.below
         rule_id = threshold.rule_id
@@ -460,10 +493,15 @@ class AlertEvaluator:
         if device.last_seen is None or at > device.last_seen:
             device.last_seen = at
         if device.open:
-            for rule in scope.offline:
-                self._resolve(
-                    out, device, rule.id, device_id, at, {"lastSeenAt": iso_utc(at), "online": True}
-                )
+            self._back(device_id, device, scope, at, out)
+
+    def _back(
+        self, device_id: str, device: _Device, scope: _Scope, at: datetime, out: Transitions
+    ) -> None:
+        for rule in scope.offline:
+            self._resolve(
+                out, device, rule.id, device_id, at, {"lastSeenAt": iso_utc(at), "online": True}
+            )
 
     def _event(self, event: EventRecord, out: Transitions) -> None:
         device = self._device(event.device_id)
@@ -565,11 +603,13 @@ class AlertEvaluator:
         device = self._devices.get(device_id)
         if device is None:
             return None
-        if device.gaps_changed:
+        received = device.received
+        if received and device.interval_at != received[-1]:
             # Learnt here rather than per sample: a median per message would cost the
             # ingest path; once per tick per device costs little.
-            device.gaps_changed = False
-            gaps = device.gaps
+            device.interval_at = received[-1]
+            gaps = [(b - a).total_seconds() for a, b in pairwise(received)]
+            gaps = [gap for gap in gaps if gap > 0]
             device.interval = statistics.median(gaps) if len(gaps) >= MIN_GAPS else None
         return device.interval
 
