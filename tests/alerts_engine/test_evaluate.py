@@ -489,3 +489,44 @@ def test_no_rules_costs_nothing_and_says_nothing() -> None:
     assert observe(evaluator, telemetry("d1", 0, temp=99), state("d1", 1, online=False)) == []
     assert evaluator.tick(at(1000)) == []
     assert evaluator._devices == {}
+
+
+def test_restart_holds_a_rejected_rate_alert_for_a_whole_window() -> None:
+    evaluator = AlertEvaluator([rule("rej", AlertKind.REJECTED_RATE, per_minute=3)])
+    evaluator.load_open([("rej", "d1")], now=at(0))
+    # Still rejecting after the restart: no flap (resolved, then opened again).
+    assert observe(evaluator, *(rejected("d1", s) for s in (50, 51, 52, 53))) == []
+    assert evaluator.tick(at(30)) == []
+    assert evaluator.tick(at(64)) == []  # four within the minute: still over
+    assert evaluator.tick(at(109)) == []
+    assert events(evaluator.tick(at(110))) == [("rej", "d1", "resolved")]  # 51-53: 3
+
+
+def test_restart_resolves_a_quiet_rejected_rate_alert_after_a_window() -> None:
+    evaluator = AlertEvaluator([rule("rej", AlertKind.REJECTED_RATE, per_minute=3)])
+    evaluator.load_open([("rej", "d1")], now=at(0))
+    assert evaluator.tick(at(59)) == []
+    assert events(evaluator.tick(at(60))) == [("rej", "d1", "resolved")]
+    assert evaluator.tick(at(61)) == []
+
+
+def test_a_device_that_changes_model_leaves_the_model_rule() -> None:
+    evaluator = AlertEvaluator([hot("boilers", model="boiler")], devices={"d1": "boiler"})
+    observe(evaluator, telemetry("d1", 0, temp=99))
+    resolved = evaluator.set_device_models({"d1": "sensor"}, now=at(1))
+    assert events(resolved) == [("boilers", "d1", "resolved")]
+    assert observe(evaluator, telemetry("d1", 2, temp=99)) == []
+
+
+def test_last_seen_from_before_a_restart_meets_a_silence_window() -> None:
+    evaluator = AlertEvaluator(
+        [
+            rule("quiet", AlertKind.OFFLINE, silence_seconds=30),
+            rule("learnt", AlertKind.OFFLINE),
+        ]
+    )
+    evaluator.set_last_seen({"d1": at(0)})
+    assert evaluator.tick(at(30)) == []
+    # The fixed window fires; the learnt one has no interval for this device.
+    assert events(evaluator.tick(at(31))) == [("quiet", "d1", "opened")]
+    assert evaluator.tick(at(1000)) == []

@@ -31,6 +31,10 @@ The kinds (docs/alerts.md):
   second buckets, so memory is bounded) above `per_minute` opens; back at or below resolves.
 
 A transition's `at` is the receive time of the record that decided it, or the tick's `now`.
+
+Across a restart the database keeps the open alerts (`load_open`) and the devices' last-seen
+times (`set_last_seen`); what lives only here starts again: learnt intervals, a threshold's
+pending `for_seconds`, the rejected counts (an open rejected-rate alert is held a whole window).
 """
 
 from __future__ import annotations
@@ -160,6 +164,7 @@ class _Device:
         "last_seen",
         "open",
         "pending",
+        "rate_since",
         "received",
         "reject_count",
         "rejects",
@@ -179,6 +184,7 @@ class _Device:
         self.interval_at: datetime | None = None  # the newest receive time it was learnt from
         self.rejects: deque[list[int]] = deque()  # [unix second, count], oldest first
         self.reject_count = 0
+        self.rate_since = 0  # the unix second from which the window is counted in full
 
 
 _NO_RULES = _Scope(())
@@ -279,17 +285,42 @@ class AlertEvaluator:
         }
         return self._forget(changed, now or datetime.now(UTC))
 
-    def set_device_models(self, mapping: Mapping[str, str]) -> None:
-        """Replace the device -> model map that model-scoped rules are matched with."""
+    def set_device_models(
+        self, mapping: Mapping[str, str], now: datetime | None = None
+    ) -> Transitions:
+        """Replace the device -> model map that model-scoped rules are matched with. An open
+        alert of a model-scoped rule whose device is no longer of that model resolves (the
+        returned transitions, as set_rules')."""
         self._models = dict(mapping)
         self._generation += 1
+        return self._forget(set(), now or datetime.now(UTC))
 
-    def load_open(self, alerts: Iterable[tuple[str, str]]) -> None:
-        """(rule id, device id) pairs open in the database: they are resolved, not opened
-        again. Pairs of rules the evaluator does not have (gone, disabled) are ignored."""
+    def load_open(self, alerts: Iterable[tuple[str, str]], now: datetime | None = None) -> None:
+        """(rule id, device id) pairs open in the database (after a restart): they are
+        resolved when their condition clears, not opened again. Pairs of rules the evaluator
+        does not have (gone, disabled) are ignored. A rejected-rate alert is not resolved
+        before a whole window has been counted again from `now` (default the clock): the
+        count from before the restart is gone, and an empty count is not a quiet device."""
+        second = int((now or datetime.now(UTC)).timestamp())
         for rule_id, device_id in alerts:
-            if rule_id in self._rules:
-                self._device(device_id).open.add(rule_id)
+            rule = self._rules.get(rule_id)
+            if rule is None:
+                continue
+            device = self._device(device_id)
+            device.open.add(rule_id)
+            if rule.kind is AlertKind.REJECTED_RATE:
+                device.rate_since = second
+                self._rejecting_devices.add(device_id)
+
+    def set_last_seen(self, seen: Mapping[str, datetime]) -> None:
+        """When devices were last seen before the evaluator started (the devices table's
+        `last_seen_at`), so a device that never speaks again after a restart still meets
+        an offline rule with `silence_seconds` (its interval is not known: a rule without
+        one waits for samples). A later time the evaluator already has wins."""
+        for device_id, at in seen.items():
+            device = self._device(device_id)
+            if device.last_seen is None or at > device.last_seen:
+                device.last_seen = at
 
     def is_open(self, rule_id: str, device_id: str) -> bool:
         device = self._devices.get(device_id)
@@ -369,7 +400,9 @@ class AlertEvaluator:
     def observe(self, batch: IngestBatch, now: datetime) -> Transitions:
         """The transitions one committed batch makes. Telemetry and events are taken first,
         then states, so a Last Will is weighed against what the device sent in the same
-        batch (an offline state older than the device's latest message opens nothing)."""
+        batch (an offline state older than the device's latest message opens nothing).
+        Decisions go by the records' receive times; `now` (the commit) is not needed for
+        them and is taken for the symmetry with `tick`."""
         out: Transitions = []
         if not self._rules:
             return out
@@ -582,7 +615,7 @@ class AlertEvaluator:
             }
             if count > rule.per_minute:
                 self._open(out, device, rule.id, device_id, at, values)
-            else:
+            elif second - device.rate_since >= REJECTED_WINDOW_S:
                 self._resolve(out, device, rule.id, device_id, at, values)
 
     # ---- tick -----------------------------------------------------------------------------
@@ -655,5 +688,7 @@ class AlertEvaluator:
             device = self._devices[device_id]
             scope = self._scope(device_id, device)
             self._rate(device_id, device, scope, second, now, out)
-            if not device.rejects:
+            if not device.rejects and not (
+                device.open and second < device.rate_since + REJECTED_WINDOW_S
+            ):
                 self._rejecting_devices.discard(device_id)
