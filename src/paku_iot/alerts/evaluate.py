@@ -40,6 +40,7 @@ pending `for_seconds`, the rejected counts (an open rejected-rate alert is held 
 from __future__ import annotations
 
 import statistics
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -93,18 +94,47 @@ class _Threshold:
 class _Group:
     """The threshold rules of one device on one field, with the band where every one of
     them is in range: a value inside it, on a device with no open or pending alert, is done
-    with in two comparisons however many rules watch the field."""
+    with in two comparisons however many rules watch the field. Outside it, the one-sided
+    rules are sorted by their limit, so a bisection finds those the value crosses; the rest
+    matter only when open or pending."""
 
-    __slots__ = ("high", "low", "members", "rest")
+    __slots__ = (
+        "above",
+        "above_limits",
+        "below",
+        "below_limits",
+        "by_id",
+        "high",
+        "low",
+        "members",
+        "ranged",
+        "rest",
+    )
 
     def __init__(self, members: list[_Threshold]) -> None:
         self.members = tuple(members)
+        self.by_id = {t.rule_id: t for t in members}
         self.rest = members[0].rest
+        above = sorted((t for t in members if t.below is None), key=lambda t: t.above or 0)
+        below = sorted((t for t in members if t.above is None), key=lambda t: t.below or 0)
+        self.above = tuple(above)
+        self.above_limits = [t.above for t in above if t.above is not None]
+        self.below = tuple(below)
+        self.below_limits = [t.below for t in below if t.below is not None]
+        self.ranged = tuple(t for t in members if t.above is not None and t.below is not None)
         aboves = [t.above for t in members if t.above is not None]
         belows = [t.below for t in members if t.below is not None]
         # In range for all: value <= every `above` and >= every `below`.
         self.high = min(aboves) if aboves else inf
         self.low = max(belows) if belows else -inf
+
+    def crossed(self, value: float) -> list[_Threshold]:
+        """The rules this value is out of range for, and the two-sided ones (few: checked
+        one by one)."""
+        found = list(self.above[: bisect_left(self.above_limits, value)])  # above < value
+        found += self.below[bisect_right(self.below_limits, value) :]  # below > value
+        found += self.ranged
+        return found
 
 
 class _Rules:
@@ -462,9 +492,20 @@ class AlertEvaluator:
         kind = type(value)
         if not ((kind is float and isfinite(value)) or kind is int):
             return
-        if group.low <= value <= group.high and not device.open and not device.pending:
+        if group.low <= value <= group.high:
+            # In range for every rule of the field: only an open or pending one changes.
+            if device.open or device.pending:
+                by_id = group.by_id
+                for rule_id in [r for r in (*device.open, *device.pending) if r in by_id]:
+                    self._check(by_id[rule_id], value, device_id, device, record, out)
             return
-        for threshold in group.members:
+        check = {t.rule_id: t for t in group.crossed(value)}
+        if device.open or device.pending:
+            by_id = group.by_id
+            for rule_id in (*device.open, *device.pending):
+                if rule_id in by_id and rule_id not in check:
+                    check[rule_id] = by_id[rule_id]
+        for threshold in check.values():
             self._check(threshold, value, device_id, device, record, out)
 
     def _check(
