@@ -564,3 +564,22 @@ def test_many_rules_on_one_field_agree_with_checking_each_rule() -> None:
         }
         assert {r.id for r in rules if evaluator.is_open(r.id, "d1")} == expected, value
         assert len({t.rule_id for t in transitions}) == len(transitions)
+
+
+def test_the_interval_follows_the_last_samples_in_bounded_memory() -> None:
+    evaluator = AlertEvaluator([rule("quiet", AlertKind.OFFLINE)])
+    for n in range(100):
+        observe(evaluator, telemetry("d1", n * 60, temp=1))
+    assert evaluator.interval("d1") == 60
+    for n in range(20):
+        observe(evaluator, telemetry("d1", 99 * 60 + (n + 1) * 5, temp=1))
+    # The device now reports every 5 s: the last ten gaps say so.
+    assert evaluator.interval("d1") == 5
+    gaps = evaluator._devices["d1"].gaps
+    assert gaps is not None
+    assert len(gaps) == 10
+    # A device no offline rule covers is not tracked at all.
+    other = AlertEvaluator([hot()])
+    observe(other, telemetry("d1", 0, temp=1), telemetry("d1", 1, temp=1))
+    assert other._devices["d1"].gaps is None
+    assert other.interval("d1") is None

@@ -40,11 +40,11 @@ pending `for_seconds`, the rejected counts (an open rejected-rate alert is held 
 from __future__ import annotations
 
 import statistics
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from itertools import pairwise
 from math import inf, isfinite
 from typing import Any
 
@@ -187,15 +187,19 @@ class _Pending:
 
 
 class _Device:
+    """What the evaluator knows of one device. Kept small, and its containers made only
+    when a rule needs them: a fleet of many devices is many of these."""
+
     __slots__ = (
+        "gaps",
+        "gaps_changed",
         "generation",
         "interval",
-        "interval_at",
         "last_seen",
+        "last_telemetry",
         "open",
         "pending",
         "rate_since",
-        "received",
         "reject_count",
         "rejects",
         "scope",
@@ -204,17 +208,23 @@ class _Device:
     def __init__(self) -> None:
         self.generation = -1
         self.scope: _Scope = _NO_RULES
-        self.open: set[str] = set()  # rule ids with an open alert for this device
+        # Rule ids with an open alert. A frozenset, replaced on change: alerts open and
+        # resolve rarely, and every device without one shares the one empty set.
+        self.open: frozenset[str] = _NONE_OPEN
         self.pending: dict[str, _Pending] = {}
         self.last_seen: datetime | None = None
-        # The last telemetry receive times: the hot path only appends, the interval is
-        # worked out from them when silence is checked (a median per message would cost).
-        self.received: deque[datetime] = deque(maxlen=GAPS + 1)
+        self.last_telemetry: datetime | None = None
+        # The last GAPS gaps between telemetry receive times, in seconds (8 bytes each); the
+        # median is taken when silence is checked, not per message.
+        self.gaps: array[float] | None = None
+        self.gaps_changed = False
         self.interval: float | None = None
-        self.interval_at: datetime | None = None  # the newest receive time it was learnt from
-        self.rejects: deque[list[int]] = deque()  # [unix second, count], oldest first
+        self.rejects: deque[list[int]] | None = None  # [unix second, count], oldest first
         self.reject_count = 0
         self.rate_since = 0  # the unix second from which the window is counted in full
+
+
+_NONE_OPEN: frozenset[str] = frozenset()
 
 
 _NO_RULES = _Scope(())
@@ -340,7 +350,7 @@ class AlertEvaluator:
             if rule is None:
                 continue
             device = self._device(device_id)
-            device.open.add(rule_id)
+            device.open = device.open | {rule_id}
             if rule.kind is AlertKind.REJECTED_RATE:
                 device.rate_since = second
                 self._rejecting_devices.add(device_id)
@@ -372,7 +382,7 @@ class AlertEvaluator:
                 t.rule_id for groups in scope.thresholds.values() for g in groups for t in g.members
             )
             for rule_id in sorted(device.open - covering):
-                device.open.discard(rule_id)
+                device.open = device.open - {rule_id}
                 out.append(
                     AlertTransition(
                         rule_id, device_id, AlertEvent.RESOLVED, now, {"reason": "rule changed"}
@@ -421,7 +431,7 @@ class AlertEvaluator:
         values: dict[str, Any],
     ) -> None:
         if rule_id not in device.open:
-            device.open.add(rule_id)
+            device.open = device.open | {rule_id}
             out.append(AlertTransition(rule_id, device_id, AlertEvent.OPENED, at, values))
 
     @staticmethod
@@ -434,7 +444,7 @@ class AlertEvaluator:
         values: dict[str, Any],
     ) -> None:
         if rule_id in device.open:
-            device.open.discard(rule_id)
+            device.open = device.open - {rule_id}
             out.append(AlertTransition(rule_id, device_id, AlertEvent.RESOLVED, at, values))
 
     # ---- observe ------------------------------------------------------------------------
@@ -470,7 +480,18 @@ class AlertEvaluator:
         )
         at = record.received_at
         if scope.offline:
-            device.received.append(at)
+            previous = device.last_telemetry
+            if previous is not None:
+                gap = (at - previous).total_seconds()
+                if gap > 0:
+                    gaps = device.gaps
+                    if gaps is None:
+                        gaps = device.gaps = array("d")
+                    gaps.append(gap)
+                    if len(gaps) > GAPS:
+                        del gaps[0]
+                    device.gaps_changed = True
+            device.last_telemetry = at
             device.last_seen = at  # the collector commits in receive order
             if device.open:
                 self._back(device_id, device, scope, at, out)
@@ -638,6 +659,8 @@ class AlertEvaluator:
             return
         second = int(record.received_at.timestamp())
         buckets = device.rejects
+        if buckets is None:
+            buckets = device.rejects = deque()
         if buckets and buckets[-1][0] >= second:
             buckets[-1][1] += 1  # same second, or a record a little out of order
         else:
@@ -689,14 +712,13 @@ class AlertEvaluator:
         device = self._devices.get(device_id)
         if device is None:
             return None
-        received = device.received
-        if received and device.interval_at != received[-1]:
+        if device.gaps_changed:
             # Learnt here rather than per sample: a median per message would cost the
             # ingest path; once per tick per device costs little.
-            device.interval_at = received[-1]
-            gaps = [(b - a).total_seconds() for a, b in pairwise(received)]
-            gaps = [gap for gap in gaps if gap > 0]
-            device.interval = statistics.median(gaps) if len(gaps) >= MIN_GAPS else None
+            device.gaps_changed = False
+            gaps = device.gaps
+            known = gaps is not None and len(gaps) >= MIN_GAPS
+            device.interval = statistics.median(gaps) if gaps is not None and known else None
         return device.interval
 
     def _tick_silence(self, now: datetime, out: Transitions) -> None:
