@@ -9,7 +9,8 @@ committed batches of telemetry shaped like `make bench`'s load (`{"ts", "temp", 
 - 100 threshold rules for every device on `temp`: each record meets all 100, in range;
 - the same with one of them crossed on every device (an alert open on each), the worst case.
 
-Also a tick over the 1,000 devices with the mixed rules. The collector takes about 23 µs a
+Also a tick over the 1,000 devices with the mixed rules, and the evaluator's memory per
+device (tracemalloc, 10,000 devices, a dozen samples each). The collector takes about 23 µs a
 message (docs/performance.md): 5% of that is about 1.1 µs.
 
     .venv/bin/python -m bench.alerts_eval
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 from paku_iot.alerts.evaluate import AlertEvaluator
@@ -135,6 +137,27 @@ def tick_cost(data: list[IngestBatch]) -> float:
     return (time.perf_counter() - start) / 20 * 1e3
 
 
+def memory_per_device(rules: list[AlertRuleRecord], devices: int = 10_000) -> float:
+    models = {f"dev-{i:04d}": MODELS[i % 4] for i in range(devices)}
+    gc.collect()
+    tracemalloc.start()
+    evaluator = AlertEvaluator(rules, models)
+    for second in range(12):
+        when = T0 + timedelta(seconds=second)
+        batch = IngestBatch(
+            [
+                TelemetryRecord(f"dev-{i:04d}", when, when, {"temp": 21.5, "hum": 40})
+                for i in range(devices)
+            ]
+        )
+        evaluator.observe(batch, when)
+        del batch
+    evaluator.tick(T0 + timedelta(seconds=13))
+    used, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return used / devices
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
@@ -153,6 +176,7 @@ def main() -> None:
         cost = run(rules, data, args.records)
         print(f"  {name:<34} {cost:6.3f} µs/record (+{cost - base:.3f})")
     print(f"tick() with the mixed rules over {DEVICES} devices: {tick_cost(data):.3f} ms")
+    print(f"memory, mixed rules: {memory_per_device(mixed_rules()):.0f} bytes a device")
 
 
 if __name__ == "__main__":

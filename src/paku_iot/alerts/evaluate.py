@@ -499,17 +499,36 @@ class AlertEvaluator:
         if not index:
             return
         payload = record.payload
+        # Nothing open or pending on the device: a plain number inside a group's band is
+        # settled here, without a call (the common case, per record and field).
+        quiet = not device.open and not device.pending
         if len(index) <= len(payload):
             for key, groups in index.items():
                 top = payload.get(key)
                 if top is not None:
+                    kind = type(top)
                     for group in groups:
+                        if (
+                            quiet
+                            and (kind is float or kind is int)
+                            and not group.rest
+                            and group.low <= top <= group.high
+                        ):
+                            continue
                         self._group(group, top, device_id, device, record, out)
         else:
             for key, top in payload.items():
                 found = index.get(key)
                 if found is not None:
+                    kind = type(top)
                     for group in found:
+                        if (
+                            quiet
+                            and (kind is float or kind is int)
+                            and not group.rest
+                            and group.low <= top <= group.high
+                        ):
+                            continue
                         self._group(group, top, device_id, device, record, out)
 
     def _group(
