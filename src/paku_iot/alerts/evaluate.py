@@ -8,9 +8,12 @@ restart), then every committed batch (`observe`) and a clock tick about once a s
 resolves. Each (rule, device) has at most one open alert: `opened` is never said twice without
 a `resolved` between, nor `resolved` for an alert that is not open.
 
-Cost: rules are indexed by kind and scope when they are set, and each device caches the rules
-that apply to it, so a telemetry record costs a dict lookup for its device and one per payload
-key (or per watched field, whichever is fewer), not a loop over every rule.
+Cost (bench/alerts_eval.py): rules are indexed by kind and scope when they are set, and each
+device caches the rules that apply to it (devices with the same rules share them), so a
+telemetry record costs a dict lookup for its device and one per payload key (or per watched
+field, whichever is fewer), not a loop over every rule. The rules on one field form a group
+with the band where all of them are in range: a value inside it settles the whole group in
+two comparisons; outside it, bisection finds the rules it crosses.
 
 The kinds (docs/alerts.md):
 - offline: a live state with `online: false` (the device's Last Will, or a clean offline)
