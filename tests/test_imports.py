@@ -70,6 +70,7 @@ ROOMS: dict[str, set[str]] = {
         "collector",
         "registry",
         "security",
+        "alerts",
         "server",
         "web",
         "device",

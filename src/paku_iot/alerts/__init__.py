@@ -1,4 +1,6 @@
-"""Alerts (issue 18): rules and their validation (`alerts.rules`), and the alerts they open,
-with acknowledgement, silencing and their notifications' delivery log (`alerts.service`).
-What decides when an alert opens or resolves, and what sends its notifications, build on the
-same store (`storage.alerts`)."""
+"""Alerts (issue 18): rules evaluated against what devices send, and their notifications.
+
+`rules` validates rules; `service` serves rules and alerts (acknowledge, silence, the
+delivery log); `evaluate` decides in memory when an alert opens or resolves; `payloads`,
+`signing` and `sender` make and send the notifications; `outbox` delivers them from the
+database with retries. All of it builds on one store (`storage.alerts`)."""
