@@ -70,7 +70,6 @@ ROOMS: dict[str, set[str]] = {
         "collector",
         "registry",
         "security",
-        "alerts",
         "server",
         "web",
         "device",
