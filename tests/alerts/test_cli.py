@@ -5,6 +5,7 @@ and its deliveries shown."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -100,9 +101,12 @@ async def test_alert_rules_and_alerts_from_the_command_line(
     assert "silenced until" in silenced.stdout
     deliveries = await cli(env, tmp_path, "alerts", "deliveries", str(alert_id))
     assert deliveries.returncode == 0, deliveries.stderr
-    assert "opened   webhook https://hooks.example/a  pending after 0 attempt(s)" in (
-        deliveries.stdout
-    )
+    # The server's outbox is already trying (hooks.example does not resolve): each attempt
+    # is listed under its delivery.
+    assert re.search(
+        r"opened   webhook https://hooks\.example/a  pending after \d+ attempt\(s\)",
+        deliveries.stdout,
+    ), deliveries.stdout
     assert SECRET not in deliveries.stdout
 
     for args, expected in [

@@ -279,11 +279,11 @@ async def test_concurrent_claimers_never_get_the_same_delivery(store: AlertStore
     assert len(set(claimed)) == 60
 
 
+# Row locks are PostgreSQL's; SQLite has one writer at a time.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_delivery_being_claimed_elsewhere_is_skipped_not_waited_for(
-    store: AlertStore, engine: AsyncEngine, database_url: str
+    store: AlertStore, engine: AsyncEngine
 ) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time")
     await store.apply([opened()], destinations)
     async with engine.connect() as other:
         # Another worker's claim in flight: it holds the first delivery's row lock.

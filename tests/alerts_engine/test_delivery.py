@@ -34,7 +34,7 @@ from paku_iot.storage.records import (
     AlertState,
     DestinationType,
 )
-from tests.alerts_engine.receiver import not_listening, receiver
+from tests.support.receiver import not_listening, receiver
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 SECRET = "whsec-test-0123456789"

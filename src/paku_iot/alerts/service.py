@@ -85,3 +85,7 @@ class AlertService:
         self, rule_id: str | None = None, device_id: str | None = None
     ) -> list[AlertRecord]:
         return await self._store.open_alerts(rule_id=rule_id, device_id=device_id)
+
+    async def counts(self) -> tuple[int, int]:
+        """(alerts open, notifications waiting in the outbox)."""
+        return await self._store.counts()

@@ -131,7 +131,8 @@ class BatchWriter(Generic[Token]):
 
     `on_online` is told (after commit) which devices just said they are online: their queued
     commands can go out now. `observe_batch` is told the size and write time of every
-    committed batch (metrics).
+    committed batch (metrics). `on_batch` is given every committed batch itself (alert
+    evaluation, in memory: nothing on it may query the database).
 
     Deliberately no task, future or queue entry per message: at tens of thousands of messages
     a second that bookkeeping, not the database, is what limits a Python collector.
@@ -146,6 +147,7 @@ class BatchWriter(Generic[Token]):
         linger_s: float,
         on_online: Callable[[set[str]], None] | None = None,
         observe_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[IngestBatch], None] | None = None,
     ) -> None:
         self._engine = engine
         self._stats = stats
@@ -153,6 +155,7 @@ class BatchWriter(Generic[Token]):
         self._linger_s = linger_s
         self._on_online = on_online
         self._observe_batch = observe_batch
+        self._on_batch = on_batch
         self._records: list[Parsed] = []
         # One entry per record; None when nothing is owed back (QoS 0 messages get no PUBACK).
         self._tokens: list[Token | None] = []
@@ -284,6 +287,8 @@ class BatchWriter(Generic[Token]):
         self._count(batch, late, len(not_stored))
         if self._observe_batch is not None:
             self._observe_batch(len(records), time.perf_counter() - started)
+        if self._on_batch is not None:
+            self._on_batch(batch)
         came_online = {
             s.device_id for s in batch.states if s.live and s.payload.get(STATE_ONLINE) is True
         }

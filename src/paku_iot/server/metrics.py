@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from paku_iot.alerts.stats import AlertStats
 from paku_iot.collector.spooled import SpoolStatus
 from paku_iot.collector.stats import IngestStats
 
@@ -25,6 +26,8 @@ class Snapshot:
     devices_online: int = 0
     devices_total: int = 0
     commands_by_status: dict[str, int] = field(default_factory=dict)
+    alerts_open: int = 0
+    alert_deliveries_pending: int = 0
 
 
 class _StateCollector(Collector):
@@ -35,8 +38,10 @@ class _StateCollector(Collector):
         queue_depth: Callable[[], int],
         broker_connected: Callable[[], bool],
         spool: Callable[[], SpoolStatus | None],
+        alerts: AlertStats,
     ) -> None:
         self._stats = stats
+        self._alerts = alerts
         self._snapshot = snapshot
         self._queue_depth = queue_depth
         self._broker_connected = broker_connected
@@ -88,6 +93,41 @@ class _StateCollector(Collector):
         for status, count in sorted(snapshot.commands_by_status.items()):
             commands.add_metric([status], count)
         yield commands
+        yield from self._alert_metrics(snapshot)
+
+    def _alert_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
+        opened = CounterMetricFamily(
+            "paku_alerts_opened", "Alerts opened here, by rule kind.", labels=["kind"]
+        )
+        resolved = CounterMetricFamily(
+            "paku_alerts_resolved", "Alerts resolved here, by rule kind.", labels=["kind"]
+        )
+        for kind, count in sorted(self._alerts.opened.items()):
+            opened.add_metric([kind], count)
+        for kind, count in sorted(self._alerts.resolved.items()):
+            resolved.add_metric([kind], count)
+        yield opened
+        yield resolved
+        deliveries = CounterMetricFamily(
+            "paku_alert_deliveries",
+            "Notification attempts by this process: delivered, failed (retried), given up.",
+            labels=["result"],
+        )
+        deliveries.add_metric(["delivered"], self._alerts.delivered)
+        deliveries.add_metric(["failed"], self._alerts.failed_attempts)
+        deliveries.add_metric(["given_up"], self._alerts.given_up)
+        yield deliveries
+        yield GaugeMetricFamily("paku_alerts_open", "Alerts open.", value=snapshot.alerts_open)
+        yield GaugeMetricFamily(
+            "paku_alert_deliveries_pending",
+            "Notifications waiting to be delivered (in the outbox).",
+            value=snapshot.alert_deliveries_pending,
+        )
+        yield GaugeMetricFamily(
+            "paku_alert_transitions_pending",
+            "Alert openings and resolutions decided, waiting for the database to record them.",
+            value=self._alerts.pending_transitions,
+        )
 
     def _spool_gauges(self) -> Iterator[Metric]:
         spool = self._spool()
@@ -148,9 +188,17 @@ class Metrics:
         queue_depth: Callable[[], int],
         broker_connected: Callable[[], bool],
         spool: Callable[[], SpoolStatus | None] = lambda: None,
+        alerts: AlertStats | None = None,
     ) -> None:
         self.registry.register(
-            _StateCollector(stats, lambda: self.snapshot, queue_depth, broker_connected, spool)
+            _StateCollector(
+                stats,
+                lambda: self.snapshot,
+                queue_depth,
+                broker_connected,
+                spool,
+                alerts if alerts is not None else AlertStats(),
+            )
         )
 
     def observe_batch(self, size: int, seconds: float) -> None:

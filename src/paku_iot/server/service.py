@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paku_iot.alerts.engine import AlertEngine
+from paku_iot.alerts.outbox import DeliveryWorker
 from paku_iot.alerts.rules import AlertRuleService
 from paku_iot.alerts.service import AlertService
+from paku_iot.alerts.stats import AlertStats
 from paku_iot.broker.credentials import PasswordFileSync
 from paku_iot.broker.files import BROKER_DROPPED_TOPIC, BrokerPaths
 from paku_iot.broker.link import BrokerLink, LinkOptions, shared_group_name
@@ -50,6 +53,7 @@ from paku_iot.storage.configs import ConfigStore
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.engine import create_engine, ping
 from paku_iot.storage.messages import MessageStore
+from paku_iot.storage.records import IngestBatch
 from paku_iot.storage.retention import RetentionPolicy, maintain_forever
 from paku_iot.storage.schema_version import require_current_schema
 from paku_iot.storage.security import (
@@ -115,6 +119,7 @@ class Service:
     # endpoint to expose metrics on, and leaves prometheus_client unloaded.
     metrics_source: Callable[[], Metrics]
     stats: IngestStats = field(default_factory=IngestStats)
+    alert_stats: AlertStats = field(default_factory=AlertStats)
     writer: BatchWriter[Position] | None = None
     broker_drops: BrokerDropWatch | None = None
     spooled: SpooledCollector | None = None
@@ -138,11 +143,14 @@ class Service:
         try:
             total, online = await self.device_store.counts()
             by_status = await self.command_store.counts_by_status()
+            alerts_open, deliveries_pending = await self.alerts.counts()
         except PakuError:
             return  # the last values stand; /health tells that the database is down
         self.metrics.snapshot.devices_total = total
         self.metrics.snapshot.devices_online = online
         self.metrics.snapshot.commands_by_status = by_status
+        self.metrics.snapshot.alerts_open = alerts_open
+        self.metrics.snapshot.alert_deliveries_pending = deliveries_pending
 
     async def health(self) -> HealthReport:
         components: dict[str, str] = {}
@@ -231,6 +239,10 @@ async def running_service(
         # them. A collector alone has no endpoint to expose them on and leaves
         # prometheus_client unloaded; metrics built there on demand see no batches.
         batch_metrics = _new_metrics() if Role.API in roles else None
+        # Alerting runs beside the collector: it is fed every committed batch, in memory.
+        alert_store = AlertStore(engine)
+        alert_stats = AlertStats()
+        alerting = _alerting(alert_store, devices, alert_stats) if collecting else None
         spooled = (
             _spooled_collector(
                 settings,
@@ -240,6 +252,7 @@ async def running_service(
                 # Devices that just came online get their queued commands.
                 on_online=lambda ids: background.spawn_each(commands.dispatch, ids),
                 observe_batch=batch_metrics.observe_batch if batch_metrics else None,
+                on_batch=alerting[0].observe if alerting else None,
             )
             if collecting
             else None
@@ -248,7 +261,7 @@ async def running_service(
             # Closed (drained for a bounded time) after the link has disconnected, below.
             stack.push_async_callback(spooled.close)
         writer = spooled.writer if spooled is not None else None
-        metrics = _metrics_source(batch_metrics, stats, spooled, link)
+        metrics = _metrics_source(batch_metrics, stats, spooled, link, alert_stats)
         if Role.API in roles:
             metrics()
         ota = OtaParts(settings, engine, devices)
@@ -256,7 +269,6 @@ async def running_service(
             ota.releases()  # the signing key exists (or fails) at start, not at first use
         bootstrap_token = admin_token(settings)
         registry = DeviceRegistry(devices, broker_sync, link)
-        alert_store = AlertStore(engine)
         service = Service(
             settings=settings,
             registry=registry,
@@ -278,6 +290,7 @@ async def running_service(
             link=link,
             metrics_source=metrics,
             stats=stats,
+            alert_stats=alert_stats,
             writer=writer,
             broker_drops=drop_watch,
             spooled=spooled,
@@ -293,6 +306,9 @@ async def running_service(
                 name="legacy-session",
             )
         background.spawn(sweep_forever(commands), name="command-sweeper")
+        if alerting is not None:
+            for name, work in (("alerting", alerting[0].run()), ("deliveries", alerting[1].run())):
+                background.spawn(work, name=name)
         if writer is not None:
             policy = RetentionPolicy(
                 settings.telemetry_retention_days, settings.events_retention_days
@@ -309,6 +325,14 @@ async def running_service(
         yield service
 
 
+def _alerting(
+    store: AlertStore, devices: DeviceStore, stats: AlertStats
+) -> tuple[AlertEngine, DeliveryWorker]:
+    """The evaluator's engine (fed by the writer) and the outbox's worker it wakes."""
+    outbox = DeliveryWorker(store, devices, stats)
+    return AlertEngine(store, devices, stats, on_recorded=outbox.wake), outbox
+
+
 def _new_metrics() -> Metrics:
     from paku_iot.server.metrics import Metrics  # noqa: PLC0415 - see running_service
 
@@ -316,10 +340,14 @@ def _new_metrics() -> Metrics:
 
 
 def _metrics_source(
-    built: Metrics | None, stats: IngestStats, spooled: SpooledCollector | None, link: BrokerLink
+    built: Metrics | None,
+    stats: IngestStats,
+    spooled: SpooledCollector | None,
+    link: BrokerLink,
+    alert_stats: AlertStats,
 ) -> Callable[[], Metrics]:
     """The process's metrics (`built`, or new ones on first use), watching the ingest
-    counters, the writer's backlog, the spool and the broker connection."""
+    counters, the writer's backlog, the spool, the broker connection and alerting."""
 
     def spool_status() -> SpoolStatus | None:
         return spooled.status() if spooled is not None else None
@@ -332,6 +360,7 @@ def _metrics_source(
             lambda: spooled.writer.backlog if spooled is not None else 0,
             lambda: link.connected,
             spool_status,
+            alert_stats,
         )
         return metrics
 
@@ -356,6 +385,7 @@ def _spooled_collector(
     *,
     on_online: Callable[[set[str]], None],
     observe_batch: Callable[[int, float], None] | None,
+    on_batch: Callable[[IngestBatch], None] | None,
 ) -> SpooledCollector:
     """The collector: broker -> spool -> database (collector/spooled.py)."""
     writer: BatchWriter[Position] = BatchWriter(
@@ -365,6 +395,7 @@ def _spooled_collector(
         linger_s=settings.ingest_linger_ms / 1000,
         on_online=on_online,
         observe_batch=observe_batch,
+        on_batch=on_batch,
     )
     return SpooledCollector.open(
         settings.resolved_spool_dir,

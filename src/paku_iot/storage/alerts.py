@@ -323,6 +323,15 @@ class AlertStore:
 
     # ---- alerts ----------------------------------------------------------------------------
 
+    async def counts(self) -> tuple[int, int]:
+        """(alerts open, notifications waiting to be delivered): the metrics' gauges."""
+        open_alerts = select(func.count()).select_from(_a).where(_a.c.state == str(AlertState.OPEN))
+        pending = select(func.count()).select_from(_dl).where(_dl.c.state == "pending")
+        async with translated_errors(), self._engine.connect() as conn:
+            opened = (await conn.execute(open_alerts)).scalar_one()
+            waiting = (await conn.execute(pending)).scalar_one()
+        return int(opened), int(waiting)
+
     async def open_alerts(
         self, rule_id: str | None = None, device_id: str | None = None
     ) -> list[AlertRecord]:

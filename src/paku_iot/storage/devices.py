@@ -151,6 +151,13 @@ class DeviceStore:
         async with translated_errors(), self._engine.connect() as conn:
             return [row[0] for row in await conn.execute(query)]
 
+    async def models_and_last_seen(self) -> list[tuple[str, str, datetime | None]]:
+        """(id, model, last seen) of every device: what the alert evaluator needs to know of
+        the fleet (model-scoped rules, silence after a restart), in one narrow read."""
+        query = select(_d.c.id, _d.c.model, _d.c.last_seen_at)
+        async with translated_errors(), self._engine.connect() as conn:
+            return [(row[0], row[1], row[2]) for row in await conn.execute(query)]
+
     async def many(self, device_ids: list[str]) -> list[DeviceRecord]:
         async with translated_errors(), self._engine.connect() as conn:
             rows = (

@@ -1,4 +1,4 @@
-"""A real HTTP receiver for delivery tests: an asyncio server on 127.0.0.1 (a port the kernel
+"""A real HTTP receiver for alert delivery tests: an asyncio server on 127.0.0.1 (a port the kernel
 picks as it binds, so no other test can take it first) that records each request and answers
 with the statuses it is given, then with `default`."""
 
@@ -64,10 +64,12 @@ class Receiver:
 
 @asynccontextmanager
 async def receiver(
-    statuses: list[int] | None = None, default: int = 200, delay_s: float = 0.0
+    statuses: list[int] | None = None, default: int = 200, delay_s: float = 0.0, port: int = 0
 ) -> AsyncIterator[Receiver]:
+    """Listening until the block ends; on `port` (one a test stops and starts again), or on
+    a port the kernel picks."""
     state = Receiver(list(statuses or []), default, delay_s)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(state.handle, "127.0.0.1", port, reuse_address=True)
     port = server.sockets[0].getsockname()[1]
     state.url = f"http://127.0.0.1:{port}/hook"
     try:
