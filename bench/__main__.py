@@ -115,11 +115,14 @@ def main() -> None:
     parser.add_argument(
         "--sustained-rate", type=float, default=25000, help="msgs/s offered in the long run"
     )
+    parser.add_argument(
+        "--alert-rules", type=int, default=0, help="alert rules evaluated during ingest"
+    )
     parser.add_argument("--rows", type=int, default=10_000_000, help="bigtable size")
     args = parser.parse_args()
     d, n = args.duration, args.devices
     if args.scenario == "ingest":
-        fresh(lambda w: scenarios.ingest(args.db, w, n, args.rate, d))
+        fresh(lambda w: scenarios.ingest(args.db, w, n, args.rate, d, args.alert_rules))
     elif args.scenario == "paced":
         paced(args.db, n, d)
     elif args.scenario == "ceiling":

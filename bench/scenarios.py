@@ -32,6 +32,7 @@ from bench.common import (
     run_loadgen,
     stack,
 )
+from paku_iot.alerts.rules import DestinationSpec, RuleSpec
 from paku_iot.broker.files import BrokerPaths
 from paku_iot.collector.parse import Parsed
 from paku_iot.collector.writer import BatchWriter
@@ -151,11 +152,45 @@ async def _stored(stack: Stack) -> tuple[int, int]:
         await engine.dispose()
 
 
-async def ingest(db: str, work: Path, devices: int, rate: float, duration: float) -> dict[str, Any]:
+def alert_rule_specs(count: int) -> list[RuleSpec]:
+    """`count` rules as a fleet might have them, none of which the load generator's samples
+    (temp 21.5, hum 40) cross: the cost measured is evaluation, not notification. Mixed
+    kinds and scopes: thresholds on both fields for every device, per model and per device,
+    offline rules, rejected rates and failed updates."""
+    hook = (DestinationSpec("webhook", "http://127.0.0.1:9/hook"),)
+    specs: list[RuleSpec] = []
+    for n in range(count):
+        field, limit = ("temp", 60 + n) if n % 2 else ("hum", 90 + n % 10)
+        scope = {0: {}, 1: {"model": "bench"}, 2: {"device_id": f"b-{n % 100:05d}"}}[n % 3]
+        if n % 10 == 7:
+            specs.append(RuleSpec(f"quiet {n}", "offline", silence_seconds=3600, destinations=hook))
+        elif n % 10 == 8:
+            specs.append(
+                RuleSpec(f"rejects {n}", "rejected_rate", per_minute=100, destinations=hook)
+            )
+        elif n % 10 == 9:
+            specs.append(RuleSpec(f"ota {n}", "ota_failed", destinations=hook))
+        else:
+            specs.append(
+                RuleSpec(
+                    f"high {n}", "threshold", field=field, above=limit, destinations=hook, **scope
+                )
+            )
+    return specs
+
+
+async def ingest(
+    db: str, work: Path, devices: int, rate: float, duration: float, alert_rules: int = 0
+) -> dict[str, Any]:
     """paku-iot's collector (in this process) under the load generator: persisted rate,
-    publish-to-commit latency of every message, CPU and memory."""
+    publish-to-commit latency of every message, CPU and memory. With `alert_rules`, that
+    many rules are evaluated against every committed batch."""
     async with stack(db, work) as st:
         creds = await provision(st.settings, devices, "b-", work / "creds.json")
+        if alert_rules:
+            async with running_service(st.settings, frozenset({Role.API})) as service:
+                for spec in alert_rule_specs(alert_rules):
+                    await service.alert_rules.create(spec)
         clock = CommitClock()
         async with (
             clock.installed(),
@@ -179,6 +214,7 @@ async def ingest(db: str, work: Path, devices: int, rate: float, duration: float
     return {
         "db": db,
         "devices": devices,
+        "alert_rules": alert_rules,
         "offered_rate": rate or "max",
         "duration_s": duration,
         "published": load["sent"],
