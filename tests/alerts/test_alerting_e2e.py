@@ -209,3 +209,58 @@ async def test_a_receiver_that_was_down_gets_every_notification_once_after_a_res
         deliveries = (await client.get(f"/alerts/{alert_id}/deliveries")).json()["items"]
     assert [d["state"] for d in deliveries] == ["delivered", "delivered"]
     assert all(d["attemptLog"][-1]["statusCode"] == 200 for d in deliveries)
+
+
+async def metric(deployment: Deployment, line_start: str) -> float:
+    async with deployment.client() as client:
+        text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {line_start} in /metrics")
+
+
+async def test_silence_a_failed_update_and_rejected_messages_are_notified(
+    deployment: Deployment,
+) -> None:
+    deployment.process("all").start()
+    await deployment.wait_healthy()
+    [(device_id, password)] = await deployment.provision(1, prefix="als")
+    async with receiver() as hook:
+        quiet = await make_rule(
+            deployment, hook.url, name="Quiet", kind="offline", silenceSeconds=3
+        )
+        update = await make_rule(deployment, hook.url, name="Update", kind="ota_failed")
+        noisy = await make_rule(
+            deployment, hook.url, name="Noisy", kind="rejected_rate", perMinute=3
+        )
+        await asyncio.sleep(2.5)
+        device = await connected_device(deployment, device_id, password)
+        await device.send_telemetry({"t": 1})
+
+        # Connected, but nothing sent for longer than the rule's window.
+        [silent] = await wait_for(hook, quiet["id"], 1, timeout=10)
+        assert silent["alert"]["values"]["reason"] == "silent"
+        await device.send_telemetry({"t": 2})
+        _, spoke = await wait_for(hook, quiet["id"], 2, timeout=10)
+        assert spoke["event"] == "resolved"
+
+        await device.send_event("ota", {"version": "1.2.0", "status": "failed", "error": "sig"})
+        [failed] = await wait_for(hook, update["id"], 1, timeout=10)
+        assert failed["alert"]["values"]["version"] == "1.2.0"
+        await device.send_event("ota", {"version": "1.2.1", "status": "installed"})
+        _, installed = await wait_for(hook, update["id"], 2, timeout=10)
+        assert installed["event"] == "resolved"
+
+        # Four payloads that are not JSON objects in a minute: over the rule's three.
+        for _ in range(4):
+            await device.send_telemetry({"ts": "not a time"})
+        [rejected] = await wait_for(hook, noisy["id"], 1, timeout=10)
+        assert rejected["alert"]["values"]["count"] == 4
+        await device.disconnect()
+
+    assert await metric(deployment, 'paku_alerts_opened_total{kind="offline"}') >= 1
+    assert await metric(deployment, 'paku_alerts_opened_total{kind="ota_failed"}') == 1
+    assert await metric(deployment, 'paku_alerts_opened_total{kind="rejected_rate"}') == 1
+    assert await metric(deployment, 'paku_alert_deliveries_total{result="delivered"}') >= 5
+    assert await metric(deployment, "paku_alerts_open") >= 1
