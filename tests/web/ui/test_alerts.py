@@ -103,13 +103,15 @@ async def test_the_alerts_page_shows_open_alerts_first_then_history(
     # The open ones (newest first), then the history.
     assert [state for _, state in rows] == ["open", "open", "resolved"]
     open_section, history = page.text.split('id="alert-history"')
-    assert "attic-01" in open_section and "kitchen-01" in open_section
+    assert "attic-01" in open_section
+    assert "kitchen-01" in open_section
     assert "porch-01" in history
     assert "2026-12-01 09:30:05 UTC" in page.text  # the dashboard's 24-hour UTC time
     assert "2026-12-01 09:32:05 UTC" in page.text  # porch-01 resolved
     assert "limit=80, value=91.5" in page.text
     assert '<a href="/ui/devices/kitchen-01">kitchen-01</a>' in page.text
-    assert "gone quiet" in page.text and "offline" in page.text
+    assert "gone quiet" in page.text
+    assert "offline" in page.text
     assert SECRET not in page.text
     assert "path-stays-hidden" not in page.text
 
@@ -229,7 +231,8 @@ async def test_one_alert_with_its_delivery_log(
     page = await ui.get(f"/ui/alerts/{alert.id}")
     assert page.status_code == 200
     assert "temp &gt; 80 for 60 s" in page.text
-    assert "webhook" in page.text and HOOK.url in page.text
+    assert "webhook" in page.text
+    assert HOOK.url in page.text
     assert "2026-12-02 18:04:01 UTC: HTTP 503" in page.text
     assert "2026-12-02 18:04:31 UTC: HTTP 204" in page.text
     assert 'class="status status-delivered">delivered<' in page.text
@@ -367,8 +370,10 @@ async def test_open_alerts_on_the_fleet_and_device_pages(
 
     device = await ui.get("/ui/devices/kitchen-01")
     listed = device.text.split('id="device-open-alerts"')[1].split("</ul>")[0]
-    assert "too hot" in listed and "too cold" in listed
-    assert "since <time" in listed and "2026-12-03 07:15:00 UTC" in listed
+    assert "too hot" in listed
+    assert "too cold" in listed
+    assert "since <time" in listed
+    assert "2026-12-03 07:15:00 UTC" in listed
     state = await ui.get("/ui/devices/kitchen-01/live", params={"part": "state"})
     assert "too cold" in state.text
     porch = await ui.get("/ui/devices/porch-01")
