@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from paku_iot.alerts.rules import DestinationSpec, RuleSpec
 from paku_iot.exceptions import NotFound, PakuError
+from paku_iot.server.service import Service
 from paku_iot.storage.records import AlertKind, DestinationType
 from paku_iot.web.deps import ServiceDep
 from paku_iot.web.ui.guard import ActionSession, PageSession
@@ -56,36 +57,31 @@ def _spec(form: dict[str, str], secret: str) -> RuleSpec:
     """The rule the form describes. Only the chosen kind's and scope's fields count: the
     form shows them all (it works without script), and the others may hold leftovers."""
     kind = form["kind"]
-    fields: dict[str, object] = {}
-    if kind == AlertKind.THRESHOLD:
-        fields = {
-            "field": form["field"].strip() or None,
-            "above": _float(form["above"], "Above"),
-            "below": _float(form["below"], "Below"),
-            "for_seconds": _float(form["for_seconds"], "For (seconds)") or 0,
-        }
-    elif kind == AlertKind.OFFLINE:
-        fields = {"silence_seconds": _float(form["silence_seconds"], "Silent for (seconds)")}
-    elif kind == AlertKind.REJECTED_RATE:
-        per_minute = form["per_minute"].strip()
-        if per_minute and not per_minute.isdigit():
-            raise ValueError("Rejected messages a minute must be a whole number")
-        fields = {"per_minute": int(per_minute) if per_minute else None}
+    threshold = kind == AlertKind.THRESHOLD
+    per_minute = form["per_minute"].strip() if kind == AlertKind.REJECTED_RATE else ""
+    if per_minute and not (per_minute.isascii() and per_minute.isdigit()):
+        raise ValueError("Rejected messages a minute must be a whole number")
+    silence = form["silence_seconds"] if kind == AlertKind.OFFLINE else ""
     destination = DestinationSpec(form["dest_type"], form["dest_url"].strip(), secret or None)
     return RuleSpec(
         name=form["name"],
         kind=kind,
         model=form["model"].strip() if form["scope"] == "model" else None,
         device_id=form["device_id"].strip() if form["scope"] == "device" else None,
+        field=(form["field"].strip() or None) if threshold else None,
+        above=_float(form["above"], "Above") if threshold else None,
+        below=_float(form["below"], "Below") if threshold else None,
+        for_seconds=(_float(form["for_seconds"], "For (seconds)") or 0) if threshold else 0,
+        silence_seconds=_float(silence, "Silent for (seconds)"),
+        per_minute=int(per_minute) if per_minute else None,
         destinations=(destination,),
-        **fields,  # type: ignore[arg-type]
     )
 
 
 async def _rules_page(
     request: Request,
     session: Session,
-    service: ServiceDep,
+    service: Service,
     *,
     after: str = "",
     status_code: int = 200,
@@ -118,7 +114,7 @@ async def _rules_page(
     )
 
 
-async def _open_counts(service: ServiceDep) -> dict[str, int]:
+async def _open_counts(service: Service) -> dict[str, int]:
     counts: dict[str, int] = {}
     for alert in await service.alerts.open_alerts():
         counts[alert.rule_id] = counts.get(alert.rule_id, 0) + 1
