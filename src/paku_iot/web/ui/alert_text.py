@@ -43,7 +43,8 @@ def scope(rule: AlertRuleRecord) -> str:
 
 
 def destination(dest: AlertDestination) -> str:
-    """Type and host only: the rest of a URL may be a credential (a Slack hook's path)."""
+    """Type and host: enough to tell destinations apart in a table row (a Slack hook's
+    path is a long token that would crowd the rules table)."""
     return f"{dest.type} {urlsplit(dest.url).hostname or '?'}"
 
 
