@@ -10,6 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from paku_iot.web.ui.routes import (
+    alert_rules,
+    alerts,
     device,
     firmware,
     fleet,
@@ -20,7 +22,17 @@ from paku_iot.web.ui.routes import (
 )
 
 router = APIRouter(include_in_schema=False)
-for _module in (signin, static, fleet, device, rejected, firmware, provision):
+for _module in (
+    signin,
+    static,
+    fleet,
+    device,
+    alerts,
+    alert_rules,
+    rejected,
+    firmware,
+    provision,
+):
     router.include_router(_module.router)
 
 __all__ = ["router"]

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
 from paku_iot import __version__
+from paku_iot.web.ui import alert_text
 from paku_iot.web.ui.sessions import Session
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -89,6 +90,10 @@ def _templates() -> Jinja2Templates:
         pretty_json=pretty_json,
         compact_json=compact_json,
         payload_start=payload_start,
+        condition=alert_text.condition,
+        scope=alert_text.scope,
+        destination=alert_text.destination,
+        short_values=alert_text.short_values,
     )
     env.globals["version"] = __version__
     return templates

@@ -22,7 +22,7 @@ from paku_iot.protocol import (
     NAME_MAX_CHARS,
 )
 from paku_iot.server.service import Service
-from paku_iot.storage.records import DeviceRecord
+from paku_iot.storage.records import AlertState, DeviceRecord
 from paku_iot.web.deps import ServiceDep
 from paku_iot.web.ui.charts import MAX_ROWS, WINDOWS, chart_data
 from paku_iot.web.ui.guard import ActionSession, DataSession, PageSession
@@ -31,6 +31,7 @@ from paku_iot.web.ui.sessions import Session
 
 router = APIRouter()
 RECENT = 20
+OPEN_ALERTS_SHOWN = 20
 LIVE_INTERVAL_MS = 3000
 NOTICES = {
     "command": "Command created: it is sent as soon as the device is online.",
@@ -87,7 +88,14 @@ async def _live_context(
     rejected = await service.history.rejected(
         limit=1 if part == "state" else RECENT, device_id=device.id
     )
-    state = {"device": device, "last_rejected": rejected[0] if rejected else None}
+    state = {
+        "device": device,
+        "last_rejected": rejected[0] if rejected else None,
+        # At most one per rule: a short list, refreshed with the state.
+        "open_alerts": await service.alerts.page(
+            limit=OPEN_ALERTS_SHOWN, device_id=device.id, state=AlertState.OPEN
+        ),
+    }
     if part == "state":
         return state
     return {

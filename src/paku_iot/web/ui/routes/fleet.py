@@ -65,6 +65,7 @@ class FleetView:
     matching: int
     next_link: str | None
     prev_link: str | None
+    open_alerts: int
 
 
 Text = Annotated[str, Query(max_length=64)]
@@ -89,6 +90,8 @@ async def _fleet_view(service: Service, query: FleetQuery) -> FleetView:
         more_before = bool(query.after)
     total, online = await registry.counts()
     matching = await registry.count_matching(**filters) if query.filtered else total
+    # Every open alert, not a page of them: few are open at once (one per rule and device).
+    open_alerts = len(await service.alerts.open_alerts())
     return FleetView(
         devices=devices,
         total=total,
@@ -96,6 +99,7 @@ async def _fleet_view(service: Service, query: FleetQuery) -> FleetView:
         matching=matching,
         next_link=query.link(after=devices[-1].id, before="") if more_after and devices else None,
         prev_link=query.link(before=devices[0].id, after="") if more_before and devices else None,
+        open_alerts=open_alerts,
     )
 
 
