@@ -91,7 +91,7 @@ async def _fleet_view(service: Service, query: FleetQuery) -> FleetView:
     total, online = await registry.counts()
     matching = await registry.count_matching(**filters) if query.filtered else total
     # Every open alert, not a page of them: few are open at once (one per rule and device).
-    open_alerts = len(await service.alerts.open_alerts())
+    open_alerts, _pending = await service.alerts.counts()
     return FleetView(
         devices=devices,
         total=total,
