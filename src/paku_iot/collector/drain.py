@@ -24,11 +24,14 @@ log = logging.getLogger("paku_iot.collector")
 _POLL_S = 0.2
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def spooled_time(received_at_us: int) -> datetime:
-    """The receive time as spooled. Integer arithmetic: a float division could land a
-    microsecond off, and the replay would then not match the first write's key."""
-    seconds, micros = divmod(received_at_us, 1_000_000)
-    return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=micros)
+    """The receive time as spooled. Integer arithmetic (a timedelta of whole microseconds
+    is exact): a float division could land a microsecond off, and the replay would then not
+    match the first write's key."""
+    return _EPOCH + timedelta(microseconds=received_at_us)
 
 
 class SpoolDrain:
