@@ -80,7 +80,10 @@ class DeliveryWorker:
 
     async def deliver_due(self, client: httpx.AsyncClient) -> int:
         """Send what is due now; how many were claimed."""
-        due = await self._store.claim_due_deliveries(self._clock(), BATCH)
+        now = self._clock()
+        if not await self._store.any_due(now):
+            return 0
+        due = await self._store.claim_due_deliveries(now, BATCH)
         await asyncio.gather(*(self._deliver(client, delivery) for delivery in due))
         return len(due)
 

@@ -424,6 +424,15 @@ class AlertStore:
             by_delivery.setdefault(row["delivery_id"], []).append(_attempt(row))
         return [(_delivery(row), by_delivery.get(row["id"], [])) for row in rows]
 
+    async def any_due(self, now: datetime) -> bool:
+        """Whether a pending delivery is due: a read, so an idle outbox polling it takes no
+        write lock (SQLite's is the collector's too)."""
+        query = (
+            select(_dl.c.id).where(_dl.c.state == PENDING, _dl.c.next_attempt_at <= now).limit(1)
+        )
+        async with translated_errors(), self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def claim_due_deliveries(
         self, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
     ) -> list[AlertDeliveryRecord]:
