@@ -5,13 +5,15 @@ alert history with acknowledgement, silencing and the delivery log."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from paku_iot.server.service import Service
+from paku_iot.server.service import Role, Service, running_service
+from paku_iot.settings import Settings
 from paku_iot.storage.alerts import AlertStore
 from paku_iot.storage.records import (
     AlertDeliveryAttempt,
@@ -183,6 +185,14 @@ async def test_each_mistake_is_refused_with_a_message_naming_it(api: httpx.Async
         assert response.status_code == status, (body, response.text)
     assert (await api.get("/alert-rules")).json()["items"][0]["above"] == 30
     assert await audit_trail(api, "alert_rule.update") == []
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Service]:
+    """The API alone: a collector's outbox worker would claim and send the deliveries that
+    these tests claim and record by hand."""
+    async with running_service(settings, frozenset({Role.API})) as running:
+        yield running
 
 
 @pytest.fixture

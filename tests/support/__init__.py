@@ -25,6 +25,7 @@ import asyncio
 import functools
 import itertools
 import os
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -60,7 +61,11 @@ def _worker_ports() -> Iterator[int]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     index = int(worker) if worker.isdigit() else 0
     start = _PORT_RANGE_START + (index % 8) * _PORT_SLICE
-    return itertools.cycle(range(start, start + _PORT_SLICE))
+    ports = list(range(start, start + _PORT_SLICE))
+    # From a random place in the slice: another test run on the machine at the same time
+    # (its workers have the same slices) then rarely walks the same ports in step.
+    first = random.randrange(_PORT_SLICE)
+    return itertools.cycle(ports[first:] + ports[:first])
 
 
 def _bindable(port: int) -> bool:
