@@ -13,6 +13,7 @@ from starlette.types import Scope
 from paku_iot import __version__
 from paku_iot.settings import Settings
 from paku_iot.web.api.auth import RefuseAnonymousAdmin
+from paku_iot.web.api.cors import ApiCors
 from paku_iot.web.api.errors import install_error_handlers
 from paku_iot.web.api.inputs import RefuseNulInUrl
 from paku_iot.web.api.limits import BodyCap, LimitRequestBody
@@ -79,11 +80,16 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     # The last added runs first: NUL in the URL, then the request id and metrics, then the
-    # body's cap (no database needed), then the admin token, all before a body is read.
+    # body's cap (no database needed), then the admin token, all before a body is read; CORS
+    # (when configured) before all of them.
     app.add_middleware(RefuseAnonymousAdmin)
     app.add_middleware(LimitRequestBody, cap_for=body_caps(service.settings))
     install_observability(app, service.metrics)
     app.add_middleware(RefuseNulInUrl)
+    if service.settings.cors_origins:
+        # Outermost: a preflight is answered before anything else, and every answer a
+        # browser app gets (a 401 too) carries the headers that let it read the error.
+        app.add_middleware(ApiCors, origins=service.settings.cors_origins)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(devices.router)

@@ -1,5 +1,7 @@
-"""Admin authentication: `Authorization: Bearer <token>`, the bootstrap admin token or a named
-one, checked on every request (a revoked token is refused at once).
+"""Admin authentication and authorization: `Authorization: Bearer <token>`, the bootstrap
+admin token or a named one, checked on every request (a revoked token is refused at once);
+then the token's role must grant the permission the route declares, in its decorator:
+`dependencies=[needs(Permission.DEVICES_READ)]` (`security/roles.py` has the table).
 
 The scheme is a FastAPI security class, so the OpenAPI document declares it (`AdminToken`) on
 every admin route and generated clients send it; `auto_error=False` leaves the 401 and its
@@ -8,13 +10,16 @@ body to us (`errors.py`).
 FastAPI reads a request's body (and spools an upload to disk) before it runs any dependency,
 so `require_admin` alone would come too late for a caller without a token: the middleware
 `RefuseAnonymousAdmin` checks the token of every admin route before the body is read, and
-hands the actor on to `require_admin`.
+hands the identity on to `authenticate`. Roles are checked after that, by the route's own
+dependency: a 403 for a small body that was read (capped, `limits.py`) costs little.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from functools import cache
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -23,7 +28,8 @@ from starlette.datastructures import Headers
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from paku_iot.exceptions import Unauthorized
+from paku_iot.exceptions import Forbidden, Unauthorized
+from paku_iot.security.roles import Identity, Permission
 from paku_iot.server.service import Service
 from paku_iot.web.api.errors import error_response
 from paku_iot.web.deps import get_service
@@ -42,24 +48,41 @@ admin_bearer = HTTPBearer(
 _ACTOR_KEY = "paku_admin_actor"  # in the request's state, set by RefuseAnonymousAdmin
 
 
-async def _actor(service: Service, token: str | None) -> str:
+async def _identity(service: Service, token: str | None) -> Identity:
     if not token:
         raise Unauthorized("admin token required: send Authorization: Bearer <token>")
-    actor = await service.tokens.actor_for(token)
-    if actor is None:
+    identity = await service.tokens.identify(token)
+    if identity is None:
         raise Unauthorized("wrong admin token", code="invalid_token")
-    return actor
+    return identity
 
 
-async def require_admin(
+async def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
-) -> str:
-    """The acting admin's name (for the audit log)."""
-    checked: str | None = request.scope.get("state", {}).get(_ACTOR_KEY)
+) -> Identity:
+    """Who is calling, with their token's role (for the audit log)."""
+    checked: Identity | None = request.scope.get("state", {}).get(_ACTOR_KEY)
     if checked is not None:
         return checked  # the middleware checked this very request's token
-    return await _actor(get_service(request), credentials.credentials if credentials else None)
+    return await _identity(get_service(request), credentials.credentials if credentials else None)
+
+
+@cache  # one callable per permission: FastAPI runs a dependency once per request by identity
+def requires(permission: Permission) -> Callable[..., Awaitable[Identity]]:
+    """A dependency that answers 403 unless the caller's role grants `permission`."""
+
+    async def guard(identity: Annotated[Identity, Depends(authenticate)]) -> Identity:
+        if not identity.can(permission):
+            raise Forbidden(identity.refusal(permission), code="insufficient_role")
+        return identity
+
+    return guard
+
+
+def needs(permission: Permission) -> Any:
+    """A route decorator's `dependencies=[needs(Permission.X)]`: what the route requires."""
+    return Depends(requires(permission))
 
 
 class RefuseAnonymousAdmin:
@@ -68,8 +91,8 @@ class RefuseAnonymousAdmin:
 
     Which routes are admin routes, it reads from the app's OpenAPI document: those whose
     only security scheme is `AdminToken`, as `test_openapi.py` checks for every route. A
-    route left out of the document is still guarded by `require_admin`, only after its body
-    (capped, `limits.py`) was read."""
+    route left out of the document is still guarded by its `requires` dependency, only after
+    its body (capped, `limits.py`) was read."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -96,15 +119,17 @@ class RefuseAnonymousAdmin:
         scheme, token = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
         service: Service = scope["app"].state.service
         try:
-            actor = await _actor(service, token if scheme.lower() == "bearer" else None)
+            identity = await _identity(service, token if scheme.lower() == "bearer" else None)
         except Unauthorized as exc:
             response = error_response(
                 exc.http_status, exc.code, exc.message, {"WWW-Authenticate": exc.auth_scheme}
             )
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})[_ACTOR_KEY] = actor
+        scope.setdefault("state", {})[_ACTOR_KEY] = identity
         await self.app(scope, receive, send)
 
 
-Actor = Annotated[str, Depends(require_admin)]
+# The caller of a route that declared its permission with `needs` (the same check again costs
+# nothing: FastAPI runs `authenticate` once per request).
+Actor = Annotated[Identity, Depends(authenticate)]
