@@ -22,10 +22,10 @@ from paku_iot.web.api.alert_schemas import (
 )
 from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.cursors import decode_time_cursor, decode_time_text_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, Responses, error
+from paku_iot.web.api.responses import ROLE_LIMITED, Responses, error
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(tags=["alerts"], responses=ADMIN_ONLY)
+router = APIRouter(tags=["alerts"], responses=ROLE_LIMITED)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 # Within BIGINT: a larger number is no alert, not a database error.
 AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]

@@ -8,7 +8,7 @@ from paku_iot.downlink.commands import NewCommand
 from paku_iot.security.roles import Permission
 from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.cursors import decode_time_text_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
+from paku_iot.web.api.responses import NO_DEVICE, ROLE_LIMITED, error
 from paku_iot.web.api.schemas import (
     BulkCommandCreate,
     Command,
@@ -18,7 +18,7 @@ from paku_iot.web.api.schemas import (
 )
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(tags=["commands"], responses=ADMIN_ONLY)
+router = APIRouter(tags=["commands"], responses=ROLE_LIMITED)
 IdempotencyKey = Annotated[
     str | None,
     Header(

@@ -4,11 +4,11 @@ from fastapi import APIRouter
 
 from paku_iot.security.roles import Permission
 from paku_iot.web.api.auth import Actor, needs
-from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
+from paku_iot.web.api.responses import NO_DEVICE, ROLE_LIMITED, error
 from paku_iot.web.api.schemas import ConfigPut, DeviceConfig
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(tags=["config"], responses={**ADMIN_ONLY, **NO_DEVICE})
+router = APIRouter(tags=["config"], responses={**ROLE_LIMITED, **NO_DEVICE})
 
 
 @router.put(

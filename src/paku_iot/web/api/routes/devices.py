@@ -9,7 +9,7 @@ from paku_iot.security.roles import Permission
 from paku_iot.storage.records import KEEP, DeviceDetails
 from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.cursors import decode_id_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
+from paku_iot.web.api.responses import NO_DEVICE, ROLE_LIMITED, error
 from paku_iot.web.api.schemas import (
     Credentials,
     Device,
@@ -21,7 +21,7 @@ from paku_iot.web.api.schemas import (
 )
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(tags=["devices"], responses=ADMIN_ONLY)
+router = APIRouter(tags=["devices"], responses=ROLE_LIMITED)
 
 
 def _provisioned(result: Provisioned) -> ProvisionedDevice:

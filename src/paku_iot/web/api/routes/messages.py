@@ -9,7 +9,7 @@ from paku_iot.exceptions import InvalidInput
 from paku_iot.security.roles import Permission
 from paku_iot.web.api.auth import needs
 from paku_iot.web.api.cursors import decode_int_cursor, decode_time_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE
+from paku_iot.web.api.responses import NO_DEVICE, ROLE_LIMITED
 from paku_iot.web.api.schemas import (
     EventItem,
     EventPage,
@@ -21,7 +21,7 @@ from paku_iot.web.api.schemas import (
 from paku_iot.web.deps import ServiceDep
 
 # Everything here is read-only history: one permission for the router, declared once.
-router = APIRouter(dependencies=[needs(Permission.DEVICES_READ)], responses=ADMIN_ONLY)
+router = APIRouter(dependencies=[needs(Permission.DEVICES_READ)], responses=ROLE_LIMITED)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 From = Annotated[datetime | None, Query(alias="from", description="RFC 3339; inclusive.")]
 To = Annotated[datetime | None, Query(description="RFC 3339; exclusive.")]

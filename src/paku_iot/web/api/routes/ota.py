@@ -13,7 +13,7 @@ from paku_iot.server.service import Service
 from paku_iot.storage.records import ReleaseRecord
 from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.device_auth import Caller, identify_caller
-from paku_iot.web.api.responses import ADMIN_ONLY, Responses, error
+from paku_iot.web.api.responses import ADMIN_ONLY, FORBIDDEN, Responses, error
 from paku_iot.web.api.schemas import (
     ManifestEntry,
     PublicKey,
@@ -71,6 +71,7 @@ FIRMWARE_UPLOAD_PATH = "/ota/firmware"
             "for this image, model and version (`invalid_signature`)."
         ),
         413: error("The upload is over PAKU_OTA_MAX_FIRMWARE_BYTES (`payload_too_large`)."),
+        **FORBIDDEN,
     },
     dependencies=[needs(Permission.RELEASES_WRITE)],
 )
@@ -169,7 +170,7 @@ async def get_release(request: Request, release_id: str, service: ServiceDep) ->
 @admin.patch(
     "/ota/releases/{release_id}",
     response_model=Release,
-    responses=NO_RELEASE,
+    responses={**NO_RELEASE, **FORBIDDEN},
     dependencies=[needs(Permission.RELEASES_WRITE)],
 )
 async def update_release(

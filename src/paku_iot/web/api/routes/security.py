@@ -14,7 +14,7 @@ from paku_iot.server.service import Service
 from paku_iot.storage.records import AuditRecord
 from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.cursors import decode_int_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, error
+from paku_iot.web.api.responses import ROLE_LIMITED, error
 from paku_iot.web.api.schemas import ApiModel, Credentials, RequestModel
 from paku_iot.web.client_address import request_client_address
 from paku_iot.web.deps import ServiceDep
@@ -91,7 +91,7 @@ class AuditPage(ApiModel):
     status_code=status.HTTP_201_CREATED,
     response_model=ClaimCodeBatch,
     dependencies=[needs(Permission.DEVICES_ADMIN)],
-    responses={**ADMIN_ONLY, 409: error("One of `ids` is a device already (`device_exists`).")},
+    responses={**ROLE_LIMITED, 409: error("One of `ids` is a device already (`device_exists`).")},
 )
 async def create_claim_codes(
     body: ClaimCodesCreate, service: ServiceDep, actor: Actor
@@ -154,7 +154,7 @@ async def claim(body: ClaimRequest, request: Request, service: ServiceDep) -> An
     "/audit",
     response_model=AuditPage,
     dependencies=[needs(Permission.AUDIT_READ)],
-    responses=ADMIN_ONLY,
+    responses=ROLE_LIMITED,
 )
 async def audit_log(
     service: ServiceDep,
