@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from paku_iot.security.roles import Role
+from paku_iot.security.roles import Role, roles_with
 from paku_iot.server.service import Service
-from paku_iot.web.api.auth import ADMIN_ONLY
-from paku_iot.web.app import create_app
+from paku_iot.web.api.auth import ADMIN_ONLY, declared_permissions
+from paku_iot.web.app import API_ROUTERS, create_app
 
 READERS = {Role.VIEWER, Role.OPERATOR, Role.ADMIN}
 OPERATORS = {Role.OPERATOR, Role.ADMIN}
@@ -107,6 +107,33 @@ def test_the_table_lists_every_api_route(service: Service) -> None:
     for (method, path), roles in ALLOWED.items():
         security = paths[path][method.lower()].get("security")
         assert (security == ADMIN_ONLY) == (roles is not EVERYONE), (method, path)
+
+
+def test_each_token_route_declares_the_permission_the_table_expects() -> None:
+    declared = declared_permissions(API_ROUTERS)
+    assert set(declared) == {op for op, roles in ALLOWED.items() if roles is not EVERYONE}
+    for operation, permission in declared.items():
+        assert set(roles_with(permission)) == ALLOWED[operation], (operation, permission)
+
+
+async def test_a_refused_upload_is_not_read(clients: dict[Role, httpx.AsyncClient]) -> None:
+    """The middleware refuses a role without the permission before the body, as it refuses
+    a caller without a token: a viewer's upload is never spooled."""
+    sent: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(100):
+            sent.append(i)
+            yield b"x" * 65536
+
+    response = await clients[Role.VIEWER].post(
+        "/ota/firmware",
+        content=body(),
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "insufficient_role"
+    assert len(sent) <= 1
 
 
 def service_openapi(service: Service) -> dict[str, Any]:

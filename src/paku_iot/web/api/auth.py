@@ -10,18 +10,21 @@ body to us (`errors.py`).
 FastAPI reads a request's body (and spools an upload to disk) before it runs any dependency,
 so `require_admin` alone would come too late for a caller without a token: the middleware
 `RefuseAnonymousAdmin` checks the token of every admin route before the body is read, and
-hands the identity on to `authenticate`. Roles are checked after that, by the route's own
-dependency: a 403 for a small body that was read (capped, `limits.py`) costs little.
+hands the identity on to `authenticate`. It refuses a role without the route's permission
+there too (`declared_permissions`, read from the routers `create_app` includes), so that a
+viewer's firmware upload is not spooled to be refused; the route's own `requires` dependency
+is the check that holds whatever the middleware knows.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import cache
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.datastructures import Headers
@@ -77,7 +80,27 @@ def requires(permission: Permission) -> Callable[..., Awaitable[Identity]]:
             raise Forbidden(identity.refusal(permission), code="insufficient_role")
         return identity
 
+    _GUARDS[guard] = permission
     return guard
+
+
+_GUARDS: dict[Callable[..., Any], Permission] = {}  # each `requires` guard, by its callable
+
+
+def declared_permissions(routers: Iterable[APIRouter]) -> dict[tuple[str, str], Permission]:
+    """(method, path) -> the permission the route declares with `needs`, on its decorator or
+    its router, for the routers `create_app` includes (none of them has a prefix)."""
+    found: dict[tuple[str, str], Permission] = {}
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            for dependency in [*router.dependencies, *route.dependencies]:
+                permission = _GUARDS.get(dependency.dependency)  # type: ignore[arg-type]
+                if permission is not None:
+                    for method in route.methods or ():
+                        found[(method, router.prefix + route.path)] = permission
+    return found
 
 
 def needs(permission: Permission) -> Any:
@@ -94,26 +117,36 @@ class RefuseAnonymousAdmin:
     route left out of the document is still guarded by its `requires` dependency, only after
     its body (capped, `limits.py`) was read."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, permissions: Mapping[tuple[str, str], Permission] | None = None
+    ) -> None:
         self.app = app
-        self._operations: list[tuple[str, re.Pattern[str], bool]] | None = None
+        self._permissions = dict(permissions or {})
+        self._operations: list[tuple[str, re.Pattern[str], bool, Permission | None]] | None = None
 
-    def _is_admin_route(self, scope: Scope) -> bool:
+    def _admin_route(self, scope: Scope) -> tuple[bool, Permission | None]:
+        """Whether the route takes an admin token, and the permission it declares."""
         if self._operations is None:
             # Built on the first request: the routes are all included by then.
             self._operations = [
-                (method.upper(), compile_path(path)[0], operation.get("security") == ADMIN_ONLY)
+                (
+                    method.upper(),
+                    compile_path(path)[0],
+                    operation.get("security") == ADMIN_ONLY,
+                    self._permissions.get((method.upper(), path)),
+                )
                 for path, item in scope["app"].openapi()["paths"].items()
                 for method, operation in item.items()
             ]
         # The first operation that matches, as routing takes the first route that does.
-        for method, regex, admin in self._operations:
+        for method, regex, admin, permission in self._operations:
             if method == scope["method"] and regex.match(scope["path"]):
-                return admin
-        return False
+                return admin, permission
+        return False, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._is_admin_route(scope):
+        admin, permission = self._admin_route(scope) if scope["type"] == "http" else (False, None)
+        if not admin:
             await self.app(scope, receive, send)
             return
         scheme, token = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
@@ -125,6 +158,12 @@ class RefuseAnonymousAdmin:
                 exc.http_status, exc.code, exc.message, {"WWW-Authenticate": exc.auth_scheme}
             )
             await response(scope, receive, send)
+            return
+        if permission is not None and not identity.can(permission):
+            # Before the body too: a viewer's firmware upload is not spooled to be refused.
+            # The route's own `needs` says the same, for a route this table does not know.
+            refusal = error_response(403, "insufficient_role", identity.refusal(permission))
+            await refusal(scope, receive, send)
             return
         scope.setdefault("state", {})[_ACTOR_KEY] = identity
         await self.app(scope, receive, send)
