@@ -62,7 +62,7 @@ class Identity:
         return permission in ROLE_PERMISSIONS[self.role]
 
     def refusal(self, permission: Permission) -> str:
-        """Why this identity gets a 403 for `permission`, naming who would not."""
+        """Why this identity gets a 403 for `permission`, naming the roles that would not."""
         allowed = ", ".join(roles_with(permission))
         return (
             f"{self.actor} has role '{self.role.value}', which lacks '{permission.value}' "

@@ -8,7 +8,7 @@ every admin route and generated clients send it; `auto_error=False` leaves the 4
 body to us (`errors.py`).
 
 FastAPI reads a request's body (and spools an upload to disk) before it runs any dependency,
-so `require_admin` alone would come too late for a caller without a token: the middleware
+so a dependency alone would come too late for a caller without a token: the middleware
 `RefuseAnonymousAdmin` checks the token of every admin route before the body is read, and
 hands the identity on to `authenticate`. It refuses a role without the route's permission
 there too (`declared_permissions`, read from the routers `create_app` includes), so that a
