@@ -39,6 +39,13 @@ class Unauthorized(PakuError):
     auth_scheme = "Bearer"  # what the WWW-Authenticate header asks for
 
 
+class Forbidden(PakuError):
+    """Authenticated, but not allowed: a token's role lacks what the request needs."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class NotFound(PakuError):
     code = "not_found"
     http_status = 404

@@ -62,6 +62,24 @@ class DeviceMqttEndpoint:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+def _origin(value: str) -> str:
+    """An origin as browsers send it: scheme://host[:port], nothing after. A path or a
+    trailing slash would never match the Origin header, so it is refused rather than ignored."""
+    parsed = urlparse(value)
+    if (
+        parsed.scheme.lower() not in ("http", "https")
+        or not parsed.hostname
+        or parsed.path
+        or parsed.query
+        or parsed.fragment
+    ):
+        raise ValueError(
+            f"{value!r} is not an origin: give scheme://host[:port], such as "
+            "https://ops.example.com"
+        )
+    return value
+
+
 class Settings(BaseSettings):
     """Every setting paku-iot has. The field name in upper case with a `PAKU_` prefix is the
     environment variable; the field name itself is the key in `config.yml`."""
@@ -128,6 +146,10 @@ class Settings(BaseSettings):
     # comes from the proxy: the claim rate limit and the audit log need the client it names.
     # Empty: the header is ignored, whoever sends it, since a client can write anything there.
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    # Origins of browser apps allowed to call the API (CORS), comma separated in the
+    # environment, e.g. https://ops.example.com. Empty: no cross-origin browser calls. The
+    # dashboard is same-origin and never gets CORS headers.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
     admin_token: str | None = None
     # Bearer token for GET /metrics. Unset: open in development, the admin token in production.
@@ -205,6 +227,15 @@ class Settings(BaseSettings):
         if not isinstance(value, (list, tuple)):
             return value
         return tuple(_trusted_network(entry) for entry in value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in re.split(r"[\s,]+", value) if part]
+        if not isinstance(value, (list, tuple)):
+            return value
+        return tuple(_origin(str(entry)) for entry in value)
 
     @field_validator("public_url")
     @classmethod

@@ -139,9 +139,9 @@ async def test_factory_batches_and_named_tokens_from_the_command_line(
     assert again.returncode == 1
     assert "line 2" in again.stderr
 
-    created = await cli(env, tmp_path, "tokens", "create", "ci")
+    created = await cli(env, tmp_path, "tokens", "create", "ci", "--role", "viewer")
     assert created.returncode == 0, created.stderr
-    token = created.stdout.split("token ci: ")[1].split()[0]
+    token = created.stdout.split("token ci (viewer): ")[1].split()[0]
     with_token = await cli(env, tmp_path, "devices", "list", "--token", token, "--json")
     assert with_token.returncode == 0, with_token.stderr
     listed = await cli(env, tmp_path, "tokens", "list")

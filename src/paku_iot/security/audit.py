@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from paku_iot.security.roles import Identity
 from paku_iot.storage.records import AuditRecord
 from paku_iot.storage.security import AuditStore
 
@@ -17,11 +18,26 @@ class AuditLog:
         self._store = store
 
     async def record(
-        self, actor: str, action: str, target: str, details: dict[str, Any] | None = None
+        self,
+        actor: Identity | str,
+        action: str,
+        target: str,
+        details: dict[str, Any] | None = None,
     ) -> None:
+        """`actor` is a token's identity (its role is recorded beside its name), or a plain
+        string for an actor without a token (a device claiming: "claim:<address>")."""
         # Never a secret in here: callers pass ids, names and settings, not credentials.
-        await self._store.append(datetime.now(UTC), actor, action, target, details or {})
-        log.info("%s %s %s", actor, action, target, extra={"actor": actor, "action": action})
+        name, role = (
+            (actor.actor, actor.role.value) if isinstance(actor, Identity) else (actor, None)
+        )
+        await self._store.append(datetime.now(UTC), name, action, target, details or {}, role)
+        log.info(
+            "%s %s %s",
+            name,
+            action,
+            target,
+            extra={"actor": name, "role": role, "action": action},
+        )
 
     async def page(
         self,

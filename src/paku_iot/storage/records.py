@@ -191,6 +191,7 @@ class AdminTokenRecord:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    role: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +202,7 @@ class AuditRecord:
     action: str
     target: str
     details: JsonObject
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

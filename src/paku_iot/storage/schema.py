@@ -165,6 +165,8 @@ admin_tokens = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("revoked_at", UtcDateTime(), nullable=True),
+    # viewer, operator, publisher or admin (`security/roles.py`).
+    Column("role", String(16), nullable=False),
 )
 
 audit_log = Table(
@@ -173,6 +175,9 @@ audit_log = Table(
     Column("id", big_id_type(), primary_key=True, autoincrement=True),
     Column("at", UtcDateTime(), nullable=False),
     Column("actor", String(80), nullable=False),
+    # The role the actor acted with; NULL before roles existed and for non-token actors
+    # (a device's claim).
+    Column("role", String(16), nullable=True),
     Column("action", String(40), nullable=False),
     Column("target", String(200), nullable=False),
     Column("details", json_type(), nullable=False),

@@ -29,20 +29,23 @@ class TokenStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def create(self, name: str, token_hash: str, now: datetime) -> None:
+    async def create(self, name: str, token_hash: str, now: datetime, role: str) -> None:
         try:
             async with transaction(self._engine) as conn:
                 await conn.execute(
-                    _t.insert().values(name=name, token_hash=token_hash, created_at=now)
+                    _t.insert().values(name=name, token_hash=token_hash, created_at=now, role=role)
                 )
         except IntegrityError:
             raise Conflict(f"a token named {name!r} exists", code="token_exists") from None
 
-    async def name_for(self, token_hash: str) -> str | None:
-        """The name of the live (unrevoked) token with this hash."""
-        query = select(_t.c.name).where(_t.c.token_hash == token_hash, _t.c.revoked_at.is_(None))
+    async def name_for(self, token_hash: str) -> tuple[str, str] | None:
+        """The name and role of the live (unrevoked) token with this hash."""
+        query = select(_t.c.name, _t.c.role).where(
+            _t.c.token_hash == token_hash, _t.c.revoked_at.is_(None)
+        )
         async with translated_errors(), self._engine.connect() as conn:
-            return (await conn.execute(query)).scalar_one_or_none()
+            row = (await conn.execute(query)).first()
+        return None if row is None else (row.name, row.role)
 
     async def revoke(self, name: str, now: datetime) -> bool:
         async with transaction(self._engine) as conn:
@@ -54,10 +57,10 @@ class TokenStore:
         return bool(result.rowcount)
 
     async def all(self) -> list[AdminTokenRecord]:
-        query = select(_t.c.name, _t.c.created_at, _t.c.revoked_at).order_by(_t.c.name)
+        query = select(_t.c.name, _t.c.created_at, _t.c.revoked_at, _t.c.role).order_by(_t.c.name)
         async with translated_errors(), self._engine.connect() as conn:
             return [
-                AdminTokenRecord(row.name, row.created_at, row.revoked_at)
+                AdminTokenRecord(row.name, row.created_at, row.revoked_at, row.role)
                 for row in await conn.execute(query)
             ]
 
@@ -67,12 +70,23 @@ class AuditStore:
         self._engine = engine
 
     async def append(
-        self, at: datetime, actor: str, action: str, target: str, details: dict[str, Any]
+        self,
+        at: datetime,
+        actor: str,
+        action: str,
+        target: str,
+        details: dict[str, Any],
+        role: str | None = None,
     ) -> None:
         async with transaction(self._engine) as conn:
             await conn.execute(
                 _a.insert().values(
-                    at=at, actor=actor, action=action, target=target[:200], details=details
+                    at=at,
+                    actor=actor,
+                    role=role,
+                    action=action,
+                    target=target[:200],
+                    details=details,
                 )
             )
 
@@ -93,7 +107,9 @@ class AuditStore:
             query = query.where(_a.c.target == target)
         async with translated_errors(), self._engine.connect() as conn:
             return [
-                AuditRecord(row.id, row.at, row.actor, row.action, row.target, row.details)
+                AuditRecord(
+                    row.id, row.at, row.actor, row.action, row.target, row.details, row.role
+                )
                 for row in await conn.execute(query)
             ]
 

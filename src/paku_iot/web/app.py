@@ -12,7 +12,8 @@ from starlette.types import Scope
 
 from paku_iot import __version__
 from paku_iot.settings import Settings
-from paku_iot.web.api.auth import RefuseAnonymousAdmin
+from paku_iot.web.api.auth import RefuseAnonymousAdmin, declared_permissions
+from paku_iot.web.api.cors import ApiCors
 from paku_iot.web.api.errors import install_error_handlers
 from paku_iot.web.api.inputs import RefuseNulInUrl
 from paku_iot.web.api.limits import BodyCap, LimitRequestBody
@@ -64,6 +65,21 @@ def body_caps(settings: Settings) -> Callable[[Scope], BodyCap]:
     return cap_for
 
 
+# In the order routing tries them.
+API_ROUTERS = (
+    health.router,
+    metrics.router,
+    devices.router,
+    messages.router,
+    commands.router,
+    config.router,
+    ota.admin,
+    ota.router,
+    security.router,
+    alerts.router,
+)
+
+
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(
         title="paku-iot",
@@ -79,20 +95,17 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     # The last added runs first: NUL in the URL, then the request id and metrics, then the
-    # body's cap (no database needed), then the admin token, all before a body is read.
-    app.add_middleware(RefuseAnonymousAdmin)
+    # body's cap (no database needed), then the admin token, all before a body is read; CORS
+    # (when configured) before all of them.
+    app.add_middleware(RefuseAnonymousAdmin, permissions=declared_permissions(API_ROUTERS))
     app.add_middleware(LimitRequestBody, cap_for=body_caps(service.settings))
     install_observability(app, service.metrics)
     app.add_middleware(RefuseNulInUrl)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(devices.router)
-    app.include_router(messages.router)
-    app.include_router(commands.router)
-    app.include_router(config.router)
-    app.include_router(ota.admin)
-    app.include_router(ota.router)
-    app.include_router(security.router)
-    app.include_router(alerts.router)
+    if service.settings.cors_origins:
+        # Outermost: a preflight is answered before anything else, and every answer a
+        # browser app gets (a 401 too) carries the headers that let it read the error.
+        app.add_middleware(ApiCors, origins=service.settings.cors_origins)
+    for router in API_ROUTERS:
+        app.include_router(router)
     app.include_router(dashboard)
     return app

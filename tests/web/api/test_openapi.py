@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from paku_iot.security.roles import Role
 from paku_iot.server.service import Service
 from paku_iot.settings import Settings
 from paku_iot.storage.alerts import AlertStore
@@ -161,6 +162,8 @@ class Fleet:
     claim_code: str
     rule_id: str
     alert_id: int
+    viewer_token: str
+    publisher_token: str
 
 
 ALERT_RULE = {
@@ -199,6 +202,8 @@ async def make_fleet(api: httpx.AsyncClient, service: Service) -> Fleet:
         claim_code=code["claimCode"],
         rule_id=rule["id"],
         alert_id=alert.id,
+        viewer_token=await service.tokens.create("viewer", Role.VIEWER),
+        publisher_token=await service.tokens.create("ci", Role.PUBLISHER),
     )
 
 
@@ -392,6 +397,7 @@ def probes(fleet: Fleet) -> list[Probe]:
         # Last: the rule's alert goes with it.
         Probe(204, "delete", "/alert-rules/{rule_id}", rule),
     ]
+    table += refusals(fleet)
     for method in ("get", "head"):
         path = "/ota/firmware/{sha256}.bin"
         table += [
@@ -402,6 +408,27 @@ def probes(fleet: Fleet) -> list[Probe]:
             Probe(416, method, path, image, {"headers": {"Range": "bytes=5000-"}}),
             Probe(422, method, path, {"sha256": NUL}),
         ]
+    return table
+
+
+# Every role may read releases: the only token routes no role is refused.
+NO_ROLE_REFUSED = {"list_releases", "get_release"}
+
+
+def refusals(fleet: Fleet) -> list[Probe]:
+    """403 from each token route whose permission some role lacks: a publisher's token for
+    the fleet's routes, a viewer's for the release writes (tests/web/api/test_roles.py walks
+    every role)."""
+    table = []
+    for (method, path), operation_id in OPERATION_IDS.items():
+        if operation_id in PUBLIC | DEVICE_OR_ADMIN | METRICS | NO_ROLE_REFUSED:
+            continue
+        token = fleet.viewer_token if path.startswith("/ota/") else fleet.publisher_token
+        values = dict.fromkeys(re.findall(r"\{(\w+)\}", path), "1")
+        request: dict[str, Any] = {"headers": {"Authorization": f"Bearer {token}"}}
+        if method in ("post", "put", "patch"):
+            request["json"] = {}
+        table.append(Probe(403, method, path, values, request))
     return table
 
 

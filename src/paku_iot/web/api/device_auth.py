@@ -70,7 +70,7 @@ async def identify_caller(
 ) -> Caller:
     service = get_service(request)
     if admin is not None:
-        if await service.tokens.actor_for(admin.credentials) is not None:
+        if await service.tokens.identify(admin.credentials) is not None:
             return Caller(admin=True)
         raise Unauthorized("wrong admin token", code="invalid_token")
     if device is not None:

@@ -27,4 +27,13 @@ INVALID_INPUT: Responses = {
 ADMIN_ONLY: Responses = {
     401: error("No admin token, or a wrong or revoked one (`WWW-Authenticate: Bearer`).")
 }
+# Routes whose permission some role lacks (every admin route but reading releases, which
+# every role may): `security/roles.py`.
+FORBIDDEN: Responses = {
+    403: error(
+        "The token's role lacks the permission this call needs (`insufficient_role`); the "
+        "message names the role and the permission."
+    )
+}
+ROLE_LIMITED: Responses = {**ADMIN_ONLY, **FORBIDDEN}
 NO_DEVICE: Responses = {404: error("No device with this id (`device_not_found`).")}

@@ -14,12 +14,15 @@ The API's bearer-token auth is untouched: the cookie is accepted under /ui only.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from functools import cache
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Form, HTTPException, Request, Response
 
-from paku_iot.exceptions import PakuError, Unauthorized
+from paku_iot.exceptions import Forbidden, Unauthorized
+from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
 from paku_iot.web.deps import get_service
 from paku_iot.web.ui.sessions import (
@@ -32,11 +35,7 @@ from paku_iot.web.ui.sessions import (
 )
 
 SIGNIN_PATH = "/ui/signin"
-
-
-class Forbidden(PakuError):
-    code = "forbidden"
-    http_status = 403
+DEFAULT_LANDING = "/ui/fleet"
 
 
 class _UiState:
@@ -100,7 +99,7 @@ def safe_next(target: str | None) -> str:
     """Where to go after signing in: a path inside the dashboard, never another site."""
     if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
         return target
-    return "/ui/fleet"
+    return DEFAULT_LANDING
 
 
 async def page_session(request: Request) -> Session:
@@ -152,3 +151,41 @@ async def action_session(
 PageSession = Annotated[Session, Depends(page_session)]
 DataSession = Annotated[Session, Depends(data_session)]
 ActionSession = Annotated[Session, Depends(action_session)]
+
+
+# Roles, as on the API (`security/roles.py`): a page, a live fragment or an action declares
+# the permission it needs in its decorator, `dependencies=[can_see(...)]` or
+# `dependencies=[can_do(...)]`; templates hide what `can(...)` says no to, and these refuse
+# it anyway (403) when a form is posted by hand.
+
+
+def _refuse(session: Session, permission: Permission) -> None:
+    if not session.can(permission):
+        raise Forbidden(session.identity.refusal(permission), code="insufficient_role")
+
+
+@cache  # one callable per permission, so FastAPI runs each once a request
+def _page_guard(permission: Permission) -> Callable[..., Awaitable[None]]:
+    async def guard(request: Request) -> None:
+        # A page without a session still goes to sign in first; a fragment gets its 401.
+        session = await current_session(request)
+        if session is not None:
+            _refuse(session, permission)
+
+    return guard
+
+
+@cache
+def _action_guard(permission: Permission) -> Callable[..., Awaitable[None]]:
+    async def guard(session: ActionSession) -> None:
+        _refuse(session, permission)
+
+    return guard
+
+
+def can_see(permission: Permission) -> Any:
+    return Depends(_page_guard(permission))
+
+
+def can_do(permission: Permission) -> Any:
+    return Depends(_action_guard(permission))

@@ -102,6 +102,10 @@ def _templates() -> Jinja2Templates:
 templates = _templates()
 
 
+def _cannot(_permission: str) -> bool:
+    return False
+
+
 def render(
     request: Request,
     name: str,
@@ -113,6 +117,8 @@ def render(
     context.setdefault("title", "")
     context["session"] = session
     context["csrf"] = session.csrf_token if session else ""
+    # `can('devices:admin')`: whether to show a button or form; the route refuses anyway.
+    context["can"] = session.can if session else _cannot
     response = templates.TemplateResponse(request, name, context, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
     return response

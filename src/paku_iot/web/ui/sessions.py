@@ -1,13 +1,13 @@
 """Dashboard sessions: an HMAC-signed cookie, checked against the admin tokens and the
 server's session table on every request.
 
-The cookie holds who signed in (the token's actor), the SHA-256 of the token they signed in
-with, an expiry and the session's random id, signed with a key generated on first run into
-`<data dir>/secrets/ui-session-key` (0600). The session itself is a row in the database
-(`security/sessions.py`), so any number of API processes sharing the data dir and the
-database accept the same cookie, and signing out deletes the row: a copy of the cookie is
-refused from then on. A revoked named token ends its sessions at the next request: the hash
-in the cookie must still name a live token.
+The cookie holds who signed in (the token's actor) and the token's role, the SHA-256 of the
+token they signed in with, an expiry and the session's random id, signed with a key
+generated on first run into `<data dir>/secrets/ui-session-key` (0600). The session itself
+is a row in the database (`security/sessions.py`), so any number of API processes sharing
+the data dir and the database accept the same cookie, and signing out deletes the row: a
+copy of the cookie is refused from then on. A revoked named token ends its sessions at the
+next request: the hash in the cookie must still name a live token.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paku_iot.secretfiles import read_or_create_secret
+from paku_iot.security.roles import Identity, Permission, Role
 from paku_iot.security.sessions import DashboardSessions, new_session_id
-from paku_iot.security.tokens import BOOTSTRAP_ACTOR, AdminTokens, token_hash
+from paku_iot.security.tokens import BOOTSTRAP, AdminTokens, token_hash
 
 COOKIE_NAME = "paku_ui_session"
 COOKIE_PATH = "/ui"
@@ -41,6 +42,17 @@ class Session:
     expires_at: int  # epoch seconds
     nonce: str  # the session's id, as `DashboardSessions` knows it
     csrf_token: str  # for the forms of this session; see `SessionCodec.csrf_for`
+    # The token's role; `SessionVerifier` checks it is still the token's on every request.
+    role: Role = Role.ADMIN
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.actor, self.role)
+
+    def can(self, permission: Permission | str) -> bool:
+        """For templates too (`can('devices:admin')`): an unknown name is an error, not a
+        quietly hidden button."""
+        return self.identity.can(Permission(permission))
 
 
 def _b64(data: bytes) -> str:
@@ -75,6 +87,7 @@ class SessionCodec:
         token: str,
         now: float | None = None,
         *,
+        role: Role = Role.ADMIN,
         session_id: str | None = None,
         expires_at: int | None = None,
     ) -> str:
@@ -82,6 +95,7 @@ class SessionCodec:
         with the same id and expiry) is accepted."""
         claims = {
             "a": actor,
+            "r": str(role),
             "t": token_hash(token),
             "e": expires_at if expires_at is not None else self.expiry(now),
             "n": session_id or new_session_id(),
@@ -110,6 +124,8 @@ class SessionCodec:
                 expires_at=int(claims["e"]),
                 nonce=str(claims["n"]),
                 csrf_token=self._mac("csrf", body),
+                # Cookies issued before roles existed were all admins'.
+                role=Role(claims.get("r", Role.ADMIN)),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -135,8 +151,9 @@ class SessionVerifier:
         )
 
     async def _token_still_valid(self, session: Session) -> bool:
-        if session.actor == BOOTSTRAP_ACTOR:
+        if session.actor == BOOTSTRAP.actor:
             # A changed PAKU_ADMIN_TOKEN signs out everyone who signed in with the old one.
-            return hmac.compare_digest(session.token_hash, self._bootstrap_hash)
-        name = await self._tokens.name_for_hash(session.token_hash)
-        return name is not None and session.actor == f"token:{name}"
+            return session.role == BOOTSTRAP.role and hmac.compare_digest(
+                session.token_hash, self._bootstrap_hash
+            )
+        return await self._tokens.identity_for_hash(session.token_hash) == session.identity

@@ -3,10 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 from pydantic.alias_generators import to_camel
 
 from paku_iot.exceptions import InvalidInput
+from paku_iot.security.roles import Permission
 from paku_iot.storage.records import AlertState
 from paku_iot.web.api.alert_schemas import (
     Alert,
@@ -19,12 +20,12 @@ from paku_iot.web.api.alert_schemas import (
     DeliveryList,
     Silence,
 )
-from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.cursors import decode_time_cursor, decode_time_text_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, Responses, error
+from paku_iot.web.api.responses import ROLE_LIMITED, Responses, error
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(tags=["alerts"], dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
+router = APIRouter(tags=["alerts"], responses=ROLE_LIMITED)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 # Within BIGINT: a larger number is no alert, not a database error.
 AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -50,6 +51,7 @@ def _alert_position(cursor: str) -> tuple[datetime, int]:
     status_code=status.HTTP_201_CREATED,
     response_model=AlertRule,
     responses={404: error("`deviceId` names no device (`device_not_found`).")},
+    dependencies=[needs(Permission.ALERT_RULES_WRITE)],
 )
 async def create_alert_rule(body: AlertRuleCreate, service: ServiceDep, actor: Actor) -> AlertRule:
     """Make a rule. Its kind's own fields: `field`, `above`, `below`, `forSeconds` for
@@ -62,7 +64,9 @@ async def create_alert_rule(body: AlertRuleCreate, service: ServiceDep, actor: A
     return AlertRule.of(rule)
 
 
-@router.get("/alert-rules", response_model=AlertRulePage)
+@router.get(
+    "/alert-rules", response_model=AlertRulePage, dependencies=[needs(Permission.ALERTS_READ)]
+)
 async def list_alert_rules(
     service: ServiceDep, limit: Limit = 100, cursor: str | None = None
 ) -> AlertRulePage:
@@ -76,12 +80,22 @@ async def list_alert_rules(
     )
 
 
-@router.get("/alert-rules/{rule_id}", response_model=AlertRule, responses=NO_RULE)
+@router.get(
+    "/alert-rules/{rule_id}",
+    response_model=AlertRule,
+    responses=NO_RULE,
+    dependencies=[needs(Permission.ALERTS_READ)],
+)
 async def get_alert_rule(rule_id: str, service: ServiceDep) -> AlertRule:
     return AlertRule.of(await service.alert_rules.get(rule_id))
 
 
-@router.patch("/alert-rules/{rule_id}", response_model=AlertRule, responses=NO_RULE_OR_DEVICE)
+@router.patch(
+    "/alert-rules/{rule_id}",
+    response_model=AlertRule,
+    responses=NO_RULE_OR_DEVICE,
+    dependencies=[needs(Permission.ALERT_RULES_WRITE)],
+)
 async def update_alert_rule(
     rule_id: str, body: AlertRuleUpdate, service: ServiceDep, actor: Actor
 ) -> AlertRule:
@@ -94,7 +108,12 @@ async def update_alert_rule(
     return AlertRule.of(rule)
 
 
-@router.delete("/alert-rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NO_RULE)
+@router.delete(
+    "/alert-rules/{rule_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NO_RULE,
+    dependencies=[needs(Permission.ALERT_RULES_WRITE)],
+)
 async def delete_alert_rule(rule_id: str, service: ServiceDep, actor: Actor) -> Response:
     """Delete the rule, with its alerts and their delivery log."""
     await service.alert_rules.delete(rule_id)
@@ -102,7 +121,7 @@ async def delete_alert_rule(rule_id: str, service: ServiceDep, actor: Actor) -> 
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/alerts", response_model=AlertPage)
+@router.get("/alerts", response_model=AlertPage, dependencies=[needs(Permission.ALERTS_READ)])
 async def list_alerts(
     service: ServiceDep,
     device_id: Annotated[str | None, Query(alias="deviceId")] = None,
@@ -127,20 +146,35 @@ async def list_alerts(
     )
 
 
-@router.get("/alerts/{alert_id}", response_model=Alert, responses=NO_ALERT)
+@router.get(
+    "/alerts/{alert_id}",
+    response_model=Alert,
+    responses=NO_ALERT,
+    dependencies=[needs(Permission.ALERTS_READ)],
+)
 async def get_alert(alert_id: AlertId, service: ServiceDep) -> Alert:
     return Alert.of(await service.alerts.get(alert_id))
 
 
-@router.post("/alerts/{alert_id}/acknowledge", response_model=Alert, responses=NO_ALERT)
+@router.post(
+    "/alerts/{alert_id}/acknowledge",
+    response_model=Alert,
+    responses=NO_ALERT,
+    dependencies=[needs(Permission.ALERTS_HANDLE)],
+)
 async def acknowledge_alert(alert_id: AlertId, service: ServiceDep, actor: Actor) -> Alert:
     """Say someone is on it. The first acknowledgement (who, when) stands."""
-    view = await service.alerts.acknowledge(alert_id, actor)
+    view = await service.alerts.acknowledge(alert_id, actor.actor)
     await service.audit.record(actor, "alert.acknowledge", f"alert:{alert_id}")
     return Alert.of(view)
 
 
-@router.post("/alerts/{alert_id}/silence", response_model=Alert, responses=NO_ALERT)
+@router.post(
+    "/alerts/{alert_id}/silence",
+    response_model=Alert,
+    responses=NO_ALERT,
+    dependencies=[needs(Permission.ALERTS_HANDLE)],
+)
 async def silence_alert(
     alert_id: AlertId, body: Silence, service: ServiceDep, actor: Actor
 ) -> Alert:
@@ -153,7 +187,12 @@ async def silence_alert(
     return Alert.of(view)
 
 
-@router.get("/alerts/{alert_id}/deliveries", response_model=DeliveryList, responses=NO_ALERT)
+@router.get(
+    "/alerts/{alert_id}/deliveries",
+    response_model=DeliveryList,
+    responses=NO_ALERT,
+    dependencies=[needs(Permission.ALERTS_READ)],
+)
 async def alert_deliveries(alert_id: AlertId, service: ServiceDep) -> DeliveryList:
     """The alert's notifications, one per destination and event, each with every attempt."""
     deliveries = await service.alerts.deliveries(alert_id)

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, status
+from fastapi import APIRouter, Header, Query, status
 
 from paku_iot.downlink.commands import NewCommand
-from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.security.roles import Permission
+from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.cursors import decode_time_text_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
+from paku_iot.web.api.responses import NO_DEVICE, ROLE_LIMITED, error
 from paku_iot.web.api.schemas import (
     BulkCommandCreate,
     Command,
@@ -17,7 +18,7 @@ from paku_iot.web.api.schemas import (
 )
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(tags=["commands"], dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
+router = APIRouter(tags=["commands"], responses=ROLE_LIMITED)
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -40,6 +41,7 @@ def _new(body: CommandCreate) -> NewCommand:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Command,
     responses=NO_DEVICE,
+    dependencies=[needs(Permission.DEVICES_OPERATE)],
 )
 async def send_command(
     device_id: str,
@@ -64,6 +66,7 @@ async def send_command(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CommandBatch,
     responses={404: error("One of `deviceIds` is no device (`device_not_found`).")},
+    dependencies=[needs(Permission.DEVICES_OPERATE)],
 )
 async def send_bulk_command(
     body: BulkCommandCreate,
@@ -83,7 +86,12 @@ async def send_bulk_command(
     return CommandBatch(items=[Command.of(c) for c in commands])
 
 
-@router.get("/devices/{device_id}/commands", response_model=CommandPage, responses=NO_DEVICE)
+@router.get(
+    "/devices/{device_id}/commands",
+    response_model=CommandPage,
+    responses=NO_DEVICE,
+    dependencies=[needs(Permission.DEVICES_READ)],
+)
 async def list_commands(
     device_id: str,
     service: ServiceDep,
@@ -110,6 +118,7 @@ async def list_commands(
     "/devices/{device_id}/commands/{command_id}",
     response_model=Command,
     responses={404: error("No such device, or no such command of it.")},
+    dependencies=[needs(Permission.DEVICES_READ)],
 )
 async def get_command(device_id: str, command_id: str, service: ServiceDep) -> Command:
     return Command.of(await service.commands.get(device_id, command_id))

@@ -1,21 +1,21 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from paku_iot.web.api.auth import Actor, require_admin
-from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
+from paku_iot.security.roles import Permission
+from paku_iot.web.api.auth import Actor, needs
+from paku_iot.web.api.responses import NO_DEVICE, ROLE_LIMITED, error
 from paku_iot.web.api.schemas import ConfigPut, DeviceConfig
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(
-    tags=["config"], dependencies=[Depends(require_admin)], responses={**ADMIN_ONLY, **NO_DEVICE}
-)
+router = APIRouter(tags=["config"], responses={**ROLE_LIMITED, **NO_DEVICE})
 
 
 @router.put(
     "/devices/{device_id}/config",
     response_model=DeviceConfig,
     responses={503: error("The broker is unreachable; nothing changed (`unavailable`).")},
+    dependencies=[needs(Permission.DEVICES_OPERATE)],
 )
 async def put_config(
     device_id: str, body: ConfigPut, service: ServiceDep, actor: Actor
@@ -28,7 +28,11 @@ async def put_config(
     return DeviceConfig.of(view)
 
 
-@router.get("/devices/{device_id}/config", response_model=DeviceConfig)
+@router.get(
+    "/devices/{device_id}/config",
+    response_model=DeviceConfig,
+    dependencies=[needs(Permission.DEVICES_READ)],
+)
 async def get_config(device_id: str, service: ServiceDep) -> DeviceConfig:
     """Desired configuration and the version the device reports it has applied."""
     device = await service.registry.get(device_id)

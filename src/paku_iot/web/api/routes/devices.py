@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from paku_iot.registry.devices import ProvisionedDevice as Provisioned
+from paku_iot.security.roles import Permission
 from paku_iot.storage.records import KEEP, DeviceDetails
-from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.cursors import decode_id_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE, error
+from paku_iot.web.api.responses import NO_DEVICE, ROLE_LIMITED, error
 from paku_iot.web.api.schemas import (
     Credentials,
     Device,
@@ -20,7 +21,7 @@ from paku_iot.web.api.schemas import (
 )
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(tags=["devices"], dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
+router = APIRouter(tags=["devices"], responses=ROLE_LIMITED)
 
 
 def _provisioned(result: Provisioned) -> ProvisionedDevice:
@@ -35,6 +36,7 @@ def _provisioned(result: Provisioned) -> ProvisionedDevice:
     status_code=status.HTTP_201_CREATED,
     response_model=ProvisionedDevice,
     responses={409: error("A device with this id exists (`device_exists`).")},
+    dependencies=[needs(Permission.DEVICES_ADMIN)],
 )
 async def provision_device(
     body: DeviceCreate, service: ServiceDep, actor: Actor
@@ -48,7 +50,7 @@ async def provision_device(
     return _provisioned(result)
 
 
-@router.get("/devices", response_model=DevicePage)
+@router.get("/devices", response_model=DevicePage, dependencies=[needs(Permission.DEVICES_READ)])
 async def list_devices(
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -64,13 +66,23 @@ async def list_devices(
     return DevicePage(items=[Device.of(r) for r in records], next=next_cursor)
 
 
-@router.get("/devices/{device_id}", response_model=DeviceDetail, responses=NO_DEVICE)
+@router.get(
+    "/devices/{device_id}",
+    response_model=DeviceDetail,
+    responses=NO_DEVICE,
+    dependencies=[needs(Permission.DEVICES_READ)],
+)
 async def get_device(device_id: str, service: ServiceDep) -> DeviceDetail:
     """One device, with `reported`: everything its state messages said."""
     return DeviceDetail.of(await service.registry.get(device_id))
 
 
-@router.patch("/devices/{device_id}", response_model=DeviceDetail, responses=NO_DEVICE)
+@router.patch(
+    "/devices/{device_id}",
+    response_model=DeviceDetail,
+    responses=NO_DEVICE,
+    dependencies=[needs(Permission.DEVICES_OPERATE)],
+)
 async def update_device(
     device_id: str, body: DeviceUpdate, service: ServiceDep, actor: Actor
 ) -> DeviceDetail:
@@ -87,7 +99,12 @@ async def update_device(
     return DeviceDetail.of(device)
 
 
-@router.delete("/devices/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NO_DEVICE)
+@router.delete(
+    "/devices/{device_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NO_DEVICE,
+    dependencies=[needs(Permission.DEVICES_ADMIN)],
+)
 async def delete_device(device_id: str, service: ServiceDep, actor: Actor) -> Response:
     """Remove the device with its data. Its credentials stop working at once and a live
     connection is dropped."""
@@ -97,7 +114,10 @@ async def delete_device(device_id: str, service: ServiceDep, actor: Actor) -> Re
 
 
 @router.post(
-    "/devices/{device_id}/credentials", response_model=ProvisionedDevice, responses=NO_DEVICE
+    "/devices/{device_id}/credentials",
+    response_model=ProvisionedDevice,
+    responses=NO_DEVICE,
+    dependencies=[needs(Permission.DEVICES_ADMIN)],
 )
 async def rotate_credentials(
     device_id: str, service: ServiceDep, actor: Actor

@@ -3,12 +3,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
 from paku_iot.exceptions import InvalidInput
-from paku_iot.web.api.auth import require_admin
+from paku_iot.security.roles import Permission
+from paku_iot.web.api.auth import needs
 from paku_iot.web.api.cursors import decode_int_cursor, decode_time_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, NO_DEVICE
+from paku_iot.web.api.responses import NO_DEVICE, ROLE_LIMITED
 from paku_iot.web.api.schemas import (
     EventItem,
     EventPage,
@@ -19,7 +20,8 @@ from paku_iot.web.api.schemas import (
 )
 from paku_iot.web.deps import ServiceDep
 
-router = APIRouter(dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
+# Everything here is read-only history: one permission for the router, declared once.
+router = APIRouter(dependencies=[needs(Permission.DEVICES_READ)], responses=ROLE_LIMITED)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 From = Annotated[datetime | None, Query(alias="from", description="RFC 3339; inclusive.")]
 To = Annotated[datetime | None, Query(description="RFC 3339; exclusive.")]

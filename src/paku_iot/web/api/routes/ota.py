@@ -8,11 +8,12 @@ from fastapi.responses import FileResponse
 from paku_iot.exceptions import InvalidInput, NotFound
 from paku_iot.ota.signing import public_key_pem, public_key_raw_b64
 from paku_iot.protocol import OTA_MANIFEST_PATH
+from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
 from paku_iot.storage.records import ReleaseRecord
-from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.device_auth import Caller, identify_caller
-from paku_iot.web.api.responses import ADMIN_ONLY, Responses, error
+from paku_iot.web.api.responses import ADMIN_ONLY, FORBIDDEN, Responses, error
 from paku_iot.web.api.schemas import (
     ManifestEntry,
     PublicKey,
@@ -25,7 +26,7 @@ from paku_iot.web.api.schemas import (
 from paku_iot.web.deps import ServiceDep
 
 router = APIRouter(tags=["ota"])
-admin = APIRouter(tags=["ota"], dependencies=[Depends(require_admin)], responses=ADMIN_ONLY)
+admin = APIRouter(tags=["ota"], responses=ADMIN_ONLY)
 NO_RELEASE: Responses = {404: error("No release with this id (`release_not_found`).")}
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL cannot store NUL in text
 
@@ -70,7 +71,9 @@ FIRMWARE_UPLOAD_PATH = "/ota/firmware"
             "for this image, model and version (`invalid_signature`)."
         ),
         413: error("The upload is over PAKU_OTA_MAX_FIRMWARE_BYTES (`payload_too_large`)."),
+        **FORBIDDEN,
     },
+    dependencies=[needs(Permission.RELEASES_WRITE)],
 )
 async def publish_firmware(
     request: Request,
@@ -135,7 +138,9 @@ async def publish_firmware(
     return _release(request, service, record)
 
 
-@admin.get("/ota/releases", response_model=ReleaseList)
+@admin.get(
+    "/ota/releases", response_model=ReleaseList, dependencies=[needs(Permission.RELEASES_READ)]
+)
 async def list_releases(
     request: Request, service: ServiceDep, model: str | None = None
 ) -> ReleaseList:
@@ -144,7 +149,12 @@ async def list_releases(
     return ReleaseList(items=[_release(request, service, r) for r in records])
 
 
-@admin.get("/ota/releases/{release_id}", response_model=ReleaseWithStatus, responses=NO_RELEASE)
+@admin.get(
+    "/ota/releases/{release_id}",
+    response_model=ReleaseWithStatus,
+    responses=NO_RELEASE,
+    dependencies=[needs(Permission.RELEASES_READ)],
+)
 async def get_release(request: Request, release_id: str, service: ServiceDep) -> ReleaseWithStatus:
     """A release and where its model's devices stand: `pending` (offered, no report yet),
     `downloading`, `installing`, `installed` (reported, not yet running it), `failed`, and
@@ -157,7 +167,12 @@ async def get_release(request: Request, release_id: str, service: ServiceDep) ->
     )
 
 
-@admin.patch("/ota/releases/{release_id}", response_model=Release, responses=NO_RELEASE)
+@admin.patch(
+    "/ota/releases/{release_id}",
+    response_model=Release,
+    responses={**NO_RELEASE, **FORBIDDEN},
+    dependencies=[needs(Permission.RELEASES_WRITE)],
+)
 async def update_release(
     request: Request, release_id: str, body: ReleaseUpdate, service: ServiceDep, actor: Actor
 ) -> Release:

@@ -3,17 +3,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from paku_iot.protocol import DEVICE_ID_PATTERN
 from paku_iot.security.claims import DEFAULT_TTL_S, MAX_TTL_S, ClaimRefused, TooManyClaims
+from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
 from paku_iot.storage.records import AuditRecord
-from paku_iot.web.api.auth import Actor, require_admin
+from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.cursors import decode_int_cursor, encode_cursor
-from paku_iot.web.api.responses import ADMIN_ONLY, error
+from paku_iot.web.api.responses import ROLE_LIMITED, error
 from paku_iot.web.api.schemas import ApiModel, Credentials, RequestModel
 from paku_iot.web.client_address import request_client_address
 from paku_iot.web.deps import ServiceDep
@@ -60,6 +61,9 @@ class AuditEntry(ApiModel):
     id: int
     at: datetime
     actor: str
+    role: str | None = Field(
+        default=None, description="The role of the actor's token; null before roles existed."
+    )
     action: str
     target: str
     details: dict[str, Any]
@@ -70,6 +74,7 @@ class AuditEntry(ApiModel):
             id=entry.id,
             at=entry.at,
             actor=entry.actor,
+            role=entry.role,
             action=entry.action,
             target=entry.target,
             details=entry.details,
@@ -85,8 +90,8 @@ class AuditPage(ApiModel):
     "/claim-codes",
     status_code=status.HTTP_201_CREATED,
     response_model=ClaimCodeBatch,
-    dependencies=[Depends(require_admin)],
-    responses={**ADMIN_ONLY, 409: error("One of `ids` is a device already (`device_exists`).")},
+    dependencies=[needs(Permission.DEVICES_ADMIN)],
+    responses={**ROLE_LIMITED, 409: error("One of `ids` is a device already (`device_exists`).")},
 )
 async def create_claim_codes(
     body: ClaimCodesCreate, service: ServiceDep, actor: Actor
@@ -148,8 +153,8 @@ async def claim(body: ClaimRequest, request: Request, service: ServiceDep) -> An
 @router.get(
     "/audit",
     response_model=AuditPage,
-    dependencies=[Depends(require_admin)],
-    responses=ADMIN_ONLY,
+    dependencies=[needs(Permission.AUDIT_READ)],
+    responses=ROLE_LIMITED,
 )
 async def audit_log(
     service: ServiceDep,

@@ -11,10 +11,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from paku_iot.alerts.rules import DestinationSpec, RuleSpec
 from paku_iot.exceptions import NotFound, PakuError
+from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
 from paku_iot.storage.records import AlertKind, DestinationType
 from paku_iot.web.deps import ServiceDep
-from paku_iot.web.ui.guard import ActionSession, PageSession
+from paku_iot.web.ui.guard import ActionSession, PageSession, can_do, can_see
 from paku_iot.web.ui.rendering import render
 from paku_iot.web.ui.sessions import Session
 
@@ -121,7 +122,9 @@ async def _open_counts(service: Service) -> dict[str, int]:
     return counts
 
 
-@router.get("/ui/alert-rules", response_class=HTMLResponse)
+@router.get(
+    "/ui/alert-rules", response_class=HTMLResponse, dependencies=[can_see(Permission.ALERTS_READ)]
+)
 async def alert_rules_page(
     request: Request,
     session: PageSession,
@@ -133,7 +136,11 @@ async def alert_rules_page(
     return await _rules_page(request, session, service, after=after, notice=notices.get(notice))
 
 
-@router.post("/ui/alert-rules", response_class=HTMLResponse)
+@router.post(
+    "/ui/alert-rules",
+    response_class=HTMLResponse,
+    dependencies=[can_do(Permission.ALERT_RULES_WRITE)],
+)
 async def create_rule(
     request: Request,
     session: ActionSession,
@@ -181,7 +188,7 @@ async def create_rule(
             secret_dropped=bool(dest_secret),
         )
     await service.audit.record(
-        session.actor,
+        session.identity,
         "alert_rule.create",
         rule.id,
         {"name": rule.name, "kind": str(rule.kind), "via": "ui"},
@@ -189,7 +196,9 @@ async def create_rule(
     return RedirectResponse(f"/ui/alert-rules?notice=created#rule-{rule.id}", status_code=303)
 
 
-@router.post("/ui/alert-rules/{rule_id}/enabled")
+@router.post(
+    "/ui/alert-rules/{rule_id}/enabled", dependencies=[can_do(Permission.ALERT_RULES_WRITE)]
+)
 async def set_enabled(
     rule_id: str,
     session: ActionSession,
@@ -199,13 +208,15 @@ async def set_enabled(
     await service.alert_rules.set_enabled(rule_id, enabled == "true")
     # As the API records a change: the fields, never values (a destination holds a secret).
     await service.audit.record(
-        session.actor, "alert_rule.update", rule_id, {"fields": ["enabled"], "via": "ui"}
+        session.identity, "alert_rule.update", rule_id, {"fields": ["enabled"], "via": "ui"}
     )
     return RedirectResponse(f"/ui/alert-rules?notice=changed#rule-{rule_id}", status_code=303)
 
 
-@router.post("/ui/alert-rules/{rule_id}/delete")
+@router.post(
+    "/ui/alert-rules/{rule_id}/delete", dependencies=[can_do(Permission.ALERT_RULES_WRITE)]
+)
 async def delete_rule(rule_id: str, session: ActionSession, service: ServiceDep) -> Response:
     await service.alert_rules.delete(rule_id)
-    await service.audit.record(session.actor, "alert_rule.delete", rule_id, {"via": "ui"})
+    await service.audit.record(session.identity, "alert_rule.delete", rule_id, {"via": "ui"})
     return RedirectResponse("/ui/alert-rules?notice=deleted", status_code=303)

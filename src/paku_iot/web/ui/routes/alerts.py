@@ -12,10 +12,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from paku_iot.alerts.service import AlertView
 from paku_iot.exceptions import NotFound
+from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
 from paku_iot.storage.records import AlertState
 from paku_iot.web.deps import ServiceDep
-from paku_iot.web.ui.guard import ActionSession, PageSession, safe_next
+from paku_iot.web.ui.guard import ActionSession, PageSession, can_do, can_see, safe_next
 from paku_iot.web.ui.rendering import render
 
 router = APIRouter()
@@ -71,7 +72,9 @@ async def _page(
     return rows[:PAGE_SIZE], older
 
 
-@router.get("/ui/alerts", response_class=HTMLResponse)
+@router.get(
+    "/ui/alerts", response_class=HTMLResponse, dependencies=[can_see(Permission.ALERTS_READ)]
+)
 async def alerts_page(
     request: Request,
     session: PageSession,
@@ -110,7 +113,11 @@ async def alerts_page(
     )
 
 
-@router.get("/ui/alerts/{alert_id}", response_class=HTMLResponse)
+@router.get(
+    "/ui/alerts/{alert_id}",
+    response_class=HTMLResponse,
+    dependencies=[can_see(Permission.ALERTS_READ)],
+)
 async def alert_page(
     request: Request, alert_id: AlertId, session: PageSession, service: ServiceDep
 ) -> Response:
@@ -145,18 +152,18 @@ def _back(next_url: str, alert_id: int) -> RedirectResponse:
 Next = Annotated[str, Form(alias="next", max_length=500)]
 
 
-@router.post("/ui/alerts/{alert_id}/acknowledge")
+@router.post("/ui/alerts/{alert_id}/acknowledge", dependencies=[can_do(Permission.ALERTS_HANDLE)])
 async def acknowledge(
     alert_id: AlertId, session: ActionSession, service: ServiceDep, next_url: Next = ""
 ) -> Response:
-    await service.alerts.acknowledge(alert_id, session.actor)
+    await service.alerts.acknowledge(alert_id, session.identity.actor)
     await service.audit.record(
-        session.actor, "alert.acknowledge", f"alert:{alert_id}", {"via": "ui"}
+        session.identity, "alert.acknowledge", f"alert:{alert_id}", {"via": "ui"}
     )
     return _back(next_url, alert_id)
 
 
-@router.post("/ui/alerts/{alert_id}/silence")
+@router.post("/ui/alerts/{alert_id}/silence", dependencies=[can_do(Permission.ALERTS_HANDLE)])
 async def silence(
     alert_id: AlertId,
     session: ActionSession,
@@ -166,6 +173,9 @@ async def silence(
 ) -> Response:
     await service.alerts.silence(alert_id, int(seconds))
     await service.audit.record(
-        session.actor, "alert.silence", f"alert:{alert_id}", {"seconds": int(seconds), "via": "ui"}
+        session.identity,
+        "alert.silence",
+        f"alert:{alert_id}",
+        {"seconds": int(seconds), "via": "ui"},
     )
     return _back(next_url, alert_id)

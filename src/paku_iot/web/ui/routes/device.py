@@ -21,11 +21,12 @@ from paku_iot.protocol import (
     MIN_COMMAND_TTL_S,
     NAME_MAX_CHARS,
 )
+from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
 from paku_iot.storage.records import AlertState, DeviceRecord
 from paku_iot.web.deps import ServiceDep
 from paku_iot.web.ui.charts import MAX_ROWS, WINDOWS, chart_data
-from paku_iot.web.ui.guard import ActionSession, DataSession, PageSession
+from paku_iot.web.ui.guard import ActionSession, DataSession, PageSession, can_do, can_see
 from paku_iot.web.ui.rendering import SECURITY_HEADERS, render
 from paku_iot.web.ui.sessions import Session
 
@@ -133,7 +134,11 @@ async def _device_page(
     )
 
 
-@router.get("/ui/devices/{device_id}", response_class=HTMLResponse)
+@router.get(
+    "/ui/devices/{device_id}",
+    response_class=HTMLResponse,
+    dependencies=[can_see(Permission.DEVICES_READ)],
+)
 async def device_page(
     request: Request,
     device_id: str,
@@ -147,7 +152,11 @@ async def device_page(
     return await _device_page(request, service, session, device, notice=NOTICES.get(notice))
 
 
-@router.get("/ui/devices/{device_id}/live", response_class=HTMLResponse)
+@router.get(
+    "/ui/devices/{device_id}/live",
+    response_class=HTMLResponse,
+    dependencies=[can_see(Permission.DEVICES_READ)],
+)
 async def device_live(
     request: Request,
     device_id: str,
@@ -161,7 +170,9 @@ async def device_live(
     return render(request, f"_device_{part}.html", session, **context)
 
 
-@router.get("/ui/devices/{device_id}/telemetry.json")
+@router.get(
+    "/ui/devices/{device_id}/telemetry.json", dependencies=[can_see(Permission.DEVICES_READ)]
+)
 async def device_telemetry(
     device_id: str, session: DataSession, service: ServiceDep, window: Window = "1h"
 ) -> JSONResponse:
@@ -174,7 +185,11 @@ async def device_telemetry(
     return JSONResponse({**body, **data.as_json()}, headers=SECURITY_HEADERS)
 
 
-@router.post("/ui/devices/{device_id}/commands", response_class=HTMLResponse)
+@router.post(
+    "/ui/devices/{device_id}/commands",
+    response_class=HTMLResponse,
+    dependencies=[can_do(Permission.DEVICES_OPERATE)],
+)
 async def send_command(
     request: Request,
     device_id: str,
@@ -214,7 +229,7 @@ async def send_command(
     except InvalidInput as exc:  # the domain's own check of the contract's rules
         return await refused(exc)
     await service.audit.record(
-        session.actor,
+        session.identity,
         "command.send",
         device.id,
         {"command": command.id, "name": body.name, "via": "ui"},
@@ -222,7 +237,11 @@ async def send_command(
     return RedirectResponse(f"/ui/devices/{device.id}?notice=command", status_code=303)
 
 
-@router.post("/ui/devices/{device_id}/config", response_class=HTMLResponse)
+@router.post(
+    "/ui/devices/{device_id}/config",
+    response_class=HTMLResponse,
+    dependencies=[can_do(Permission.DEVICES_OPERATE)],
+)
 async def set_config(
     request: Request,
     device_id: str,
@@ -245,17 +264,23 @@ async def set_config(
             config_text=config,
         )
     await service.audit.record(
-        session.actor, "config.set", device.id, {"version": view.version, "via": "ui"}
+        session.identity, "config.set", device.id, {"version": view.version, "via": "ui"}
     )
     return RedirectResponse(f"/ui/devices/{device.id}?notice=config", status_code=303)
 
 
-@router.post("/ui/devices/{device_id}/credentials", response_class=HTMLResponse)
+@router.post(
+    "/ui/devices/{device_id}/credentials",
+    response_class=HTMLResponse,
+    dependencies=[can_do(Permission.DEVICES_ADMIN)],
+)
 async def rotate_credentials(
     request: Request, device_id: str, session: ActionSession, service: ServiceDep
 ) -> Response:
     result = await service.registry.rotate_credentials(device_id)
-    await service.audit.record(session.actor, "device.rotate_credentials", device_id, {"via": "ui"})
+    await service.audit.record(
+        session.identity, "device.rotate_credentials", device_id, {"via": "ui"}
+    )
     return render(
         request,
         "credentials.html",

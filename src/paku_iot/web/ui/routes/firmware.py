@@ -9,14 +9,17 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from paku_iot.ota.releases import ROLLOUT_STATUSES
+from paku_iot.security.roles import Permission
 from paku_iot.web.deps import ServiceDep
-from paku_iot.web.ui.guard import ActionSession, PageSession
+from paku_iot.web.ui.guard import ActionSession, PageSession, can_do, can_see
 from paku_iot.web.ui.rendering import render
 
 router = APIRouter()
 
 
-@router.get("/ui/firmware", response_class=HTMLResponse)
+@router.get(
+    "/ui/firmware", response_class=HTMLResponse, dependencies=[can_see(Permission.RELEASES_READ)]
+)
 async def firmware_page(request: Request, session: PageSession, service: ServiceDep) -> Response:
     by_model: dict[str, list[dict[str, object]]] = defaultdict(list)
     for release in await service.releases.releases():
@@ -32,7 +35,7 @@ async def firmware_page(request: Request, session: PageSession, service: Service
     )
 
 
-@router.post("/ui/firmware/{release_id}/rollout")
+@router.post("/ui/firmware/{release_id}/rollout", dependencies=[can_do(Permission.RELEASES_WRITE)])
 async def change_rollout(
     release_id: str,
     session: ActionSession,
@@ -41,12 +44,12 @@ async def change_rollout(
 ) -> Response:
     await service.releases.update(release_id, rollout_percent=percent)
     await service.audit.record(
-        session.actor, "ota.update", release_id, {"rolloutPercent": percent, "via": "ui"}
+        session.identity, "ota.update", release_id, {"rolloutPercent": percent, "via": "ui"}
     )
     return RedirectResponse(f"/ui/firmware#release-{release_id}", status_code=303)
 
 
-@router.post("/ui/firmware/{release_id}/pause")
+@router.post("/ui/firmware/{release_id}/pause", dependencies=[can_do(Permission.RELEASES_WRITE)])
 async def pause_or_resume(
     release_id: str,
     session: ActionSession,
@@ -55,6 +58,6 @@ async def pause_or_resume(
 ) -> Response:
     await service.releases.update(release_id, paused=paused == "true")
     await service.audit.record(
-        session.actor, "ota.update", release_id, {"paused": paused == "true", "via": "ui"}
+        session.identity, "ota.update", release_id, {"paused": paused == "true", "via": "ui"}
     )
     return RedirectResponse(f"/ui/firmware#release-{release_id}", status_code=303)

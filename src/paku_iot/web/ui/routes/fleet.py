@@ -10,10 +10,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
+from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
 from paku_iot.storage.records import DeviceRecord
 from paku_iot.web.deps import ServiceDep
-from paku_iot.web.ui.guard import DataSession, PageSession
+from paku_iot.web.ui.guard import DataSession, PageSession, can_see
 from paku_iot.web.ui.rendering import render
 
 router = APIRouter()
@@ -113,7 +114,9 @@ def _fleet_query(
 FleetQueryDep = Annotated[FleetQuery, Depends(_fleet_query)]
 
 
-@router.get("/ui/fleet", response_class=HTMLResponse)
+@router.get(
+    "/ui/fleet", response_class=HTMLResponse, dependencies=[can_see(Permission.DEVICES_READ)]
+)
 async def fleet_page(
     request: Request, session: PageSession, service: ServiceDep, query: FleetQueryDep
 ) -> HTMLResponse:
@@ -130,7 +133,9 @@ async def fleet_page(
     )
 
 
-@router.get("/ui/fleet/live", response_class=HTMLResponse)
+@router.get(
+    "/ui/fleet/live", response_class=HTMLResponse, dependencies=[can_see(Permission.DEVICES_READ)]
+)
 async def fleet_live(
     request: Request, session: DataSession, service: ServiceDep, query: FleetQueryDep
 ) -> HTMLResponse:

@@ -10,8 +10,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from paku_iot.exceptions import PakuError
 from paku_iot.security.claims import DEFAULT_TTL_S, MAX_TTL_S
+from paku_iot.security.roles import Permission
 from paku_iot.web.deps import ServiceDep
-from paku_iot.web.ui.guard import ActionSession, PageSession
+from paku_iot.web.ui.guard import ActionSession, PageSession, can_do, can_see
 from paku_iot.web.ui.rendering import render
 from paku_iot.web.ui.sessions import Session
 
@@ -36,12 +37,18 @@ def _form_page(
     )
 
 
-@router.get("/ui/provision", response_class=HTMLResponse)
+@router.get(
+    "/ui/provision", response_class=HTMLResponse, dependencies=[can_see(Permission.DEVICES_ADMIN)]
+)
 async def provision_page(request: Request, session: PageSession) -> Response:
     return _form_page(request, session)
 
 
-@router.post("/ui/provision/device", response_class=HTMLResponse)
+@router.post(
+    "/ui/provision/device",
+    response_class=HTMLResponse,
+    dependencies=[can_do(Permission.DEVICES_ADMIN)],
+)
 async def provision_device(
     request: Request,
     session: ActionSession,
@@ -68,7 +75,7 @@ async def provision_device(
             device_error=exc.message,
         )
     await service.audit.record(
-        session.actor, "device.provision", result.device.id, {"model": model, "via": "ui"}
+        session.identity, "device.provision", result.device.id, {"model": model, "via": "ui"}
     )
     return render(
         request,
@@ -83,7 +90,11 @@ async def provision_device(
     )
 
 
-@router.post("/ui/provision/claim-codes", response_class=HTMLResponse)
+@router.post(
+    "/ui/provision/claim-codes",
+    response_class=HTMLResponse,
+    dependencies=[can_do(Permission.DEVICES_ADMIN)],
+)
 async def create_claim_codes(
     request: Request,
     session: ActionSession,
@@ -109,7 +120,7 @@ async def create_claim_codes(
             message = "Count and days must be whole numbers."
         return _form_page(request, session, status_code=422, claim_form=form, claim_error=message)
     await service.audit.record(
-        session.actor,
+        session.identity,
         "claim_codes.create",
         f"model:{model.strip()}",
         {"devices": len(issued), "via": "ui"},

@@ -11,8 +11,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from paku_iot.security.roles import Permission
 from paku_iot.web.deps import ServiceDep
-from paku_iot.web.ui.guard import PageSession
+from paku_iot.web.ui.guard import PageSession, can_see
 from paku_iot.web.ui.rendering import render
 
 router = APIRouter()
@@ -30,7 +31,9 @@ def rejected_link(reason: str = "", before: int | None = None) -> str:
     return f"/ui/rejected?{query}" if query else "/ui/rejected"
 
 
-@router.get("/ui/rejected", response_class=HTMLResponse)
+@router.get(
+    "/ui/rejected", response_class=HTMLResponse, dependencies=[can_see(Permission.DEVICES_READ)]
+)
 async def rejected_page(
     request: Request,
     session: PageSession,

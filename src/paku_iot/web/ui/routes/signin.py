@@ -7,9 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from paku_iot.security.roles import Identity, Permission
 from paku_iot.security.sessions import new_session_id
 from paku_iot.web.deps import ServiceDep
 from paku_iot.web.ui.guard import (
+    DEFAULT_LANDING,
     ActionSession,
     check_same_origin,
     clear_session_cookie,
@@ -44,8 +46,8 @@ async def signin(
     next: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     check_same_origin(request)
-    actor = await service.tokens.actor_for(token.strip()) if token.strip() else None
-    if actor is None:
+    identity = await service.tokens.identify(token.strip()) if token.strip() else None
+    if identity is None:
         return render(
             request,
             "signin.html",
@@ -57,13 +59,26 @@ async def signin(
         )
     codec = session_codec(request)
     session_id, expires_at = new_session_id(), codec.expiry()
-    await service.dashboard_sessions.start(session_id, actor, expires_at)
-    cookie = codec.issue(actor, token.strip(), session_id=session_id, expires_at=expires_at)
-    response = RedirectResponse(safe_next(next), status_code=303)
+    await service.dashboard_sessions.start(session_id, identity.actor, expires_at)
+    cookie = codec.issue(
+        identity.actor,
+        token.strip(),
+        role=identity.role,
+        session_id=session_id,
+        expires_at=expires_at,
+    )
+    response = RedirectResponse(_landing(identity, safe_next(next)), status_code=303)
     set_session_cookie(request, response, cookie)
     response.headers.update(SECURITY_HEADERS)
-    await service.audit.record(actor, "ui.sign_in", "dashboard")
+    await service.audit.record(identity, "ui.sign_in", "dashboard")
     return response
+
+
+def _landing(identity: Identity, target: str) -> str:
+    """The fleet, unless the role cannot see it (a publisher): then the firmware page."""
+    if target == DEFAULT_LANDING and not identity.can(Permission.DEVICES_READ):
+        return "/ui/firmware"
+    return target
 
 
 @router.post("/ui/signout")
