@@ -81,6 +81,8 @@ def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         "delete",
         parents=[common],
         help=f"erase a device for good: {fleet.DELETE_ERASES} ('decommission' keeps them)",
+        description=f"Erase a device for good: {fleet.DELETE_ERASES}. The audit log keeps "
+        "its entries. `paku-iot devices decommission` keeps the history instead.",
     )
     delete.add_argument("device_id")
     delete.add_argument("--yes", action="store_true", help="do not ask (asked only on a terminal)")
