@@ -34,7 +34,13 @@ async def tags_of(conn: AsyncConnection, device_ids: Iterable[str]) -> dict[str,
 
 async def add_tags(conn: AsyncConnection, device_ids: list[str], tags: Iterable[str]) -> None:
     """Give every device every tag; a tag a device already has stays as it is."""
-    rows = [{"device_id": d, "tag": t} for d in device_ids for t in tags]
+    wanted = list(tags)
+    await add_pairs(conn, [(d, t) for d in device_ids for t in wanted])
+
+
+async def add_pairs(conn: AsyncConnection, pairs: list[tuple[str, str]]) -> None:
+    """Insert (device id, tag) pairs; a pair that exists stays as it is."""
+    rows = [{"device_id": d, "tag": t} for d, t in pairs]
     if not rows:
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite

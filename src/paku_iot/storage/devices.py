@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from paku_iot.exceptions import Conflict, InvalidInput
 from paku_iot.storage import schema
 from paku_iot.storage.device_tags import (
+    add_pairs,
     add_tags,
     all_tags,
     most_tags,
@@ -107,8 +108,7 @@ class DeviceStore:
         try:
             async with transaction(self._engine) as conn:
                 await conn.execute(_d.insert(), rows)
-                for d in devices:
-                    await add_tags(conn, [d.id], d.tags)
+                await add_pairs(conn, [(d.id, t) for d in devices for t in d.tags])
         except IntegrityError:
             raise Conflict("one of these device ids is taken", code="device_exists") from None
 
