@@ -188,7 +188,7 @@ class DeviceRegistry:
         )
 
     async def counts(self) -> tuple[int, int]:
-        """(all devices, devices online)."""
+        """(devices in service, devices online)."""
         return await self._store.counts()
 
     async def models(self) -> list[str]:

@@ -217,8 +217,13 @@ class DeviceStore:
             return await _with_tags(conn, rows)
 
     async def counts(self) -> tuple[int, int]:
-        """(all devices, devices online)."""
-        query = select(func.count(), func.count().filter(_d.c.online.is_(True))).select_from(_d)
+        """(devices in service, devices online); decommissioned devices are not counted, as
+        listings leave them out."""
+        query = (
+            select(func.count(), func.count().filter(_d.c.online.is_(True)))
+            .select_from(_d)
+            .where(_d.c.decommissioned_at.is_(None))
+        )
         async with translated_errors(), self._engine.connect() as conn:
             total, online = (await conn.execute(query)).one()
         return int(total), int(online)

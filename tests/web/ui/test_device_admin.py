@@ -24,6 +24,7 @@ async def test_the_fleet_filters_by_tag_and_shows_tags(
     await sign_in(ui)
     page = await ui.get("/ui/fleet")
     assert ROW_ID.findall(page.text) == ["hall-01", "lab-01"]  # not the decommissioned one
+    assert 'id="count-total">2<' in page.text
     assert '<option value="hall" >hall</option>' in page.text  # the tag filter's choices
     assert '<a class="tag" href="/ui/fleet?tag=lab">lab</a>' in page.text
     hall = await ui.get("/ui/fleet", params={"tag": "hall"})
