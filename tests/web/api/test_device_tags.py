@@ -164,3 +164,11 @@ async def test_a_release_restricted_to_a_tag_is_offered_only_to_its_devices(
     assert offered[0]["version"] == "2.0.0"
     bad = await api.patch(f"/ota/releases/{release['id']}", json={"tag": "Not A Tag"})
     assert bad.status_code == 422
+
+
+async def test_deleting_a_device_deletes_its_tags(api: httpx.AsyncClient) -> None:
+    await provision(api, "del-1", tags=["gone"])
+    assert (await api.delete("/devices/del-1")).status_code == 204
+    assert await ids(api, tag="gone") == []
+    again = await provision(api, "del-1")
+    assert again["tags"] == []  # the same id starts without the old one's tags
