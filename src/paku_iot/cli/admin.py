@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from paku_iot.cli import fleet
 from paku_iot.cli.otasign import add_sign_parser, run_sign, upload_fields
+from paku_iot.cli.output import device_line as _device_line
+from paku_iot.cli.output import print_result
 from paku_iot.exceptions import InvalidInput, PakuError, SettingsError
 from paku_iot.protocol import DEFAULT_COMMAND_TTL_S
 from paku_iot.secretfiles import write_private_file
@@ -58,6 +61,10 @@ def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     listing = dev.add_parser("list", parents=[common], help="list devices")
     listing.add_argument("--model")
     listing.add_argument("--online", choices=["true", "false"])
+    listing.add_argument("--tag", help="only devices with this tag")
+    listing.add_argument(
+        "--decommissioned", action="store_true", help="only the decommissioned devices"
+    )
     dev.add_parser("show", parents=[common], help="one device").add_argument("device_id")
     create = dev.add_parser(
         "create", parents=[common], help="provision a device and print its credentials (once)"
@@ -65,11 +72,21 @@ def _add_device_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--model", required=True)
     create.add_argument("--id", dest="device_id")
     create.add_argument("--notes")
+    create.add_argument("--tag", action="append", dest="tags", metavar="TAG", help="repeatable")
     update = dev.add_parser("update", parents=[common], help="change a device's notes or metadata")
     update.add_argument("device_id")
     update.add_argument("--notes", help="free text ('' clears it)")
     update.add_argument("--metadata", help="JSON object; replaces the whole metadata ('{}' clears)")
-    dev.add_parser("delete", parents=[common], help="delete a device").add_argument("device_id")
+    delete = dev.add_parser(
+        "delete",
+        parents=[common],
+        help=f"erase a device for good: {fleet.DELETE_ERASES} ('decommission' keeps them)",
+        description=f"Erase a device for good: {fleet.DELETE_ERASES}. The audit log keeps "
+        "its entries. `paku-iot devices decommission` keeps the history instead.",
+    )
+    delete.add_argument("device_id")
+    delete.add_argument("--yes", action="store_true", help="do not ask (asked only on a terminal)")
+    fleet.add_parsers(dev, common)
     dev.add_parser("rotate", parents=[common], help="give a device a new password").add_argument(
         "device_id"
     )
@@ -131,6 +148,7 @@ def _add_ota_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     publish.add_argument("--version", required=True, help="semantic version, e.g. 1.4.2")
     publish.add_argument("--rollout", type=int, default=100, help="percent of devices (100)")
     publish.add_argument("--notes")
+    publish.add_argument("--tag", help="offer the release only to devices with this tag")
     publish.add_argument(
         "--signature-file",
         type=Path,
@@ -244,18 +262,6 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
-def print_result(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
-
-
-def _device_line(d: dict[str, Any]) -> str:
-    state = "online " if d["online"] else "offline"
-    return (
-        f"{d['id']:<24} {d['model']:<16} {state} last seen {d['lastSeenAt'] or 'never':<27} "
-        f"fw {d['fwVersion'] or '-':<10} rssi {d['rssi'] if d['rssi'] is not None else '-'}"
-    )
-
-
 def _command_line(c: dict[str, Any]) -> str:
     line = f"{c['id']}  {c['name']:<16} {c['status']:<8} created {c['createdAt']}"
     if c["status"] == "acked" and c["result"] is not None:
@@ -348,7 +354,14 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _devices_list(api: ApiClient, args: argparse.Namespace) -> int:
     params = {"limit": 1000} | {
-        k: v for k, v in [("model", args.model), ("online", args.online)] if v
+        k: v
+        for k, v in [
+            ("model", args.model),
+            ("online", args.online),
+            ("tag", args.tag),
+            ("decommissioned", "true" if args.decommissioned else None),
+        ]
+        if v
     }
     items = api.pages("/devices", params)
     print_result(args, items, "\n".join(_device_line(d) for d in items) or "no devices")
@@ -362,6 +375,7 @@ def _device_details(d: dict[str, Any]) -> str:
             _device_line(d),
             f"  notes:    {d['notes'] or '-'}",
             f"  metadata: {json.dumps(d['metadata'])}",
+            f"  tags:     {', '.join(d['tags']) or '-'}",
             f"  reported: {reported}",
         ]
     )
@@ -387,7 +401,7 @@ def _devices_update(api: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _devices_create(api: ApiClient, args: argparse.Namespace) -> int:
-    body = {"model": args.model, "id": args.device_id, "notes": args.notes}
+    body = {"model": args.model, "id": args.device_id, "notes": args.notes, "tags": args.tags}
     device = api.request("POST", "/devices", json={k: v for k, v in body.items() if v})
     creds = device["credentials"]
     print_result(
@@ -402,6 +416,12 @@ def _devices_create(api: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _devices_delete(api: ApiClient, args: argparse.Namespace) -> int:
+    if not args.yes and sys.stdin.isatty():
+        print(f"This erases {fleet.DELETE_ERASES} of {args.device_id}, for good.")
+        print("`paku-iot devices decommission` keeps the history instead.")
+        if input("Delete? [y/N] ").strip().lower() not in {"y", "yes"}:
+            print("not deleted")
+            return 1
     api.request("DELETE", f"/devices/{args.device_id}")
     print_result(args, {"deleted": args.device_id}, f"deleted {args.device_id}")
     return 0
@@ -484,6 +504,8 @@ def _ota_publish(api: ApiClient, args: argparse.Namespace) -> int:
     fields = {"model": args.model, "version": args.version, "rolloutPercent": str(args.rollout)}
     if args.notes:
         fields["notes"] = args.notes
+    if args.tag:
+        fields["tag"] = args.tag
     if args.signature_file is not None:
         fields |= upload_fields(args.signature_file, args.model, args.version, args.file)
     try:
@@ -588,6 +610,7 @@ def _claim_codes_create(api: ApiClient, args: argparse.Namespace) -> int:
 
 
 _HANDLERS = {
+    **fleet.HANDLERS,
     ("devices", "import"): _devices_import,
     ("claim-codes", "create"): _claim_codes_create,
     ("ota", "publish"): _ota_publish,

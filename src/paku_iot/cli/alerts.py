@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from paku_iot.cli.admin import api_client, common_options, print_result
+from paku_iot.cli.admin import api_client, common_options
+from paku_iot.cli.output import print_result
 from paku_iot.exceptions import InvalidInput
 from paku_iot.settings import Settings
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from paku_iot.downlink.publisher import Publisher
+from paku_iot.downlink.targets import target_devices
 from paku_iot.exceptions import Conflict, InvalidInput, NotFound
 from paku_iot.protocol import (
     DEFAULT_COMMAND_TTL_S,
@@ -192,27 +193,14 @@ class CommandService:
         await self.expire()
         return await self._commands.page(device_id, limit=limit, status=status, before=before)
 
-    async def targets(self, *, device_ids: list[str] | None, model: str | None) -> list[str]:
+    async def targets(
+        self,
+        *,
+        device_ids: list[str] | None = None,
+        model: str | None = None,
+        tag: str | None = None,
+    ) -> list[str]:
         """The devices a bulk command goes to: the given ids (each must exist), or every
-        device of a model (possibly none)."""
-        if (device_ids is None) == (model is None):
-            raise InvalidInput("give either deviceIds or model")
-        if device_ids is None:
-            assert model is not None
-            return await self._device_ids_of_model(model)
-        wanted = list(dict.fromkeys(device_ids))
-        known = {d.id for d in await self._devices.many(wanted)}
-        unknown = [d for d in wanted if d not in known]
-        if unknown:
-            raise NotFound(f"no such devices: {', '.join(unknown[:20])}", code="device_not_found")
-        return wanted
-
-    async def _device_ids_of_model(self, model: str) -> list[str]:
-        ids: list[str] = []
-        after: str | None = None
-        while True:
-            page = await self._devices.page(limit=1000, after_id=after, model=model)
-            ids.extend(d.id for d in page)
-            if len(page) < 1000:
-                return ids
-            after = page[-1].id
+        device of a model or with a tag (possibly none)."""
+        found = await target_devices(self._devices, device_ids=device_ids, model=model, tag=tag)
+        return [d.id for d in found]

@@ -19,7 +19,7 @@ from paku_iot.ota.signer import ReleaseSignatures, ReleaseSigner
 from paku_iot.ota.versions import parse_version, running_version, running_version_or_none
 from paku_iot.protocol import OTA_REPORT_STATUSES
 from paku_iot.storage.devices import DeviceStore
-from paku_iot.storage.records import DeviceRecord, ReleaseRecord
+from paku_iot.storage.records import KEEP, DeviceRecord, Keep, ReleaseRecord
 from paku_iot.storage.releases import ReleaseStore
 
 log = logging.getLogger("paku_iot.ota")
@@ -75,6 +75,7 @@ class ReleaseService:
         rollout_percent: int = 100,
         statement_signature: str | None = None,
         digest_signature: str | None = None,
+        tag: str | None = None,
     ) -> ReleaseRecord:
         """Store and sign a release. Signatures the upload brings (made off the server by
         `paku-iot ota sign`) are checked against the image before it is kept."""
@@ -110,6 +111,7 @@ class ReleaseService:
             paused=False,
             notes=notes,
             created_at=self._clock(),
+            tag=tag,
         )
         # A refused duplicate leaves its image in the store: it is content-addressed, so at
         # worst it is the very file the existing release serves.
@@ -127,11 +129,18 @@ class ReleaseService:
         return _newest_first(await self._store.of_model(model))
 
     async def update(
-        self, release_id: str, *, rollout_percent: int | None = None, paused: bool | None = None
+        self,
+        release_id: str,
+        *,
+        rollout_percent: int | None = None,
+        paused: bool | None = None,
+        tag: str | Keep | None = KEEP,
     ) -> ReleaseRecord:
         if rollout_percent is not None and not 0 <= rollout_percent <= 100:
             raise InvalidInput("rolloutPercent must be between 0 and 100")
-        if not await self._store.update(release_id, rollout_percent=rollout_percent, paused=paused):
+        if not await self._store.update(
+            release_id, rollout_percent=rollout_percent, paused=paused, tag=tag
+        ):
             raise NotFound(f"no release {release_id!r}", code="release_not_found")
         return await self.get(release_id)
 
@@ -140,7 +149,8 @@ class ReleaseService:
     ) -> list[ReleaseRecord]:
         """What a caller is offered, newest first: releases of `model` newer than `current`.
         A device gets only releases whose rollout includes it and that are not paused (unless
-        it already started on one); an anonymous caller only unpaused 100% releases."""
+        it already started on one) and, for a release restricted to a tag, that the device
+        has; an anonymous caller only unpaused 100% releases without a tag."""
         if current:
             floor: semver.Version | None = running_version(current, "current")
         elif current is None and device is not None:
@@ -158,13 +168,24 @@ class ReleaseService:
             return _newest_first(candidates)
         if device is None:
             return _newest_first(
-                [r for r in candidates if r.rollout_percent == 100 and not r.paused]
+                [
+                    r
+                    for r in candidates
+                    if r.rollout_percent == 100 and not r.paused and r.tag is None
+                ]
             )
         started = await self._started(device.id, candidates)
         offered = [
             r
             for r in candidates
-            if r.version in started or (not r.paused and in_rollout(device.id, r.rollout_percent))
+            # A tag restricts who is offered the release; a device part-way through it that
+            # lost the tag since still finishes (as with pausing).
+            if r.version in started
+            or (
+                not r.paused
+                and (r.tag is None or r.tag in device.tags)
+                and in_rollout(device.id, r.rollout_percent)
+            )
         ]
         return _newest_first(offered)
 
@@ -182,7 +203,9 @@ class ReleaseService:
         devices: list[DeviceRecord] = []
         after: str | None = None
         while True:
-            page = await self._devices.page(limit=1000, after_id=after, model=release.model)
+            page = await self._devices.page(
+                limit=1000, after_id=after, model=release.model, tag=release.tag
+            )
             devices.extend(page)
             if len(page) < 1000:
                 break

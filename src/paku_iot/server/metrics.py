@@ -87,7 +87,9 @@ class _StateCollector(Collector):
             "paku_devices_online", "Devices whose state says online.", value=snapshot.devices_online
         )
         yield GaugeMetricFamily(
-            "paku_devices", "Devices in the registry.", value=snapshot.devices_total
+            "paku_devices",
+            "Devices in the registry, in service (not decommissioned).",
+            value=snapshot.devices_total,
         )
         commands = GaugeMetricFamily("paku_commands", "Commands by status.", labels=["status"])
         for status, count in sorted(snapshot.commands_by_status.items()):

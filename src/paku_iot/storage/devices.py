@@ -6,16 +6,26 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, func, select, update
+from sqlalchemy import RowMapping, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from paku_iot.exceptions import Conflict
+from paku_iot.exceptions import Conflict, InvalidInput
 from paku_iot.storage import schema
+from paku_iot.storage.device_tags import (
+    add_pairs,
+    add_tags,
+    all_tags,
+    most_tags,
+    remove_tags,
+    replace_tags,
+    tags_of,
+)
 from paku_iot.storage.engine import transaction, translated_errors
 from paku_iot.storage.records import KEEP, DeviceDetails, DeviceRecord, NewDevice
 
 _d = schema.devices
+_t = schema.device_tags
 _DEVICE_COLUMNS = (
     _d.c.id,
     _d.c.model,
@@ -28,10 +38,11 @@ _DEVICE_COLUMNS = (
     _d.c.fw_version,
     _d.c.rssi,
     _d.c.reported_state,
+    _d.c.decommissioned_at,
 )
 
 
-def _device(row: RowMapping) -> DeviceRecord:
+def _device(row: RowMapping, tags: tuple[str, ...] = ()) -> DeviceRecord:
     return DeviceRecord(
         id=row["id"],
         model=row["model"],
@@ -44,7 +55,15 @@ def _device(row: RowMapping) -> DeviceRecord:
         fw_version=row["fw_version"],
         rssi=row["rssi"],
         reported_state=row["reported_state"],
+        tags=tags,
+        decommissioned_at=row["decommissioned_at"],
     )
+
+
+async def _with_tags(conn: AsyncConnection, rows: Iterable[RowMapping]) -> list[DeviceRecord]:
+    rows = list(rows)
+    tags = await tags_of(conn, (row["id"] for row in rows))
+    return [_device(row, tags.get(row["id"], ())) for row in rows]
 
 
 class DeviceStore:
@@ -66,6 +85,7 @@ class DeviceStore:
                         online=False,
                     )
                 )
+                await add_tags(conn, [device.id], device.tags)
                 return await self._get(conn, device.id)  # type: ignore[return-value]
         except IntegrityError:
             raise Conflict(f"device {device.id!r} already exists", code="device_exists") from None
@@ -88,6 +108,7 @@ class DeviceStore:
         try:
             async with transaction(self._engine) as conn:
                 await conn.execute(_d.insert(), rows)
+                await add_pairs(conn, [(d.id, t) for d in devices for t in d.tags])
         except IntegrityError:
             raise Conflict("one of these device ids is taken", code="device_exists") from None
 
@@ -102,7 +123,10 @@ class DeviceStore:
             .mappings()
             .first()
         )
-        return _device(row) if row else None
+        if row is None:
+            return None
+        [device] = await _with_tags(conn, [row])
+        return device
 
     async def password_hash(self, device_id: str) -> str | None:
         async with translated_errors(), self._engine.connect() as conn:
@@ -118,19 +142,30 @@ class DeviceStore:
         online: bool | None = None,
         id_prefix: str | None = None,
         before_id: str | None = None,
+        tag: str | None = None,
+        decommissioned: bool | None = False,
     ) -> list[DeviceRecord]:
         """Devices in id order (stable for paging), starting after `after_id`; or, with
-        `before_id`, the `limit` devices just before it (still in id order: a page back)."""
-        query = select(*_DEVICE_COLUMNS).where(*_filters(model, online, id_prefix)).limit(limit)
+        `before_id`, the `limit` devices just before it (still in id order: a page back).
+        `decommissioned`: False (the default) leaves them out, True lists only them, None
+        both."""
+        query = (
+            select(*_DEVICE_COLUMNS)
+            .select_from(_source(tag))
+            .where(*_filters(model, online, id_prefix, decommissioned))
+            .limit(limit)
+        )
+        # With a tag, the walk is along the (tag, device_id) index: its device_id is the key.
+        key = _t.c.device_id if tag is not None else _d.c.id
         if after_id is not None:
-            query = query.where(_d.c.id > after_id)
+            query = query.where(key > after_id)
         if before_id is not None:
-            query = query.where(_d.c.id < before_id).order_by(_d.c.id.desc())
+            query = query.where(key < before_id).order_by(key.desc())
         else:
-            query = query.order_by(_d.c.id)
+            query = query.order_by(key)
         async with translated_errors(), self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        devices = [_device(row) for row in rows]
+            devices = await _with_tags(conn, rows)
         return devices[::-1] if before_id is not None else devices
 
     async def count_matching(
@@ -139,9 +174,15 @@ class DeviceStore:
         model: str | None = None,
         online: bool | None = None,
         id_prefix: str | None = None,
+        tag: str | None = None,
+        decommissioned: bool | None = False,
     ) -> int:
         """How many devices `page` would walk through with these filters."""
-        query = select(func.count()).select_from(_d).where(*_filters(model, online, id_prefix))
+        query = (
+            select(func.count())
+            .select_from(_source(tag))
+            .where(*_filters(model, online, id_prefix, decommissioned))
+        )
         async with translated_errors(), self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
@@ -151,10 +192,18 @@ class DeviceStore:
         async with translated_errors(), self._engine.connect() as conn:
             return [row[0] for row in await conn.execute(query)]
 
+    async def tags(self) -> list[str]:
+        """Every tag at least one device has, in order."""
+        async with translated_errors(), self._engine.connect() as conn:
+            return await all_tags(conn)
+
     async def models_and_last_seen(self) -> list[tuple[str, str, datetime | None]]:
         """(id, model, last seen) of every device: what the alert evaluator needs to know of
         the fleet (model-scoped rules, silence after a restart), in one narrow read."""
-        query = select(_d.c.id, _d.c.model, _d.c.last_seen_at)
+        # A decommissioned device is silent on purpose: no alert should say so.
+        query = select(_d.c.id, _d.c.model, _d.c.last_seen_at).where(
+            _d.c.decommissioned_at.is_(None)
+        )
         async with translated_errors(), self._engine.connect() as conn:
             return [(row[0], row[1], row[2]) for row in await conn.execute(query)]
 
@@ -165,11 +214,16 @@ class DeviceStore:
                 .mappings()
                 .all()
             )
-        return [_device(row) for row in rows]
+            return await _with_tags(conn, rows)
 
     async def counts(self) -> tuple[int, int]:
-        """(all devices, devices online)."""
-        query = select(func.count(), func.count().filter(_d.c.online.is_(True))).select_from(_d)
+        """(devices in service, devices online); decommissioned devices are not counted, as
+        listings leave them out."""
+        query = (
+            select(func.count(), func.count().filter(_d.c.online.is_(True)))
+            .select_from(_d)
+            .where(_d.c.decommissioned_at.is_(None))
+        )
         async with translated_errors(), self._engine.connect() as conn:
             total, online = (await conn.execute(query)).one()
         return int(total), int(online)
@@ -204,24 +258,68 @@ class DeviceStore:
         async with transaction(self._engine) as conn:
             if values:
                 await conn.execute(update(_d).where(_d.c.id == device_id).values(**values))
+            if changes.tags is not KEEP and await self._get(conn, device_id) is not None:
+                await replace_tags(conn, device_id, changes.tags)
             return await self._get(conn, device_id)
+
+    async def change_tags(
+        self, device_ids: list[str], *, add: list[str], remove: list[str], max_tags: int
+    ) -> list[DeviceRecord]:
+        """Add and remove tags on many devices in one transaction (removals first), all or
+        none: a device left with more than `max_tags` undoes the whole change."""
+        async with transaction(self._engine) as conn:
+            await remove_tags(conn, device_ids, remove)
+            await add_tags(conn, device_ids, add)
+            most = await most_tags(conn, device_ids)
+            if most is not None and most[1] > max_tags:
+                raise InvalidInput(
+                    f"device {most[0]!r} would have {most[1]} tags; at most {max_tags}",
+                    code="too_many_tags",
+                )
+            rows: list[RowMapping] = []
+            for start in range(0, len(device_ids), 900):
+                chunk = device_ids[start : start + 900]
+                query = select(*_DEVICE_COLUMNS).where(_d.c.id.in_(chunk)).order_by(_d.c.id)
+                rows.extend((await conn.execute(query)).mappings().all())
+            return await _with_tags(conn, rows)
+
+    async def decommission(self, device_id: str, now: datetime) -> bool:
+        """Take the device out of service: no password, no unredeemed claim codes (either
+        would give it credentials again), marked decommissioned. Its history and tags stay.
+        False if there is no such device."""
+        async with transaction(self._engine) as conn:
+            result = await conn.execute(
+                update(_d)
+                .where(_d.c.id == device_id)
+                .values(password_hash=None, credentials_updated_at=now, decommissioned_at=now)
+            )
+            await _retire_claim_codes(conn, device_id)
+            return bool(result.rowcount)
+
+    async def recommission(self, device_id: str, password_hash: str, now: datetime) -> bool:
+        """Back in service with a new password; False if it is not decommissioned."""
+        async with transaction(self._engine) as conn:
+            result = await conn.execute(
+                update(_d)
+                .where(_d.c.id == device_id, _d.c.decommissioned_at.is_not(None))
+                .values(
+                    password_hash=password_hash, credentials_updated_at=now, decommissioned_at=None
+                )
+            )
+            return bool(result.rowcount)
 
     async def set_password_hash(self, device_id: str, password_hash: str, now: datetime) -> bool:
         """Give the device a new password and retire its unredeemed claim codes, in one
         transaction: a claim code only ever gives a device its first credentials, so once it
         has some (a rotation, a claim), a label still on the device claims nothing."""
-        claim_codes = schema.claim_codes
         async with transaction(self._engine) as conn:
             result = await conn.execute(
                 update(_d)
-                .where(_d.c.id == device_id)
+                # A decommissioned device gets credentials only by being recommissioned.
+                .where(_d.c.id == device_id, _d.c.decommissioned_at.is_(None))
                 .values(password_hash=password_hash, credentials_updated_at=now)
             )
-            await conn.execute(
-                delete(claim_codes).where(
-                    claim_codes.c.device_id == device_id, claim_codes.c.claimed_at.is_(None)
-                )
-            )
+            await _retire_claim_codes(conn, device_id)
             return bool(result.rowcount)
 
     async def credentials(self) -> list[tuple[str, str]]:
@@ -236,8 +334,29 @@ class DeviceStore:
         return [(row[0], row[1]) for row in rows]
 
 
-def _filters(model: str | None, online: bool | None, id_prefix: str | None) -> list[Any]:
+async def _retire_claim_codes(conn: AsyncConnection, device_id: str) -> None:
+    claim_codes = schema.claim_codes
+    await conn.execute(
+        delete(claim_codes).where(
+            claim_codes.c.device_id == device_id, claim_codes.c.claimed_at.is_(None)
+        )
+    )
+
+
+def _source(tag: str | None) -> Any:
+    """Devices, or (with a tag) devices joined to that tag's rows of `device_tags`."""
+    if tag is None:
+        return _d
+    return _d.join(_t, and_(_t.c.device_id == _d.c.id, _t.c.tag == tag))
+
+
+def _filters(
+    model: str | None, online: bool | None, id_prefix: str | None, decommissioned: bool | None
+) -> list[Any]:
     conditions: list[Any] = []
+    if decommissioned is not None:
+        column = _d.c.decommissioned_at
+        conditions.append(column.is_not(None) if decommissioned else column.is_(None))
     if model is not None:
         conditions.append(_d.c.model == model)
     if online is not None:

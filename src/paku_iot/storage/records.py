@@ -23,6 +23,8 @@ class DeviceRecord:
     fw_version: str | None
     rssi: int | None
     reported_state: JsonObject | None
+    tags: tuple[str, ...] = ()
+    decommissioned_at: datetime | None = None
 
 
 class Keep(Enum):
@@ -40,6 +42,7 @@ class DeviceDetails:
 
     notes: str | Keep | None = KEEP
     metadata: JsonObject | Keep = KEEP
+    tags: tuple[str, ...] | Keep = KEEP  # replaces the whole set
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class NewDevice:
     metadata: JsonObject
     created_at: datetime
     password_hash: str | None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +177,7 @@ class ReleaseRecord:
     paused: bool
     notes: str | None
     created_at: datetime
+    tag: str | None = None  # offered only to devices with this tag
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from paku_iot.exceptions import Conflict
 from paku_iot.storage import schema
 from paku_iot.storage.engine import transaction, translated_errors
-from paku_iot.storage.records import OtaProgress, ReleaseRecord
+from paku_iot.storage.records import KEEP, Keep, OtaProgress, ReleaseRecord
 
 _r = schema.firmware_releases
 _p = schema.ota_progress
@@ -38,6 +38,7 @@ class ReleaseStore:
                         paused=release.paused,
                         notes=release.notes,
                         created_at=release.created_at,
+                        tag=release.tag,
                     )
                 )
         except IntegrityError:
@@ -59,9 +60,16 @@ class ReleaseStore:
         return [ReleaseRecord(**row) for row in rows]
 
     async def update(
-        self, release_id: str, *, rollout_percent: int | None, paused: bool | None
+        self,
+        release_id: str,
+        *,
+        rollout_percent: int | None,
+        paused: bool | None,
+        tag: str | Keep | None = KEEP,
     ) -> bool:
         values: dict[str, object] = {}
+        if tag is not KEEP:
+            values["tag"] = tag
         if rollout_percent is not None:
             values["rollout_percent"] = rollout_percent
         if paused is not None:

@@ -46,7 +46,24 @@ devices = Table(
     Column("rssi", Integer, nullable=True),
     # The device's latest reported state, merged key by key, as it sent it.
     Column("reported_state", json_type(), nullable=True),
+    # Set when the device was taken out of service: hidden from listings, credentials gone,
+    # its history kept (DELETE is what erases it).
+    Column("decommissioned_at", UtcDateTime(), nullable=True),
     Index(None, "model", "id"),
+)
+
+device_tags = Table(
+    "device_tags",
+    metadata,
+    Column(
+        "device_id",
+        String(64),
+        ForeignKey("devices.id", ondelete="CASCADE", name="fk_device_tags_device_id"),
+        primary_key=True,
+    ),
+    Column("tag", String(32), primary_key=True),
+    # "Devices with tag x, in id order": a range of this index, for filters and keyset pages.
+    Index(None, "tag", "device_id"),
 )
 
 telemetry = Table(
@@ -142,6 +159,8 @@ firmware_releases = Table(
     Column("paused", Boolean, nullable=False),
     Column("notes", Text, nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
+    # Offered only to devices with this tag; NULL: to every device of the model.
+    Column("tag", String(32), nullable=True),
     UniqueConstraint("model", "version"),
 )
 

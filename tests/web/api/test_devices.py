@@ -22,6 +22,8 @@ DEVICE_FIELDS = {
     "rssi",
     "notes",
     "metadata",
+    "tags",
+    "decommissionedAt",
 }
 
 

@@ -39,6 +39,9 @@ OPERATION_IDS = {
     ("patch", "/devices/{device_id}"): "update_device",
     ("delete", "/devices/{device_id}"): "delete_device",
     ("post", "/devices/{device_id}/credentials"): "rotate_credentials",
+    ("post", "/devices/tags"): "change_tags",
+    ("post", "/devices/{device_id}/decommission"): "decommission_device",
+    ("post", "/devices/{device_id}/recommission"): "recommission_device",
     ("get", "/devices/{device_id}/telemetry"): "device_telemetry",
     ("get", "/devices/{device_id}/events"): "device_events",
     ("get", "/rejected"): "rejected_messages",
@@ -48,6 +51,7 @@ OPERATION_IDS = {
     ("get", "/devices/{device_id}/commands/{command_id}"): "get_command",
     ("put", "/devices/{device_id}/config"): "put_config",
     ("get", "/devices/{device_id}/config"): "get_config",
+    ("put", "/config"): "put_bulk_config",
     ("post", "/ota/firmware"): "publish_firmware",
     ("get", "/ota/releases"): "list_releases",
     ("get", "/ota/releases/{release_id}"): "get_release",
@@ -248,6 +252,20 @@ def probes(fleet: Fleet) -> list[Probe]:
         Probe(401, "post", "/devices/{device_id}/credentials", dev, NOBODY),
         Probe(404, "post", "/devices/{device_id}/credentials", ghost),
         Probe(422, "post", "/devices/{device_id}/credentials", {"device_id": NUL}),
+        Probe(200, "post", "/devices/tags", request={"json": {"ids": ["dev-1"], "add": ["x"]}}),
+        Probe(401, "post", "/devices/tags", request={"json": {"ids": ["dev-1"]}, **NOBODY}),
+        Probe(404, "post", "/devices/tags", request={"json": {"ids": ["ghost-1"], "add": ["x"]}}),
+        Probe(422, "post", "/devices/tags", request={"json": {"ids": []}}),
+        Probe(200, "post", "/devices/{device_id}/decommission", {"device_id": "dev-2"}),
+        Probe(401, "post", "/devices/{device_id}/decommission", dev, NOBODY),
+        Probe(404, "post", "/devices/{device_id}/decommission", ghost),
+        Probe(422, "post", "/devices/{device_id}/decommission", {"device_id": NUL}),
+        Probe(409, "post", "/devices/{device_id}/credentials", {"device_id": "dev-2"}),
+        Probe(200, "post", "/devices/{device_id}/recommission", {"device_id": "dev-2"}),
+        Probe(401, "post", "/devices/{device_id}/recommission", dev, NOBODY),
+        Probe(404, "post", "/devices/{device_id}/recommission", ghost),
+        Probe(409, "post", "/devices/{device_id}/recommission", dev),
+        Probe(422, "post", "/devices/{device_id}/recommission", {"device_id": NUL}),
     ]
     for path in ("/devices/{device_id}/telemetry", "/devices/{device_id}/events"):
         table += [
@@ -286,6 +304,10 @@ def probes(fleet: Fleet) -> list[Probe]:
         Probe(401, "get", "/devices/{device_id}/config", dev, NOBODY),
         Probe(404, "get", "/devices/{device_id}/config", ghost),
         Probe(422, "get", "/devices/{device_id}/config", {"device_id": NUL}),
+        Probe(200, "put", "/config", request={"json": {"deviceIds": ["dev-1"], "config": {}}}),
+        Probe(401, "put", "/config", request={"json": {"tag": "x", "config": {}}, **NOBODY}),
+        Probe(404, "put", "/config", request={"json": {"deviceIds": ["ghost-1"], "config": {}}}),
+        Probe(422, "put", "/config", request={"json": {"config": {}}}),
     ]
     firmware = {"data": {"model": "lamp", "version": "1.1.0"}}
     table += [
@@ -439,6 +461,7 @@ WITHOUT_BROKER = [
     Probe(
         503, "put", "/devices/{device_id}/config", {"device_id": "dev-1"}, {"json": {"config": {}}}
     ),
+    Probe(503, "put", "/config", request={"json": {"deviceIds": ["dev-1"], "config": {}}}),
 ]
 
 

@@ -17,6 +17,7 @@ from paku_iot.protocol import (
     MIN_COMMAND_TTL_S,
     OTA_SIGNATURE_SCHEME,
 )
+from paku_iot.registry.tags import MAX_TAGS, TAG_PATTERN
 from paku_iot.storage.records import (
     CommandRecord,
     DeviceRecord,
@@ -58,6 +59,15 @@ Metadata = Annotated[
     dict[str, Any] | None,
     Field(description="Any JSON object, stored as given; null is the same as {}."),
 ]
+Tag = Annotated[str, Field(pattern=TAG_PATTERN, examples=["floor-2"])]
+Tags = Annotated[
+    list[Tag] | None,
+    Field(
+        max_length=MAX_TAGS,
+        description=f"Labels for grouping devices: at most {MAX_TAGS}, each 1-32 characters "
+        "of a-z 0-9 . _ -; duplicates are dropped. null is the same as [].",
+    ),
+]
 
 
 class DeviceCreate(RequestModel):
@@ -70,6 +80,7 @@ class DeviceCreate(RequestModel):
     )
     notes: Notes = None
     metadata: Metadata = None
+    tags: Tags = None
 
 
 class DeviceUpdate(RequestModel):
@@ -82,12 +93,26 @@ class DeviceUpdate(RequestModel):
         default=None,
         description="Replaces the whole object (it is not merged); null or {} clears it.",
     )
+    tags: Tags = Field(
+        default=None,
+        max_length=MAX_TAGS,
+        description="Replaces the device's whole set of tags; null or [] clears it. "
+        "`POST /devices/tags` adds and removes tags on many devices.",
+    )
 
     @model_validator(mode="after")
     def _changes_something(self) -> DeviceUpdate:
         if not self.model_fields_set:
-            raise ValueError("nothing to change: send notes, metadata or both")
+            raise ValueError("nothing to change: send notes, metadata, tags or some of them")
         return self
+
+
+class DeviceTagsChange(RequestModel):
+    """Tags to add to and remove from every device in `ids` (removals first)."""
+
+    ids: list[str] = Field(min_length=1, max_length=10_000)
+    add: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    remove: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
 
 
 class Device(ApiModel):
@@ -100,6 +125,10 @@ class Device(ApiModel):
     rssi: int | None
     notes: str | None
     metadata: dict[str, Any]
+    tags: list[str]
+    decommissioned_at: datetime | None = Field(
+        description="When the device was taken out of service; null while it is in service."
+    )
 
     @classmethod
     def of(cls, record: DeviceRecord) -> Device:
@@ -113,6 +142,8 @@ class Device(ApiModel):
             rssi=record.rssi,
             notes=record.notes,
             metadata=record.metadata,
+            tags=list(record.tags),
+            decommissioned_at=record.decommissioned_at,
         )
 
 
@@ -135,6 +166,10 @@ class Credentials(ApiModel):
 
 class ProvisionedDevice(Device):
     credentials: Credentials
+
+
+class DeviceList(ApiModel):
+    items: list[Device]
 
 
 class DevicePage(ApiModel):
@@ -212,8 +247,11 @@ class CommandCreate(RequestModel):
 
 
 class BulkCommandCreate(CommandCreate):
+    """Exactly one target: `deviceIds`, a `model` or a `tag`."""
+
     device_ids: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
     model: str | None = Field(default=None, min_length=1, max_length=64)
+    tag: Tag | None = None
 
 
 class Command(ApiModel):
@@ -261,6 +299,15 @@ class ConfigPut(RequestModel):
     config: dict[str, Any]
 
 
+class BulkConfigPut(ConfigPut):
+    """The same desired configuration for many devices: exactly one of `deviceIds`, `model`
+    or `tag`."""
+
+    device_ids: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    model: str | None = Field(default=None, min_length=1, max_length=64)
+    tag: Tag | None = None
+
+
 class DeviceConfig(ApiModel):
     version: int = Field(description="Desired version; 0 when none was ever set.")
     config: dict[str, Any]
@@ -277,6 +324,14 @@ class DeviceConfig(ApiModel):
             in_sync=view.in_sync,
             updated_at=view.updated_at,
         )
+
+
+class BulkConfigItem(DeviceConfig):
+    device_id: str
+
+
+class BulkConfigResult(ApiModel):
+    items: list[BulkConfigItem]
 
 
 class Release(ApiModel):
@@ -302,6 +357,9 @@ class Release(ApiModel):
     paused: bool
     notes: str | None
     created_at: datetime
+    tag: str | None = Field(
+        description="Offered only to devices with this tag; null: every device of the model."
+    )
 
     @classmethod
     def of(cls, record: ReleaseRecord, url: str) -> Release:
@@ -319,6 +377,7 @@ class Release(ApiModel):
             paused=record.paused,
             notes=record.notes,
             created_at=record.created_at,
+            tag=record.tag,
         )
 
 
@@ -338,6 +397,9 @@ class ReleaseWithStatus(Release):
 class ReleaseUpdate(RequestModel):
     rollout_percent: int | None = Field(default=None, ge=0, le=100)
     paused: bool | None = None
+    tag: Tag | None = Field(
+        default=None, description="Restrict the release to devices with this tag; null: lift it."
+    )
 
 
 class ManifestEntry(ApiModel):

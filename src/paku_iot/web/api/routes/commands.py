@@ -74,12 +74,20 @@ async def send_bulk_command(
     actor: Actor,
     idempotency_key: IdempotencyKey = None,
 ) -> CommandBatch:
-    """The same command to many devices: `deviceIds`, or every device of a `model`."""
-    device_ids = await service.commands.targets(device_ids=body.device_ids, model=body.model)
+    """The same command to many devices: `deviceIds`, every device of a `model`, or every
+    device with a `tag` (model and tag: devices in service)."""
+    device_ids = await service.commands.targets(
+        device_ids=body.device_ids, model=body.model, tag=body.tag
+    )
     if not device_ids:
         return CommandBatch(items=[])
     commands = await service.commands.create(device_ids, _new(body), idempotency_key)
-    target = f"model:{body.model}" if body.model else f"{len(device_ids)} devices"
+    if body.model:
+        target = f"model:{body.model}"
+    elif body.tag:
+        target = f"tag:{body.tag}"
+    else:
+        target = f"{len(device_ids)} devices"
     await service.audit.record(
         actor, "command.send_bulk", target, {"name": body.name, "devices": len(device_ids)}
     )

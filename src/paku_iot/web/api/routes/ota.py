@@ -8,9 +8,10 @@ from fastapi.responses import FileResponse
 from paku_iot.exceptions import InvalidInput, NotFound
 from paku_iot.ota.signing import public_key_pem, public_key_raw_b64
 from paku_iot.protocol import OTA_MANIFEST_PATH
+from paku_iot.registry.tags import TAG_PATTERN
 from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
-from paku_iot.storage.records import ReleaseRecord
+from paku_iot.storage.records import KEEP, ReleaseRecord
 from paku_iot.web.api.auth import Actor, needs
 from paku_iot.web.api.device_auth import Caller, identify_caller
 from paku_iot.web.api.responses import ADMIN_ONLY, FORBIDDEN, Responses, error
@@ -92,6 +93,14 @@ async def publish_firmware(
     ],
     notes: Annotated[str | None, Form(max_length=4000, pattern=NO_NUL)] = None,
     rollout_percent: Annotated[int, Form(alias="rolloutPercent", ge=0, le=100)] = 100,
+    tag: Annotated[
+        str | None,
+        Form(
+            pattern=TAG_PATTERN,
+            description="Offer the release only to devices with this tag (within the "
+            "rollout percentage).",
+        ),
+    ] = None,
     statement_signature: Annotated[
         str | None,
         Form(
@@ -126,6 +135,7 @@ async def publish_firmware(
             rollout_percent=rollout_percent,
             statement_signature=statement_signature,
             digest_signature=signature,
+            tag=tag,
         )
     finally:
         await file.close()
@@ -133,7 +143,13 @@ async def publish_firmware(
         actor,
         "ota.publish",
         record.id,
-        {"model": model, "version": version, "sha256": record.sha256, "rollout": rollout_percent},
+        {
+            "model": model,
+            "version": version,
+            "sha256": record.sha256,
+            "rollout": rollout_percent,
+            "tag": tag,
+        },
     )
     return _release(request, service, record)
 
@@ -176,11 +192,15 @@ async def get_release(request: Request, release_id: str, service: ServiceDep) ->
 async def update_release(
     request: Request, release_id: str, body: ReleaseUpdate, service: ServiceDep, actor: Actor
 ) -> Release:
-    """Change the rollout percentage, or pause (`paused: true`) and resume the release."""
+    """Change the rollout percentage, pause (`paused: true`) and resume the release, or
+    restrict it to devices with a `tag` (`tag: null` lifts that)."""
     record = await service.releases.update(
-        release_id, rollout_percent=body.rollout_percent, paused=body.paused
+        release_id,
+        rollout_percent=body.rollout_percent,
+        paused=body.paused,
+        tag=body.tag if "tag" in body.model_fields_set else KEEP,
     )
-    changes = body.model_dump(exclude_none=True, by_alias=True)
+    changes = body.model_dump(exclude_unset=True, by_alias=True)
     await service.audit.record(actor, "ota.update", release_id, changes)
     return _release(request, service, record)
 

@@ -1,6 +1,6 @@
 """One device's page: state, telemetry chart, raw payloads, events, commands, configuration,
 rejected messages; and its actions: send a command, set the configuration, rotate the
-credentials."""
+credentials. Tags and decommissioning are in device_admin.py."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ LIVE_INTERVAL_MS = 3000
 NOTICES = {
     "command": "Command created: it is sent as soon as the device is online.",
     "config": "Configuration saved and published (retained) to the device.",
+    "tags": "Tags saved.",
+    "decommissioned": "Decommissioned: its credentials no longer work; its history is kept.",
 }
 Window = Literal["1h", "24h", "7d"]
 LivePart = Literal["state", "activity"]
@@ -109,7 +111,7 @@ async def _live_context(
     }
 
 
-async def _device_page(
+async def device_page_response(
     request: Request,
     service: Service,
     session: Session,
@@ -121,6 +123,7 @@ async def _device_page(
     context = await _live_context(service, device)
     extra.setdefault("config_text", json.dumps(context["config"].config, indent=2))
     extra.setdefault("command_form", {"name": "", "params": "{}", "ttl": ""})
+    extra.setdefault("tags_text", " ".join(device.tags))
     return render(
         request,
         "device.html",
@@ -149,7 +152,7 @@ async def device_page(
     device = await _device_or_404(request, service, session, device_id)
     if isinstance(device, Response):
         return device
-    return await _device_page(request, service, session, device, notice=NOTICES.get(notice))
+    return await device_page_response(request, service, session, device, notice=NOTICES.get(notice))
 
 
 @router.get(
@@ -202,13 +205,13 @@ async def send_command(
     device = await service.registry.get(device_id)
 
     async def refused(exc: Exception) -> HTMLResponse:
-        return await _device_page(
+        return await device_page_response(
             request,
             service,
             session,
             device,
             status_code=422,
-            command_error=_message(exc),
+            command_error=message(exc),
             command_form={"name": name, "params": params, "ttl": ttl},
         )
 
@@ -254,13 +257,13 @@ async def set_config(
         desired = _json_object(config, "The configuration")
         view = await service.configs.put(device, desired)
     except (ValueError, PakuError) as exc:
-        return await _device_page(
+        return await device_page_response(
             request,
             service,
             session,
             device,
             status_code=422 if isinstance(exc, ValueError) else 503,
-            config_error=_message(exc),
+            config_error=message(exc),
             config_text=config,
         )
     await service.audit.record(
@@ -293,7 +296,7 @@ async def rotate_credentials(
     )
 
 
-def _message(exc: Exception) -> str:
+def message(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()

@@ -29,6 +29,8 @@ class FleetQuery:
     online: Literal["", "online", "offline"]
     after: str
     before: str
+    tag: str = ""
+    show: Literal["", "decommissioned"] = ""
 
     @property
     def online_filter(self) -> bool | None:
@@ -36,7 +38,7 @@ class FleetQuery:
 
     @property
     def filtered(self) -> bool:
-        return bool(self.q or self.model or self.online)
+        return bool(self.q or self.model or self.online or self.tag or self.show)
 
     def link(self, **changes: str) -> str:
         """The fleet page URL for this query with `changes` (empty values left out)."""
@@ -44,6 +46,8 @@ class FleetQuery:
             "q": self.q,
             "model": self.model,
             "online": self.online,
+            "tag": self.tag,
+            "show": self.show,
             "after": self.after,
             "before": self.before,
         }
@@ -56,6 +60,8 @@ class DeviceFilters(TypedDict):
     model: str | None
     online: bool | None
     id_prefix: str | None
+    tag: str | None
+    decommissioned: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +77,17 @@ class FleetView:
 
 Text = Annotated[str, Query(max_length=64)]
 Online = Annotated[Literal["", "online", "offline"], Query()]
+Show = Annotated[Literal["", "decommissioned"], Query()]
 
 
 async def _fleet_view(service: Service, query: FleetQuery) -> FleetView:
     registry = service.registry
     filters = DeviceFilters(
-        model=query.model or None, online=query.online_filter, id_prefix=query.q or None
+        model=query.model or None,
+        online=query.online_filter,
+        id_prefix=query.q or None,
+        tag=query.tag or None,
+        decommissioned=query.show == "decommissioned",
     )
     # One more than a page tells whether there is a page beyond it.
     if query.before:
@@ -105,10 +116,16 @@ async def _fleet_view(service: Service, query: FleetQuery) -> FleetView:
 
 
 def _fleet_query(
-    q: Text = "", model: Text = "", online: Online = "", after: Text = "", before: Text = ""
+    q: Text = "",
+    model: Text = "",
+    online: Online = "",
+    after: Text = "",
+    before: Text = "",
+    tag: Text = "",
+    show: Show = "",
 ) -> FleetQuery:
     """The fleet page's query parameters, shared by the page and its live fragment."""
-    return FleetQuery(q.strip(), model, online, after, before)
+    return FleetQuery(q.strip(), model, online, after, before, tag.strip(), show)
 
 
 FleetQueryDep = Annotated[FleetQuery, Depends(_fleet_query)]
@@ -128,6 +145,7 @@ async def fleet_page(
         query=query,
         view=await _fleet_view(service, query),
         models=await service.registry.models(),
+        tags=await service.registry.tags(),
         live_url=query.link().replace("/ui/fleet", "/ui/fleet/live", 1),
         live_interval_ms=LIVE_INTERVAL_MS,
     )
