@@ -23,6 +23,7 @@ from paku_iot.web.api.routes import (
     commands,
     config,
     devices,
+    exports,
     health,
     messages,
     metrics,
@@ -88,6 +89,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(devices.router)
     app.include_router(messages.router)
+    app.include_router(exports.router)
     app.include_router(commands.router)
     app.include_router(config.router)
     app.include_router(ota.admin)

@@ -28,3 +28,11 @@ ADMIN_ONLY: Responses = {
     401: error("No admin token, or a wrong or revoked one (`WWW-Authenticate: Bearer`).")
 }
 NO_DEVICE: Responses = {404: error("No device with this id (`device_not_found`).")}
+
+# Listings that also stream the whole range as CSV or NDJSON (`format=`, or Accept).
+STREAMED: Responses = {
+    200: {
+        "description": "A JSON page; or, for `format=csv` / `ndjson`, the whole range.",
+        "content": {"text/csv": {}, "application/x-ndjson": {}},
+    }
+}
