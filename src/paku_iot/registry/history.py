@@ -41,6 +41,8 @@ def parse_functions(values: list[str]) -> list[str]:
     names: list[str] = []
     for value in values:
         for name in (part.strip() for part in value.split(",")):
+            if not name:
+                continue
             if name not in FUNCTIONS:
                 raise InvalidInput(f"fn {name!r} is not one of {', '.join(FUNCTIONS)}")
             if name not in names:
