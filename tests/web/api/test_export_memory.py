@@ -122,8 +122,11 @@ def run_export(tmp_path: Path, database_url: str, broker: Broker, rows: int) -> 
             headers=served.admin_headers,
         )
         assert created.status_code == 201, created.text
+        before_mb = RssSampler(served.process.pid).read_kb() // 1024
         lines, peak_mb, last, seconds = export(served, rows, "csv")
-        print(f"\n{rows} rows as CSV: peak RSS {peak_mb} MB, {seconds:.1f} s")
+        print(
+            f"\n{rows} rows as CSV: RSS {before_mb} MB before, peak {peak_mb} MB, {seconds:.1f} s"
+        )
         assert lines == rows + 1  # the header, then one line a row
         final = rows - 1
         assert last.split(",")[:5] == [
