@@ -2,6 +2,11 @@
 time, whatever the size of the range; and the distinct flattened payload keys of a range,
 which an export needs before its first row (a CSV header).
 
+Keyset chunks, not one server-side cursor: each chunk is its own short read, so an export
+that takes minutes holds no transaction open meanwhile, which on PostgreSQL would make
+retention's DROP of a daily partition wait (and the collector's inserts queue behind it), and
+on SQLite would keep the WAL from being checkpointed.
+
 Which devices an export covers is `Selection`, turned into SQL in `_devices_clause` only:
 a new way to pick devices (a tag) is added there.
 """
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, Table, bindparam, select, text
+from sqlalchemy import BindParameter, Table, and_, bindparam, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paku_iot.storage import schema
@@ -22,8 +27,8 @@ from paku_iot.storage.engine import translated_errors
 from paku_iot.storage.records import EventRecord, TelemetryRecord
 from paku_iot.storage.types import UtcDateTime
 
-# Rows fetched per round trip from the server-side cursor: big enough that the round trips
-# do not dominate, small enough that memory stays flat (a few MB at most).
+# Rows per keyset chunk: big enough that the round trips do not dominate, small enough that
+# memory stays flat (a few MB at most).
 CHUNK_ROWS = 2000
 
 
@@ -118,7 +123,7 @@ class ExportStore:
     async def stream_telemetry(
         self, selection: Selection, window: Window
     ) -> AsyncIterator[TelemetryRecord]:
-        """Oldest first, through a server-side cursor (PostgreSQL) or fetchmany (SQLite)."""
+        """Oldest first (ties by device, then id), in keyset chunks of CHUNK_ROWS."""
         t = schema.telemetry
         query = select(t.c.id, t.c.device_id, t.c.ts, t.c.received_at, t.c.payload)
         async for row in self._stream(t, query, selection, window):
@@ -143,13 +148,28 @@ class ExportStore:
         query = (
             query.where(text(where).bindparams(*params))
             .order_by(table.c.ts, table.c.device_id, table.c.id)
-            .execution_options(yield_per=CHUNK_ROWS)
+            .limit(CHUNK_ROWS)
         )
-        async with translated_errors(), self._engine.connect() as conn:
-            result = await conn.stream(query)
-            async for partition in result.mappings().partitions():
-                for row in partition:
-                    yield dict(row)
+        ts, device_id, row_id = table.c.ts, table.c.device_id, table.c.id
+        chunk = query
+        while True:
+            async with translated_errors(), self._engine.connect() as conn:
+                rows = (await conn.execute(chunk)).mappings().all()
+            for row in rows:
+                yield dict(row)
+            if len(rows) < CHUNK_ROWS:
+                return
+            last = rows[-1]
+            # After the last row: `ts >=` first, so the time index (and on PostgreSQL the
+            # daily partitions) narrow each chunk's read to what is left.
+            chunk = query.where(
+                ts >= last["ts"],
+                or_(
+                    ts > last["ts"],
+                    device_id > last["device_id"],
+                    and_(device_id == last["device_id"], row_id > last["id"]),
+                ),
+            )
 
     async def aggregate(
         self,
