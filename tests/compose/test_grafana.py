@@ -57,6 +57,7 @@ def expand_grafana_macros(sql: str) -> str:
     window = "now() - interval '6 hours'"
     sql = re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 BETWEEN {window} AND now()", sql)
     sql = sql.replace("$__timeFrom()", f"({window})")
+    sql = sql.replace("$__timeTo()", "(now())")
     assert "$__" not in sql, f"a Grafana macro the test does not expand: {sql}"
     return sql
 
@@ -76,10 +77,20 @@ async def test_the_dashboard_queries_run_on_the_migrated_schema(empty_pg_databas
             "VALUES ('d1', $1, $1, '{\"t\": 1}')",
             now,
         )
+        await conn.execute(
+            "INSERT INTO telemetry (device_id, ts, received_at, payload) "
+            'VALUES (\'d1\', $1, $1, \'{"boiler": {"temp": 61.5}, "on": true}\')',
+            now - dt.timedelta(seconds=1),
+        )
         for title, sql in grafana_queries():
             rows = await conn.fetch(expand_grafana_macros(sql))
             if title in ("Devices online", "Messages per minute", "Last seen"):
                 assert rows, f"{title}: no rows for a device that is online and sending"
+            if title == "Telemetry values":  # values, not counts: from telemetry_numeric
+                assert sorted((r["metric"], r["value"]) for r in rows) == [
+                    ("d1 boiler.temp", 61.5),
+                    ("d1 t", 1.0),
+                ]
     finally:
         await conn.close()
 

@@ -52,6 +52,7 @@ from paku_iot.storage.commands import CommandStore
 from paku_iot.storage.configs import ConfigStore
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.engine import create_engine, ping
+from paku_iot.storage.exports import ExportStore
 from paku_iot.storage.messages import MessageStore
 from paku_iot.storage.records import IngestBatch
 from paku_iot.storage.retention import RetentionPolicy, maintain_forever
@@ -272,7 +273,7 @@ async def running_service(
         service = Service(
             settings=settings,
             registry=registry,
-            history=DeviceHistory(MessageStore(engine)),
+            history=DeviceHistory(MessageStore(engine), ExportStore(engine)),
             commands=commands,
             configs=ConfigService(ConfigStore(engine), link),
             ota=ota,

@@ -137,6 +137,10 @@ async def test_operator_walkthrough(
         await expect(page.locator("#raw-telemetry tbody tr")).to_have_count(20)
         await page.get_by_label("Last week").check()
         await expect(page.locator("#chart-status")).to_contain_text("the last week")
+        # The week is drawn from the database's 5-minute averages, on a UTC 24-hour axis.
+        await expect(page.locator("#chart-status")).to_contain_text("averages per 5 min")
+        await expect(page.locator("#chart-status")).to_contain_text("times in UTC")
+        await expect(page.locator('figure[data-field="temp"] canvas')).to_be_visible()
 
         # A command from the page, acked by the device, seen without a reload.
         await page.get_by_label("Name").fill("ping")

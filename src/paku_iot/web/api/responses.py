@@ -37,3 +37,11 @@ FORBIDDEN: Responses = {
 }
 ROLE_LIMITED: Responses = {**ADMIN_ONLY, **FORBIDDEN}
 NO_DEVICE: Responses = {404: error("No device with this id (`device_not_found`).")}
+
+# Listings that also stream the whole range as CSV or NDJSON (`format=`, or Accept).
+STREAMED: Responses = {
+    200: {
+        "description": "A JSON page; or, for `format=csv` / `ndjson`, the whole range.",
+        "content": {"text/csv": {}, "application/x-ndjson": {}},
+    }
+}

@@ -441,3 +441,18 @@ class PublicKey(ApiModel):
         f"the {OTA_SIGNATURE_SCHEME} release statement (docs/protocol.md, 8a); `signature` "
         "alone: the 32-byte SHA-256 digest of the image"
     )
+
+
+class AggregateItem(ApiModel):
+    t: datetime = Field(description="The bucket's start.")
+    avg: float | None = None
+    min: float | None = None
+    max: float | None = None
+    count: int | None = None
+    last: float | None = Field(default=None, description="The value of the newest sample.")
+
+
+class AggregatePage(ApiModel):
+    """Only the functions asked for are present in each item."""
+
+    items: list[AggregateItem]

@@ -1,7 +1,9 @@
-"""Telemetry as chart series: one series per numeric field, at most `MAX_POINTS` points.
+"""Telemetry as chart series: one series per numeric field.
 
-A week of one-minute samples (10,080) goes to the browser as it is; denser data is averaged
-into equal time buckets here, so the page never receives more than uPlot draws comfortably.
+The last hour is drawn from the raw rows (at most `MAX_POINTS`: denser data is averaged into
+equal time buckets here). The day and the week are drawn from averages the database computes
+(`DeviceHistory.aggregate`), one bucket per `AGGREGATE_BUCKETS[window]`: 1,440 points for a
+day, 2,016 for a week, whatever the devices send.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from paku_iot.storage.aggregates import Bucket
 from paku_iot.storage.records import TelemetryRecord
 
 MAX_POINTS = 10_080
@@ -18,6 +21,7 @@ MAX_POINTS = 10_080
 # part of the window is left out, and the answer says so.
 MAX_ROWS = 50_000
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
+AGGREGATE_BUCKETS = {"24h": timedelta(minutes=1), "7d": timedelta(minutes=5)}
 
 
 @dataclass(slots=True)
@@ -26,6 +30,7 @@ class ChartData:
     fields: dict[str, list[float | None]] = field(default_factory=dict)
     rows: int = 0
     truncated: bool = False
+    bucket: float | None = None  # seconds, when the points are averages from the database
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -33,6 +38,7 @@ class ChartData:
             "fields": self.fields,
             "rows": self.rows,
             "truncated": self.truncated,
+            "bucket": self.bucket,
         }
 
 
@@ -93,4 +99,22 @@ def _bucketed(
         ]
         for name in names
     }
+    return data
+
+
+def aggregated_chart(series: dict[str, list[Bucket]], bucket: timedelta) -> ChartData:
+    """Per-field buckets (each with `avg` and `count`) on one time axis, gaps where a field
+    has no value in a bucket; `rows` is the sample count of the most sampled field."""
+    times = sorted({b.start.timestamp() for buckets in series.values() for b in buckets})
+    index = {t: i for i, t in enumerate(times)}
+    data = ChartData(times=times, bucket=bucket.total_seconds())
+    for name in sorted(series):
+        values: list[float | None] = [None] * len(times)
+        count = 0
+        for b in series[name]:
+            average = b.values.get("avg")
+            values[index[b.start.timestamp()]] = None if average is None else float(average)
+            count += int(b.values.get("count") or 0)
+        data.fields[name] = values
+        data.rows = max(data.rows, count)
     return data

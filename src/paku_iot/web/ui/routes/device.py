@@ -5,7 +5,7 @@ credentials. Tags and decommissioning are in device_admin.py."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Query, Request
@@ -25,7 +25,14 @@ from paku_iot.security.roles import Permission
 from paku_iot.server.service import Service
 from paku_iot.storage.records import AlertState, DeviceRecord
 from paku_iot.web.deps import ServiceDep
-from paku_iot.web.ui.charts import MAX_ROWS, WINDOWS, chart_data
+from paku_iot.web.ui.charts import (
+    AGGREGATE_BUCKETS,
+    MAX_ROWS,
+    WINDOWS,
+    ChartData,
+    aggregated_chart,
+    chart_data,
+)
 from paku_iot.web.ui.guard import ActionSession, DataSession, PageSession, can_do, can_see
 from paku_iot.web.ui.rendering import SECURITY_HEADERS, render
 from paku_iot.web.ui.sessions import Session
@@ -182,10 +189,26 @@ async def device_telemetry(
     """Chart series for the window ending now (see charts.py for the limits)."""
     await service.registry.get(device_id)
     end = datetime.now(UTC)
-    rows = await service.history.telemetry(device_id, limit=MAX_ROWS, start=end - WINDOWS[window])
-    data = chart_data(rows, truncated=len(rows) == MAX_ROWS)
-    body = {"window": window, "from": (end - WINDOWS[window]).timestamp(), "to": end.timestamp()}
+    start = end - WINDOWS[window]
+    if window in AGGREGATE_BUCKETS:
+        data = await _aggregated(service, device_id, start, end, AGGREGATE_BUCKETS[window])
+    else:
+        rows = await service.history.telemetry(device_id, limit=MAX_ROWS, start=start)
+        data = chart_data(rows, truncated=len(rows) == MAX_ROWS)
+    body = {"window": window, "from": start.timestamp(), "to": end.timestamp()}
     return JSONResponse({**body, **data.as_json()}, headers=SECURITY_HEADERS)
+
+
+async def _aggregated(
+    service: Service, device_id: str, start: datetime, end: datetime, bucket: timedelta
+) -> ChartData:
+    """The day and the week: averages per bucket from the database, a query per field."""
+    series = {}
+    for name in await service.history.numeric_fields(device_id, start, end):
+        series[name] = await service.history.aggregate(
+            device_id, field=name, bucket=bucket, functions=["avg", "count"], start=start, end=end
+        )
+    return aggregated_chart(series, bucket)
 
 
 @router.post(

@@ -1,5 +1,7 @@
 // Telemetry charts on the device page: one uPlot chart per numeric field, for the window the
-// radio buttons choose. The server sends at most ~10k points per field (ui/charts.py).
+// radio buttons choose. The server sends raw points for the last hour and averages the
+// database computes for the day and the week (ui/charts.py). Times are UTC on a 24-hour
+// clock, as everywhere else on the page.
 "use strict";
 
 (function () {
@@ -13,6 +15,29 @@
 
   function width() {
     return Math.max(260, holder.clientWidth - 8);
+  }
+
+  function pad(n) {
+    return (n < 10 ? "0" : "") + n;
+  }
+
+  // Axis labels: "HH:MM", with the date under the first tick and under each midnight.
+  function utcTicks(u, splits) {
+    return splits.map(function (t, i) {
+      const d = new Date(t * 1000);
+      const time = pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes());
+      const midnight = d.getUTCHours() === 0 && d.getUTCMinutes() === 0;
+      if (i === 0 || midnight) {
+        return time + "\n" + d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" +
+          pad(d.getUTCDate());
+      }
+      return time;
+    });
+  }
+
+  // Tick placement (whole hours, days) in UTC too, not in the browser's zone.
+  function utcDate(t) {
+    return uPlot.tzDate(new Date(t * 1000), "Etc/UTC");
   }
 
   function describe(values) {
@@ -34,8 +59,10 @@
       status.textContent = "No numeric telemetry in " + windowText + ".";
       return;
     }
+    const averaged = data.bucket ? " (averages per " + (data.bucket / 60) + " min)" : "";
     status.textContent = data.rows + " messages in " + windowText +
-      (data.truncated ? " (only the newest ones)" : "") + ", " + data.t.length + " points.";
+      (data.truncated ? " (only the newest ones)" : "") + ", " + data.t.length + " points" +
+      averaged + ", times in UTC.";
     names.forEach(function (name, i) {
       const figure = document.createElement("figure");
       figure.className = "chart";
@@ -57,6 +84,8 @@
         width: width(),
         height: 180,
         scales: { x: { time: true, min: data.from, max: data.to } },
+        tzDate: utcDate,
+        axes: [{ values: utcTicks, size: 44 }, {}],
         legend: { show: false },
         series: [{}, { label: name, stroke: colours[i % colours.length], width: 1.5, spanGaps: true }],
       }, [data.t, data.fields[name]], area));
