@@ -34,14 +34,16 @@ CHUNK_ROWS = 2000
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """The devices an export reads: one device, or every device of a model."""
+    """The devices an export reads: one device, every device of a model, or every device
+    with a tag."""
 
     device_id: str | None = None
     model: str | None = None
+    tag: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.device_id is None) == (self.model is None):
-            raise ValueError("a selection names exactly one of device_id, model")
+        if sum(x is not None for x in (self.device_id, self.model, self.tag)) != 1:
+            raise ValueError("a selection names exactly one of device_id, model, tag")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,11 @@ def _devices_clause(selection: Selection) -> tuple[str, list[BindParameter[Any]]
     because the key query below is a recursive CTE that Core does not express readably."""
     if selection.device_id is not None:
         return "device_id = :sel_device", [bindparam("sel_device", selection.device_id)]
+    if selection.tag is not None:
+        return (
+            "device_id IN (SELECT device_id FROM device_tags WHERE tag = :sel_tag)",
+            [bindparam("sel_tag", selection.tag)],
+        )
     return (
         "device_id IN (SELECT id FROM devices WHERE model = :sel_model)",
         [bindparam("sel_model", selection.model)],

@@ -161,6 +161,21 @@ async def test_a_whole_model(api: httpx.AsyncClient, service: Service) -> None:
     )
 
 
+async def test_every_device_with_a_tag(api: httpx.AsyncClient, service: Service) -> None:
+    await seed(api, service)
+    tagged = await api.post("/devices/tags", json={"ids": ["boiler-2", "fan-1"], "add": ["roof"]})
+    assert tagged.status_code == 200, tagged.text
+    response = await api.get("/telemetry/export", params={"tag": "roof", "format": "ndjson"})
+    assert response.status_code == 200, response.text
+    assert sorted(json.loads(x)["deviceId"] for x in response.text.splitlines()) == [
+        "boiler-2",
+        "fan-1",
+    ]
+    events = await api.get("/events/export", params={"tag": "roof"})
+    assert [r[1] for r in table(events.text)[1:]] == ["boiler-2"]
+    assert "tag-roof" in events.headers["content-disposition"]
+
+
 async def test_bad_requests(api: httpx.AsyncClient, service: Service) -> None:
     await seed(api, service)
     assert (await api.get("/devices/nope/telemetry", params={"format": "csv"})).status_code == 404
@@ -171,7 +186,11 @@ async def test_bad_requests(api: httpx.AsyncClient, service: Service) -> None:
     )
     assert naive.status_code == 422
     assert "time zone" in naive.text
-    assert (await api.get("/telemetry/export")).status_code == 422  # model is required
+    nothing = await api.get("/telemetry/export")  # a model or a tag is required
+    assert nothing.status_code == 422
+    assert "exactly one of `model` and `tag`" in nothing.text
+    both = await api.get("/events/export", params={"model": "boiler", "tag": "x"})
+    assert both.status_code == 422
 
 
 async def test_chunks_join_without_gaps_or_repeats(

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from paku_iot.exceptions import InvalidInput
 from paku_iot.registry.history import parse_bucket, parse_functions
 from paku_iot.security.roles import Permission
 from paku_iot.storage.exports import Selection
@@ -27,7 +28,24 @@ from paku_iot.web.api.schemas import AggregateItem, AggregatePage
 from paku_iot.web.deps import ServiceDep
 
 router = APIRouter(dependencies=[needs(Permission.DEVICES_READ)], responses=ROLE_LIMITED)
-Model = Annotated[str, Query(min_length=1, max_length=64, description="Every device of it.")]
+Model = Annotated[
+    str | None, Query(min_length=1, max_length=64, description="Every device of this model.")
+]
+Tag = Annotated[
+    str | None, Query(min_length=1, max_length=32, description="Every device with this tag.")
+]
+
+
+def _selection(model: str | None, tag: str | None) -> tuple[Selection, str]:
+    """The devices of a model or of a tag (exactly one), and a name for the file."""
+    if (model is None) == (tag is None):
+        raise InvalidInput("give exactly one of `model` and `tag`", code="invalid_selection")
+    if model is not None:
+        return Selection(model=model), model
+    assert tag is not None
+    return Selection(tag=tag), f"tag-{tag}"
+
+
 ExportFormat = Annotated[
     Format | None,
     Query(
@@ -52,18 +70,21 @@ def _streamed_format(request: Request, given: Format | None) -> Format:
 async def export_telemetry(
     request: Request,
     service: ServiceDep,
-    model: Model,
+    model: Model = None,
+    tag: Tag = None,
     start: From = None,
     to: To = None,
     fmt: ExportFormat = None,
     fields: Fields = None,
 ) -> StreamingResponse:
-    """The telemetry of every device of a model in the range, oldest first, streamed."""
+    """The telemetry of every device of a model, or with a tag, in the range, oldest first,
+    streamed."""
+    selection, name = _selection(model, tag)
     return await telemetry_export(
         service,
         _streamed_format(request, fmt),
-        Selection(model=model),
-        model,
+        selection,
+        name,
         utc(start, "from"),
         utc(to, "to"),
         fields,
@@ -79,18 +100,21 @@ async def export_telemetry(
 async def export_events(
     request: Request,
     service: ServiceDep,
-    model: Model,
+    model: Model = None,
+    tag: Tag = None,
     type: str | None = None,
     start: From = None,
     to: To = None,
     fmt: ExportFormat = None,
 ) -> StreamingResponse:
-    """The events of every device of a model in the range, oldest first, streamed."""
+    """The events of every device of a model, or with a tag, in the range, oldest first,
+    streamed."""
+    selection, name = _selection(model, tag)
     return events_export(
         service,
         _streamed_format(request, fmt),
-        Selection(model=model),
-        model,
+        selection,
+        name,
         utc(start, "from"),
         utc(to, "to"),
         type,
