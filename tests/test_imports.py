@@ -38,7 +38,7 @@ ROOMS: dict[str, set[str]] = {
     "collector": {"storage", "broker"},
     "registry": {"storage", "broker", "downlink"},
     "security": {"storage", "broker", "registry"},
-    "alerts": {"storage"},
+    "alerts": {"storage", "registry"},
     "device": set(),
     "server": {
         "storage",

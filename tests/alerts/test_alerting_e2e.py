@@ -109,11 +109,18 @@ async def test_a_vanished_device_and_a_hot_reading_are_notified_then_resolved(
             deviceId=device_id,
             silenceSeconds=SILENCE_S,
         )
+        # Scoped to a tag the device carries: the evaluator reads the fleet's tags.
+        async with deployment.client() as client:
+            tagged = await client.post(
+                "/devices/tags", json={"ids": [device_id], "add": ["boilers"]}
+            )
+            assert tagged.status_code == 200, tagged.text
         hot = await make_rule(
             deployment,
             hook.url,
             name="Boiler hot",
             kind="threshold",
+            tag="boilers",
             field="boiler.temp",
             above=80,
         )

@@ -33,6 +33,7 @@ def rule(
     *,
     device_id: str | None = None,
     model: str | None = None,
+    tag: str | None = None,
     field: str | None = None,
     above: float | None = None,
     below: float | None = None,
@@ -57,6 +58,7 @@ def rule(
         enabled=enabled,
         created_at=T0,
         updated_at=T0,
+        tag=tag,
     )
 
 
@@ -517,6 +519,29 @@ def test_a_device_that_changes_model_leaves_the_model_rule() -> None:
     resolved = evaluator.set_device_models({"d1": "sensor"}, now=at(1))
     assert events(resolved) == [("boilers", "d1", "resolved")]
     assert observe(evaluator, telemetry("d1", 2, temp=99)) == []
+
+
+def test_tag_scope_follows_the_devices_tags() -> None:
+    evaluator = AlertEvaluator(
+        [
+            hot("roof", tag="roof"),
+            rule("cellar", AlertKind.THRESHOLD, field="temp", above=50, tag="cellar"),
+        ]
+    )
+    evaluator.set_device_tags({"d1": ["roof"], "d2": ["roof", "cellar"], "d3": []})
+    opened = observe(
+        evaluator,
+        telemetry("d1", 0, temp=60),
+        telemetry("d2", 0, temp=99),
+        telemetry("d3", 0, temp=99),
+    )
+    # d1: 60 is over the cellar's 50, but d1 is not in the cellar; d3 carries no tag.
+    assert sorted(events(opened)) == [("cellar", "d2", "opened"), ("roof", "d2", "opened")]
+    # d2 leaves the roof: its roof alert resolves, the cellar one stays.
+    resolved = evaluator.set_device_tags({"d2": ["cellar"]}, now=at(1))
+    assert events(resolved) == [("roof", "d2", "resolved")]
+    assert evaluator.is_open("cellar", "d2")
+    assert observe(evaluator, telemetry("d1", 2, temp=99)) == []  # d1 lost its tags too
 
 
 def test_last_seen_from_before_a_restart_meets_a_silence_window() -> None:

@@ -6,8 +6,8 @@ evaluator reads no database): the ingest path gains no query per message. What t
 decides is recorded by `run`, in one transaction per round (alerts and their notifications
 together, storage/alerts.py `apply`), then the delivery worker is woken. `run` also ticks the
 evaluator every second (silence windows, durations), reloads the rules when they change
-(a cheap version read every RULES_POLL_S) and the device -> model map while model-scoped
-rules exist.
+(a cheap version read every RULES_POLL_S) and the device -> model and device -> tags maps
+while model- or tag-scoped rules exist.
 
 While the database is unavailable the decided transitions wait here and are recorded once
 it is back. They live in memory: a collector killed meanwhile forgets them, and the evaluator,
@@ -92,9 +92,9 @@ class AlertEngine:
             if now >= next_rules:
                 next_rules = now + RULES_POLL_S
                 await self._quietly(self._reload_rules_if_changed)
-            if now >= next_models and self._has_model_rules():
+            if now >= next_models and self._has_fleet_rules():
                 next_models = now + MODELS_POLL_S
-                await self._quietly(self._reload_models)
+                await self._quietly(self._reload_fleet)
             if now >= next_tick:
                 next_tick = now + TICK_S
                 self._decide(self._evaluator.tick(self._clock()))
@@ -114,6 +114,7 @@ class AlertEngine:
         fleet = await self._devices.models_and_last_seen()
         self._rules = {rule.id: rule for rule in rules}
         evaluator = AlertEvaluator(rules, {device: model for device, model, _ in fleet})
+        evaluator.set_device_tags(await self._devices.tags_by_device())
         evaluator.load_open((a.rule_id, a.device_id) for a in await self._store.open_alerts())
         evaluator.set_last_seen({device: seen for device, _, seen in fleet if seen is not None})
         self._evaluator = evaluator
@@ -124,20 +125,25 @@ class AlertEngine:
         if version == self._rules_version:
             return
         rules = await self._store.enabled_rules()
-        if any(rule.model is not None for rule in rules):
-            await self._reload_models()  # a new model-scoped rule needs the fleet's models
-        self._rules_version = version
         self._rules = {rule.id: rule for rule in rules}
+        if self._has_fleet_rules():
+            # A new model or tag rule needs the fleet as it is now, before it is evaluated.
+            await self._reload_fleet()
+        self._rules_version = version
         self._decide(self._evaluator.set_rules(rules, self._clock()))
         log.info("alerting: rules changed, %d enabled", len(rules))
 
-    async def _reload_models(self) -> None:
+    async def _reload_fleet(self) -> None:
+        """The devices' models and tags, as scoped rules match them."""
         fleet = await self._devices.models_and_last_seen()
         mapping = {device: model for device, model, _ in fleet}
         self._decide(self._evaluator.set_device_models(mapping, self._clock()))
+        if any(rule.tag is not None for rule in self._rules.values()):
+            tags = await self._devices.tags_by_device()
+            self._decide(self._evaluator.set_device_tags(tags, self._clock()))
 
-    def _has_model_rules(self) -> bool:
-        return any(rule.model is not None for rule in self._rules.values())
+    def _has_fleet_rules(self) -> bool:
+        return any(rule.model is not None or rule.tag is not None for rule in self._rules.values())
 
     # ---- recording ----------------------------------------------------------------------
 

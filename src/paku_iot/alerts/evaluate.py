@@ -2,7 +2,8 @@
 
 It reads no database and does no I/O, so the ingest path gains no per-message query: the
 caller gives it the rules (`set_rules`), the device -> model map for model-scoped rules
-(`set_device_models`), the alerts already open in the database (`load_open`, after a
+(`set_device_models`), the device -> tags map for tag-scoped rules (`set_device_tags`), the
+alerts already open in the database (`load_open`, after a
 restart), then every committed batch (`observe`) and a clock tick about once a second
 (`tick`). Both answer with the transitions to record: a (rule, device) alert that opens or
 resolves. Each (rule, device) has at most one open alert: `opened` is never said twice without
@@ -141,7 +142,7 @@ class _Group:
 
 
 class _Rules:
-    """Rules of one scope (every device, one model or one device), by kind."""
+    """Rules of one scope (every device, one model, one tag or one device), by kind."""
 
     __slots__ = ("offline", "ota", "rejected", "thresholds")
 
@@ -251,6 +252,7 @@ def _condition(rule: AlertRuleRecord) -> tuple[Any, ...]:
         rule.kind,
         rule.device_id,
         rule.model,
+        rule.tag,
         rule.field,
         rule.above,
         rule.below,
@@ -279,15 +281,17 @@ class AlertEvaluator:
         self, rules: Sequence[AlertRuleRecord], devices: Mapping[str, str] | None = None
     ) -> None:
         self._models: dict[str, str] = dict(devices or {})
+        self._tags: dict[str, frozenset[str]] = {}
         self._devices: dict[str, _Device] = {}
         self._generation = 0
         self._rules: dict[str, AlertRuleRecord] = {}
         self._global = _Rules()
         self._by_model: dict[str, _Rules] = {}
+        self._by_tag: dict[str, _Rules] = {}
         self._by_device: dict[str, _Rules] = {}
         self._pending_devices: set[str] = set()
         self._rejecting_devices: set[str] = set()
-        self._scopes: dict[tuple[str | None, str | None], _Scope] = {}
+        self._scopes: dict[tuple[str | None, tuple[str, ...], str | None], _Scope] = {}
         self.set_rules(rules)
 
     # ---- configuration ----------------------------------------------------------------
@@ -305,12 +309,15 @@ class AlertEvaluator:
         self._rules = {rule.id: rule for rule in rules if _usable(rule)}
         self._global = _Rules()
         self._by_model = {}
+        self._by_tag = {}
         self._by_device = {}
         for rule in self._rules.values():
             if rule.device_id is not None:
                 target = self._by_device.setdefault(rule.device_id, _Rules())
             elif rule.model is not None:
                 target = self._by_model.setdefault(rule.model, _Rules())
+            elif rule.tag is not None:
+                target = self._by_tag.setdefault(rule.tag, _Rules())
             else:
                 target = self._global
             if rule.kind is AlertKind.OFFLINE:
@@ -337,6 +344,17 @@ class AlertEvaluator:
         alert of a model-scoped rule whose device is no longer of that model resolves (the
         returned transitions, as set_rules')."""
         self._models = dict(mapping)
+        self._generation += 1
+        self._scopes = {}
+        return self._forget(set(), now or datetime.now(UTC))
+
+    def set_device_tags(
+        self, mapping: Mapping[str, Iterable[str]], now: datetime | None = None
+    ) -> Transitions:
+        """Replace the device -> tags map that tag-scoped rules are matched with (devices
+        left out have no tags). An open alert of a tag-scoped rule whose device no longer
+        carries the tag resolves (the returned transitions, as set_rules')."""
+        self._tags = {device: frozenset(tags) for device, tags in mapping.items() if tags}
         self._generation += 1
         self._scopes = {}
         return self._forget(set(), now or datetime.now(UTC))
@@ -407,14 +425,16 @@ class AlertEvaluator:
             if model not in self._by_model:
                 model = None
             own = device_id if device_id in self._by_device else None
+            tags = tuple(sorted(self._tags.get(device_id, frozenset()) & self._by_tag.keys()))
             # Devices with the same rules share one scope: a fleet of 10,000 devices of four
             # models has a handful of scopes, which stay in the CPU's caches.
-            key = (model, own)
+            key = (model, tags, own)
             scope = self._scopes.get(key)
             if scope is None:
                 parts = [self._global]
                 if model is not None:
                     parts.append(self._by_model[model])
+                parts.extend(self._by_tag[tag] for tag in tags)
                 if own is not None:
                     parts.append(self._by_device[own])
                 scope = self._scopes[key] = _Scope(parts)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from paku_iot.exceptions import InvalidInput, NotFound
 from paku_iot.protocol import is_valid_device_id
+from paku_iot.registry.tags import is_valid_tag
 from paku_iot.storage.alerts import AlertStore
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.records import (
@@ -49,6 +50,7 @@ class RuleSpec:
     kind: str
     device_id: str | None = None
     model: str | None = None
+    tag: str | None = None
     field: str | None = None
     above: float | None = None
     below: float | None = None
@@ -65,6 +67,7 @@ def spec_of(rule: AlertRuleRecord) -> RuleSpec:
         kind=str(rule.kind),
         device_id=rule.device_id,
         model=rule.model,
+        tag=rule.tag,
         field=rule.field,
         above=rule.above,
         below=rule.below,
@@ -153,8 +156,10 @@ def _check_threshold(spec: RuleSpec) -> None:
 
 
 def _check_scope(spec: RuleSpec) -> None:
-    if spec.device_id is not None and spec.model is not None:
-        raise _invalid("give deviceId or model, not both (neither: every device)")
+    if sum(x is not None for x in (spec.device_id, spec.model, spec.tag)) > 1:
+        raise _invalid("give one of deviceId, model and tag (none: every device)")
+    if spec.tag is not None and not is_valid_tag(spec.tag):
+        raise _invalid("tag must be 1-32 characters of a-z, 0-9, '.', '_' and '-'")
     if spec.device_id is not None and not is_valid_device_id(spec.device_id):
         raise _invalid("deviceId must be 3-64 characters of A-Z, a-z, 0-9, '_' and '-'")
     if spec.model is not None and not 1 <= len(spec.model) <= 64:
@@ -229,6 +234,7 @@ class AlertRuleService:
             kind=kind,
             device_id=spec.device_id,
             model=spec.model,
+            tag=spec.tag,
             field=spec.field if threshold else None,
             above=_number(spec.above, "above") if threshold else None,
             below=_number(spec.below, "below") if threshold else None,

@@ -32,6 +32,7 @@ def add_parsers(commands: Any) -> None:
     scope = create.add_mutually_exclusive_group()
     scope.add_argument("--device", help="only this device (default: every device)")
     scope.add_argument("--model", help="only devices of this model")
+    scope.add_argument("--tag", help="only devices with this tag")
     create.add_argument("--field", help="threshold: the telemetry field (dots for nested ones)")
     create.add_argument("--above", type=float, help="threshold: fire above this value")
     create.add_argument("--below", type=float, help="threshold: fire below this value")
@@ -88,6 +89,8 @@ def _rule_line(r: dict[str, Any]) -> str:
         scope = f"device {r['deviceId']}"
     elif r["model"]:
         scope = f"model {r['model']}"
+    elif r.get("tag"):
+        scope = f"tag {r['tag']}"
     else:
         scope = "every device"
     condition = ""
@@ -148,6 +151,7 @@ def _create(api: ApiClient, args: argparse.Namespace) -> int:
     optional = {
         "deviceId": args.device,
         "model": args.model,
+        "tag": args.tag,
         "field": args.field,
         "above": args.above,
         "below": args.below,

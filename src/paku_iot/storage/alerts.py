@@ -71,6 +71,7 @@ def _rule(row: RowMapping) -> AlertRuleRecord:
         enabled=bool(row["enabled"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        tag=row["tag"],
     )
 
 
@@ -80,6 +81,7 @@ def _rule_values(rule: AlertRuleRecord) -> dict[str, Any]:
         "kind": str(rule.kind),
         "device_id": rule.device_id,
         "model": rule.model,
+        "tag": rule.tag,
         "field": rule.field,
         "above": rule.above,
         "below": rule.below,

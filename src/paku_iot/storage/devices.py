@@ -207,6 +207,20 @@ class DeviceStore:
         async with translated_errors(), self._engine.connect() as conn:
             return [(row[0], row[1], row[2]) for row in await conn.execute(query)]
 
+    async def tags_by_device(self) -> dict[str, list[str]]:
+        """The tags of every device in service that has any: tag-scoped alert rules match
+        with it (one read of the (tag, device) index)."""
+        query = (
+            select(_t.c.device_id, _t.c.tag)
+            .join(_d, _d.c.id == _t.c.device_id)
+            .where(_d.c.decommissioned_at.is_(None))
+        )
+        found: dict[str, list[str]] = {}
+        async with translated_errors(), self._engine.connect() as conn:
+            for device_id, tag in await conn.execute(query):
+                found.setdefault(device_id, []).append(tag)
+        return found
+
     async def many(self, device_ids: list[str]) -> list[DeviceRecord]:
         async with translated_errors(), self._engine.connect() as conn:
             rows = (

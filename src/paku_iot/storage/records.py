@@ -260,8 +260,9 @@ class AlertDestination:
 
 @dataclass(frozen=True, slots=True)
 class AlertRuleRecord:
-    """A rule as stored. Scope: `device_id`, or `model`, or neither (every device).
-    The kind's own fields are None where the kind has none."""
+    """A rule as stored. Scope: `device_id`, or `model`, or `tag` (the devices that carry
+    it), or none of them (every device). The kind's own fields are None where the kind has
+    none."""
 
     id: str
     name: str
@@ -278,6 +279,7 @@ class AlertRuleRecord:
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

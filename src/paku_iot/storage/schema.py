@@ -250,9 +250,10 @@ alert_rules = Table(
     Column("id", String(40), primary_key=True),
     Column("name", String(100), nullable=False),
     Column("kind", String(32), nullable=False),
-    # Scope: one device, or one model, or neither (every device).
+    # Scope: one device, or one model, or one tag, or none of them (every device).
     Column("device_id", String(64), nullable=True),
     Column("model", String(64), nullable=True),
+    Column("tag", String(32), nullable=True),
     Column("field", String(200), nullable=True),
     Column("above", Float, nullable=True),
     Column("below", Float, nullable=True),

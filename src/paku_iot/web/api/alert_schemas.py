@@ -40,6 +40,7 @@ class AlertRuleCreate(RequestModel):
     kind: Kind
     device_id: str | None = Field(default=None, description="Scope: this device only.")
     model: str | None = Field(default=None, description="Scope: devices of this model.")
+    tag: str | None = Field(default=None, description="Scope: devices with this tag.")
     field: str | None = Field(
         default=None, description="threshold: the telemetry field (dots for nested ones)."
     )
@@ -66,6 +67,7 @@ class AlertRuleCreate(RequestModel):
             kind=self.kind,
             device_id=self.device_id,
             model=self.model,
+            tag=self.tag,
             field=self.field,
             above=self.above,
             below=self.below,
@@ -87,6 +89,7 @@ class AlertRuleUpdate(RequestModel):
     kind: Kind | None = None
     device_id: str | None = None
     model: str | None = None
+    tag: str | None = None
     field: str | None = None
     above: float | None = None
     below: float | None = None
@@ -140,6 +143,7 @@ class AlertRule(ApiModel):
     kind: Kind
     device_id: str | None
     model: str | None
+    tag: str | None
     field: str | None
     above: float | None
     below: float | None
@@ -160,6 +164,7 @@ class AlertRule(ApiModel):
                 "kind": str(rule.kind),
                 "device_id": rule.device_id,
                 "model": rule.model,
+                "tag": rule.tag,
                 "field": rule.field,
                 "above": rule.above,
                 "below": rule.below,

@@ -39,6 +39,8 @@ def scope(rule: AlertRuleRecord) -> str:
         return f"device {rule.device_id}"
     if rule.model is not None:
         return f"model {rule.model}"
+    if rule.tag is not None:
+        return f"tag {rule.tag}"
     return "all devices"
 
 
