@@ -67,3 +67,9 @@ async def test_the_device_page_edits_tags_and_decommissions(
     assert back.status_code == 200
     assert 'id="cred-password"' in back.text
     assert (await service.registry.get("kitchen-01")).decommissioned_at is None
+    # Every one of these is audited with the role it was done with, as the API's are.
+    entries = await service.audit.page(limit=20)
+    done = {(e.action, e.target): e.role for e in entries if e.action.startswith("device.")}
+    assert done[("device.update", "kitchen-01")] == "admin"
+    assert done[("device.decommission", "kitchen-01")] == "admin"
+    assert done[("device.recommission", "kitchen-01")] == "admin"

@@ -49,7 +49,7 @@ async def set_tags(
             tags_text=tags,
         )
     await service.audit.record(
-        session.actor, "device.update", device.id, {"fields": ["tags"], "via": "ui"}
+        session.identity, "device.update", device.id, {"fields": ["tags"], "via": "ui"}
     )
     return RedirectResponse(f"/ui/devices/{device.id}?notice=tags", status_code=303)
 
@@ -61,7 +61,7 @@ async def set_tags(
 )
 async def decommission(device_id: str, session: ActionSession, service: ServiceDep) -> Response:
     await service.registry.decommission(device_id)
-    await service.audit.record(session.actor, "device.decommission", device_id, {"via": "ui"})
+    await service.audit.record(session.identity, "device.decommission", device_id, {"via": "ui"})
     return RedirectResponse(f"/ui/devices/{device_id}?notice=decommissioned", status_code=303)
 
 
@@ -74,7 +74,7 @@ async def recommission(
     request: Request, device_id: str, session: ActionSession, service: ServiceDep
 ) -> Response:
     result = await service.registry.recommission(device_id)
-    await service.audit.record(session.actor, "device.recommission", device_id, {"via": "ui"})
+    await service.audit.record(session.identity, "device.recommission", device_id, {"via": "ui"})
     return render(
         request,
         "credentials.html",
