@@ -89,3 +89,6 @@ class AlertService:
     async def counts(self) -> tuple[int, int]:
         """(alerts open, notifications waiting in the outbox)."""
         return await self._store.counts()
+
+    async def open_counts_by_rule(self) -> dict[str, int]:
+        return await self._store.open_counts_by_rule()

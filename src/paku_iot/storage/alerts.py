@@ -426,6 +426,16 @@ class AlertStore:
             by_delivery.setdefault(row["delivery_id"], []).append(_attempt(row))
         return [(_delivery(row), by_delivery.get(row["id"], [])) for row in rows]
 
+    async def open_counts_by_rule(self) -> dict[str, int]:
+        """How many alerts each rule has open (rules with none are left out)."""
+        query = (
+            select(_a.c.rule_id, func.count())
+            .where(_a.c.state == str(AlertState.OPEN))
+            .group_by(_a.c.rule_id)
+        )
+        async with translated_errors(), self._engine.connect() as conn:
+            return {rule_id: int(count) for rule_id, count in await conn.execute(query)}
+
     async def any_due(self, now: datetime) -> bool:
         """Whether a pending delivery is due: a read, so an idle outbox polling it takes no
         write lock (SQLite's is the collector's too)."""

@@ -118,10 +118,7 @@ async def _rules_page(
 
 
 async def _open_counts(service: Service) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for alert in await service.alerts.open_alerts():
-        counts[alert.rule_id] = counts.get(alert.rule_id, 0) + 1
-    return counts
+    return await service.alerts.open_counts_by_rule()
 
 
 @router.get(
