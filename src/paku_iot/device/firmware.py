@@ -103,8 +103,9 @@ class FirmwareKeeper:
             await self.device.disconnect()
             self.slots.rejected.add(version)
             self.slots.rollbacks += 1
+            self._queue(version, "rolled_back", running=left, error="crashed on start")
             await self.device.connect()
-            await self._report(version, "rolled_back", running=left, error="crashed on start")
+            await self._flush()
             return
         self.slots.previous, self.slots.pending = left, version
         await self.device.restart(fw_version=version)  # connected() starts the watch
@@ -121,8 +122,11 @@ class FirmwareKeeper:
         self.slots.rejected.add(left)
         self.slots.rollbacks += 1
         log.warning("%s: rolling back from %s to %s: %s", self.device.device_id, left, back, reason)
+        # Kept before the restart: if the old image cannot reach the broker, the next connect
+        # sends it.
+        self._queue(left, "rolled_back", running=back, error=reason)
         await self.device.restart(fw_version=back)
-        await self._report(left, "rolled_back", running=back, error=reason)
+        await self._flush()
         return left, back
 
     async def boot_previous_command(self, _params: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +154,9 @@ class FirmwareKeeper:
         if self._unsent:
             self._spawn(self._flush())
         if self.slots.pending is not None and (self._watch is None or self._watch.done()):
-            self._watch = self._spawn(self._confirm_or_roll_back(self.slots.pending))
+            # The PUBACKs counted so far are not this run's: only later ones confirm it.
+            baseline = self.device.telemetry_acknowledged
+            self._watch = self._spawn(self._confirm_or_roll_back(self.slots.pending, baseline))
 
     async def stop(self) -> None:
         """Stop the watch and unsent reports (the device disconnects); never the caller's own
@@ -163,9 +169,8 @@ class FirmwareKeeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _confirm_or_roll_back(self, version: str) -> None:
+    async def _confirm_or_roll_back(self, version: str, baseline: int) -> None:
         device = self.device
-        baseline = device.telemetry_acknowledged
 
         def healthy() -> bool:
             return (
@@ -190,13 +195,18 @@ class FirmwareKeeper:
     async def _report(
         self, version: str, status: str, *, running: str | None = None, error: str | None = None
     ) -> None:
+        self._queue(version, status, running=running, error=error)
+        await self._flush()
+
+    def _queue(
+        self, version: str, status: str, *, running: str | None = None, error: str | None = None
+    ) -> None:
         document: dict[str, Any] = {"version": version, "status": status, "ts": now_ms()}
         if running is not None:
             document[OTA_RUNNING_VERSION] = running
         if error is not None:
             document["error"] = error[:1000]
         self._unsent.append(document)
-        await self._flush()
 
     async def _flush(self) -> None:
         async with self._flush_lock:
