@@ -196,6 +196,11 @@ class ReferenceDevice:
     `commands_executed` every handler run, and `wait_for` awaits a condition on them, on
     `config_version` or on `connected` without sleeping. `telemetry_published` and
     `telemetry_acknowledged` count telemetry handed to the broker and PUBACKed by it.
+
+    `firmware` (device/firmware.py) holds the two firmware slots: after an update the new
+    image is confirmed by its first telemetry PUBACK within `confirm_window_s`, else rolled
+    back; the `ota.boot_previous` command is handled there. `firmware.fault` is the test hook
+    for a bad build (`"crash"`, `"unhealthy"`).
     """
 
     def __init__(

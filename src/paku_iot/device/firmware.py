@@ -16,6 +16,11 @@ A version left by a rollback is not installed again, whatever the manifest offer
 marks its slot invalid): only a newer release is taken. Its slot is no longer bootable, so
 there is no previous image to boot until the next update.
 
+The watch runs while the device means to be online: `disconnect()` and `drop()` stop it, and
+the next `connect()` while still pending verify starts a fresh window. (On ESP-IDF a reset
+while pending verify rolls back instead: the bootloader finds the image aborted. Tests
+reconnect a device at will, so the reference device does not count a reconnect as a reset.)
+
 The reports of steps 2 and 3 are kept until sent: one that could not go out (the link was
 down) goes at the next connect, with the time it happened.
 """
