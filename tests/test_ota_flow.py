@@ -344,7 +344,6 @@ async def test_update_firmware_pause_and_resume(dev: Dev) -> None:
         assert first.connected
         image = dev.cwd / "ota-2" / "firmware-1.1.0.bin"
         assert image.read_bytes() == firmware
-        assert await first.update_firmware(dev.base_url, key, dev.cwd / "ota-2") is None
 
         async def counted() -> None:
             counts = (await dev.rollout(release["id"]))["counts"]
@@ -353,7 +352,9 @@ async def test_update_firmware_pause_and_resume(dev: Dev) -> None:
                 "downloading": 0,
                 "installing": 0,
                 "installed": 0,
+                "confirmed": 0,
                 "failed": 0,
+                "rolled_back": 0,
                 "updated": 1,
             }
 
@@ -372,6 +373,10 @@ async def test_update_firmware_pause_and_resume(dev: Dev) -> None:
         _, first_password = first.credentials
         started = await dev.manifest("ota-2", first_password, current="1.0.0")
         assert [e["version"] for e in started.json()] == ["1.1.0"]
+        # Its first healthy run confirms the image; then it is up to date.
+        await first.send_telemetry({"temp": 20.5})
+        await first.wait_for(lambda: not first.firmware.pending_verify)
+        assert await first.update_firmware(dev.base_url, key, dev.cwd / "ota-2") is None
 
         resumed = await dev.cli("ota", "resume", release["id"])
         assert resumed["paused"] is False

@@ -371,6 +371,24 @@ def test_ota_failed_opens_and_installed_resolves() -> None:
     assert observe(evaluator, event("d1", 4, "ota", status="installed", version="1.3.1")) == []
 
 
+def test_ota_failed_opens_on_a_rollback_and_resolves_on_a_confirmation() -> None:
+    evaluator = AlertEvaluator([rule("ota", AlertKind.OTA_FAILED)])
+    back = event(
+        "d1", 1, "ota", status="rolled_back", version="1.3.0", runningVersion="1.2.0",
+        error="no healthy run within 60 s",
+    )  # fmt: skip
+    opened = observe(evaluator, back)
+    assert events(opened) == [("ota", "d1", "opened")]
+    assert opened[0].values == {
+        "version": "1.3.0",
+        "error": "no healthy run within 60 s",
+        "status": "rolled_back",
+        "runningVersion": "1.2.0",
+    }
+    resolved = observe(evaluator, event("d1", 2, "ota", status="confirmed", version="1.3.1"))
+    assert events(resolved) == [("ota", "d1", "resolved")]
+
+
 # ---- rejected rate ---------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from paku_iot.device.simulate import fails_new_build
 from tests.support import eventually
 from tests.support.cli import cli
 from tests.support.processes import dev_environment, paku, read_until, stop
@@ -111,3 +112,61 @@ async def test_the_simulated_fleet_takes_a_firmware_update(
     assert sorted(d["fwVersion"] for d in listed) == ["1.1.0"] * 3
     status = await cli(env, tmp_path, "ota", "status", json.loads(published.stdout)["id"])
     assert "updated 3" in status.stdout, status.stdout
+
+
+async def test_a_share_of_the_simulated_fleet_fails_the_new_build_and_rolls_back(
+    dev_api: tuple[dict[str, str], int], tmp_path: Path
+) -> None:
+    env, _ = dev_api
+    token = (tmp_path / "var" / "secrets" / "admin-token").read_text().strip()
+    base = f"http://127.0.0.1:{env['PAKU_HTTP_PORT']}"
+    ids = [f"sim-{n}" for n in range(6)]
+    failing = {device_id for device_id in ids if fails_new_build(device_id, 0.5)}
+    assert failing == {"sim-0", "sim-4", "sim-5"}  # the hash's choice: fixed, so reproducible
+    saved = tmp_path / "fleet.csv"
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}
+    ) as api:
+        rows = ["username,password"]
+        for device_id in ids:
+            made = await api.post("/devices", json={"id": device_id, "model": "simulated"})
+            assert made.status_code == 201, made.text
+            rows.append(f"{device_id},{made.json()['credentials']['password']}")
+        saved.write_text("\n".join(rows) + "\n")
+        firmware = tmp_path / "fw.bin"
+        firmware.write_bytes(b"\x7fsimulated firmware image" * 4096)
+        published = await cli(
+            env, tmp_path, "ota", "publish", str(firmware), "--model", "simulated",
+            "--version", "1.1.0", "--json",
+        )  # fmt: skip
+        assert published.returncode == 0, published.stdout + published.stderr
+        release_id = json.loads(published.stdout)["id"]
+
+        run = await cli(
+            env, tmp_path, "simulate", "--credentials", str(saved), "--rate", "12",
+            "--duration", "9", "--ota-check", "1", "--fail-share", "0.5",
+            "--confirm-window", "2", "--json",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        summary = json.loads(run.stdout.splitlines()[-1])
+        assert summary["updatesInstalled"] == 6, summary
+        assert summary["updatesConfirmed"] == 3, summary
+        assert summary["updatesRolledBack"] == 3, summary
+
+        listed = json.loads((await cli(env, tmp_path, "devices", "list", "--json")).stdout)
+        running = {d["id"]: d["fwVersion"] for d in listed}
+        assert running == {i: "1.0.0" if i in failing else "1.1.0" for i in ids}
+
+        async def rolled_back() -> None:
+            rollout = (await api.get(f"/ota/releases/{release_id}")).json()["rollout"]
+            assert set(rollout["devices"]["rolled_back"]) == failing, rollout
+            assert set(rollout["devices"]["updated"]) == set(ids) - failing, rollout
+
+        await eventually(rolled_back)
+        events = (await api.get("/devices/sim-0/events", params={"type": "ota"})).json()
+        last = events["items"][0]["payload"]
+        assert (last["status"], last["version"], last["runningVersion"]) == (
+            "rolled_back",
+            "1.1.0",
+            "1.0.0",
+        )

@@ -29,7 +29,8 @@ The kinds (docs/alerts.md):
   `below`; with `for_seconds`, only once it stayed out of range that long (receive times;
   `tick` opens when the time passes without a new sample). Back in range resolves. A value
   that is missing, not a number, or a bool decides nothing.
-- ota_failed: an `ota` event with status `failed` opens, one with status `installed`
+- ota_failed: an `ota` event with status `failed` or `rolled_back` (a new image that never
+  became healthy, or was left on command) opens, one with status `installed` or `confirmed`
   resolves.
 - rejected_rate: a device's rejected messages over the last REJECTED_WINDOW_S seconds (per
   second buckets, so memory is bounded) above `per_minute` opens; back at or below resolves.
@@ -53,7 +54,7 @@ from math import inf, isfinite
 from typing import Any
 
 from paku_iot.alerts.times import iso_utc
-from paku_iot.protocol import OTA_EVENT, STATE_ONLINE
+from paku_iot.protocol import OTA_EVENT, OTA_RUNNING_VERSION, STATE_ONLINE
 from paku_iot.storage.records import (
     AlertEvent,
     AlertKind,
@@ -72,8 +73,8 @@ GAPS = 10
 MIN_GAPS = 3
 SILENCE_FACTOR = 2.0
 REJECTED_WINDOW_S = 60
-OTA_FAILED = "failed"
-OTA_INSTALLED = "installed"
+OTA_OPENING = frozenset({"failed", "rolled_back"})
+OTA_RESOLVING = frozenset({"installed", "confirmed"})
 
 Transitions = list[AlertTransition]
 
@@ -661,13 +662,16 @@ class AlertEvaluator:
             return
         status = event.payload.get("status")
         for rule in scope.ota:
-            if status == OTA_FAILED:
+            if status in OTA_OPENING:
                 values = {
                     "version": event.payload.get("version"),
                     "error": event.payload.get("error"),
                 }
+                if status == "rolled_back":
+                    values["status"] = status
+                    values[OTA_RUNNING_VERSION] = event.payload.get(OTA_RUNNING_VERSION)
                 self._open(out, device, rule.id, event.device_id, event.received_at, values)
-            elif status == OTA_INSTALLED:
+            elif status in OTA_RESOLVING:
                 values = {"version": event.payload.get("version")}
                 self._resolve(out, device, rule.id, event.device_id, event.received_at, values)
 

@@ -216,6 +216,22 @@ def _add_simulate_parser(commands: Any, common: argparse.ArgumentParser) -> None
         metavar="SECONDS",
         help="how often each device checks for a firmware update (0: never; default 300)",
     )
+    simulate.add_argument(
+        "--fail-share",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="the share of devices (0..1, chosen by a hash of their id) whose new firmware "
+        "never has a healthy run, so that they roll back (default 0)",
+    )
+    simulate.add_argument(
+        "--confirm-window",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a new image has for its first healthy run before the device rolls "
+        "back (default 10; firmware should allow 60)",
+    )
 
 
 def _add_config_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -311,6 +327,10 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
     # First: a CA file that cannot be read should stop the run before anything is made.
     tls = _simulate_tls(args)
+    if not 0 <= args.fail_share <= 1:
+        raise InvalidInput("--fail-share must be between 0 and 1")
+    if args.confirm_window <= 0:
+        raise InvalidInput("--confirm-window must be above 0 seconds")
     verify: ssl.SSLContext | bool = tls if tls is not None else True
     if args.credentials is not None:
         creds = read_credentials(args.credentials)
@@ -345,6 +365,8 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
                 progress=lambda s: print(s.line(), flush=True),
                 ota=ota,
                 tls=tls,
+                fail_share=args.fail_share,
+                confirm_window_s=args.confirm_window,
             )
         )
     # The last line is the summary; with --json, the counts as one JSON object.

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paku_iot.protocol import (
     OTA_EVENT,
     OTA_REPORT_STATUSES,
+    OTA_RUNNING_VERSION,
     OTA_VERSION_MAX_CHARS,
     release_reported,
 )
@@ -39,15 +42,26 @@ async def record_ota_reports(conn: AsyncConnection, events: list[EventRecord]) -
                 extra={"device_id": event.device_id},
             )
             continue
-        error = event.payload.get("error")
         reports.append(
             OtaProgress(
                 device_id=event.device_id,
                 version=release_reported(version),
                 status=str(status),
-                error=None if error is None else str(error)[:2000],
+                error=_error(event.payload, str(status)),
                 updated_at=event.ts,
             )
         )
     if reports:
         await record_progress(conn, reports)
+
+
+def _error(payload: Mapping[str, Any], status: str) -> str | None:
+    """The report's `error`; for `rolled_back`, led by the version the device returned to, so
+    that the progress row (one per device and version left) says where the device is now."""
+    error = payload.get("error")
+    text = None if error is None else str(error)
+    running = payload.get(OTA_RUNNING_VERSION)
+    if status == "rolled_back" and isinstance(running, str) and running:
+        back = f"rolled back to {running[:OTA_VERSION_MAX_CHARS]}"
+        text = back if text is None else f"{back}: {text}"
+    return None if text is None else text[:2000]

@@ -12,7 +12,9 @@ firmware updates is verified the same way.
 
 With `--api-url` and `--ota-public-key` (the `publicKey` of `GET /ota/public-key`, pinned as
 firmware would) it also checks for firmware updates at start and every `--ota-interval`
-seconds, and installs them (device/ota.py): the running `fwVersion` then changes.
+seconds, and installs them (device/ota.py): the running `fwVersion` then changes. A new
+image is confirmed by its first telemetry PUBACK within `--confirm-window` seconds, else
+rolled back (device/firmware.py); the command `ota.boot_previous` goes back on demand.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from paku_iot.device.client import DeviceConnectError, DeviceTlsError, Reference
 from paku_iot.device.ota import OtaError, load_public_key
 from paku_iot.device.tls import client_context
 from paku_iot.exceptions import InvalidInput
+from paku_iot.protocol import OTA_CONFIRM_WINDOW_S
 
 log = logging.getLogger("paku_iot.device")
 
@@ -82,7 +85,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ota-interval", type=float, default=3600.0, help="seconds between OTA checks (3600)"
     )
+    parser.add_argument(
+        "--confirm-window",
+        type=float,
+        default=float(OTA_CONFIRM_WINDOW_S),
+        help="seconds a new image has for its first healthy run (a telemetry PUBACK) before "
+        f"the device rolls back ({OTA_CONFIRM_WINDOW_S})",
+    )
     args = parser.parse_args(argv)
+    if args.confirm_window <= 0:
+        parser.error("--confirm-window must be above 0 seconds")
     if not args.password:
         parser.error("--password (or PAKU_DEVICE_PASSWORD) is required")
     if bool(args.api_url) != bool(args.ota_public_key):
@@ -183,6 +195,7 @@ async def run(args: argparse.Namespace) -> None:
         model=args.model,
         keepalive=args.keepalive,
         tls=args.tls_context,
+        confirm_window_s=args.confirm_window,
     )
     device.on_command("ping", ping)
     device.on_command("reboot", reboot)

@@ -23,7 +23,9 @@ A paku device's life on MQTT, in the order this class does it:
    DISCONNECT makes the broker publish the Will (at once when it sees the socket close, else
    after 1.5 x keepalive of silence).
 7. Firmware updates over HTTP, reported on `paku/<id>/event/ota`, end with a restart whose
-   state carries the new `fwVersion`: `update_firmware` (the steps are in ota.py).
+   state carries the new `fwVersion`: `update_firmware` (the steps are in ota.py). The new
+   image is confirmed after its first healthy run, else rolled back; the `ota.boot_previous`
+   command goes back on demand (firmware.py).
 
 Received QoS 1 messages are acknowledged (PUBACK) only after they have been handled: a
 command's ack event is already on its way when the broker learns the command was delivered,
@@ -59,6 +61,7 @@ from paku_iot.device.commands import (
     GuardedTasks,
     ReceivedCommand,
 )
+from paku_iot.device.firmware import FirmwareKeeper
 from paku_iot.device.messages import (
     DeviceTopics,
     check_state_fields,
@@ -69,7 +72,14 @@ from paku_iot.device.messages import (
 )
 from paku_iot.device.ota import OtaUpdater
 from paku_iot.device.tls import explain_tls_failure, require_verification
-from paku_iot.protocol import STATE_CONFIG_VERSION, STATE_FW_VERSION, STATE_ONLINE, STATE_RSSI
+from paku_iot.protocol import (
+    OTA_BOOT_PREVIOUS_COMMAND,
+    OTA_CONFIRM_WINDOW_S,
+    STATE_CONFIG_VERSION,
+    STATE_FW_VERSION,
+    STATE_ONLINE,
+    STATE_RSSI,
+)
 
 log = logging.getLogger("paku_iot.device")
 
@@ -125,6 +135,7 @@ class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has
         self._waiters: dict[int, asyncio.Future[bool]] = {}
         self._counted: set[int] = set()
         self.counted_acknowledged = 0
+        self.on_counted: Callable[[], None] = lambda: None
 
     def push_message(self, mid: int, raw_package: bytes) -> None:
         super().push_message(mid, raw_package)
@@ -154,6 +165,7 @@ class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has
         if mid in self._counted:
             self._counted.discard(mid)
             self.counted_acknowledged += 1
+            self.on_counted()
         waiter = self._waiters.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
@@ -184,6 +196,11 @@ class ReferenceDevice:
     `commands_executed` every handler run, and `wait_for` awaits a condition on them, on
     `config_version` or on `connected` without sleeping. `telemetry_published` and
     `telemetry_acknowledged` count telemetry handed to the broker and PUBACKed by it.
+
+    `firmware` (device/firmware.py) holds the two firmware slots: after an update the new
+    image is confirmed by its first telemetry PUBACK within `confirm_window_s`, else rolled
+    back; the `ota.boot_previous` command is handled there. `firmware.fault` is the test hook
+    for a bad build (`"crash"`, `"unhealthy"`).
     """
 
     def __init__(
@@ -204,6 +221,7 @@ class ReferenceDevice:
         ack_timeout_s: float = 10.0,
         remembered_commands: int = DEFAULT_REMEMBERED_COMMANDS,
         tls: ssl.SSLContext | None = None,
+        confirm_window_s: float = OTA_CONFIRM_WINDOW_S,
     ) -> None:
         gmqtt_internals.require_compatible_gmqtt()
         if tls is not None:
@@ -250,6 +268,12 @@ class ReferenceDevice:
         self._suback_waiters: dict[int, asyncio.Future[list[int]]] = {}
 
         self._storage = _AckTrackingStorage()
+        # A telemetry PUBACK may be what confirms a new image (firmware.py): wake the waiters.
+        self._storage.on_counted = self._notify
+        # The firmware slots: a new image is confirmed after its first healthy run in
+        # `confirm_window_s`, else rolled back; `ota.boot_previous` goes back on demand.
+        self.firmware = FirmwareKeeper(self, confirm_window_s)
+        self._commands.register(OTA_BOOT_PREVIOUS_COMMAND, self.firmware.boot_previous_command)
         self._client = _Client(
             device_id,
             # MQTT 5 "clean start = 0": resume the session the broker kept for this client id.
@@ -350,6 +374,7 @@ class ReferenceDevice:
             raise
         self._stay_online = True
         log.info("%s online at %s%s", self.device_id, self.address, " (TLS)" if self.tls else "")
+        self.firmware.connected()
 
     async def _connect_once(self, timeout: float) -> None:  # noqa: ASYNC109
         self._ready.clear()
@@ -454,6 +479,7 @@ class ReferenceDevice:
             else:
                 if self.connected:
                     log.info("%s: reconnected", self.device_id)
+                    self.firmware.connected()
                     return
             delay = min(delay * 2, self._max_reconnect_delay_s)
 
@@ -481,7 +507,10 @@ class ReferenceDevice:
         """Update over the air (device/ota.py): check the manifest at `api_url`, download and
         verify the newest image with the pinned `public_key_b64` (raw Ed25519, base64),
         report progress on `event/ota`, install it under `workdir`, and restart running it.
-        Returns the version installed, or None when up to date. Raises an OtaError subclass
+        Returns the version installed, or None when up to date (or the version offered is one
+        this device rolled back from). The new image then runs in pending verify:
+        `self.firmware` confirms it after the first telemetry PUBACK within the confirmation
+        window, or rolls back. Raises an OtaError subclass
         when the update cannot be completed (an interrupted download resumes next time)."""
         async with OtaUpdater(self, public_key_b64) as updater:
             return await updater.update(api_url, Path(workdir))
@@ -498,6 +527,7 @@ class ReferenceDevice:
         """
         self._stay_online = False
         await self._stop_reconnecting()
+        await self.firmware.stop()
         if self._link_up():
             if graceful:
                 try:
@@ -513,6 +543,7 @@ class ReferenceDevice:
         `connect()` resumes the same session (commands queued meanwhile arrive then)."""
         self._stay_online = False
         await self._stop_reconnecting()
+        await self.firmware.stop()
         transport = gmqtt_internals.open_transport(self._client)
         if transport is not None:
             log.info("%s: dropping the connection without DISCONNECT", self.device_id)
@@ -699,6 +730,18 @@ class ReferenceDevice:
             log.warning("%s: state after config not acknowledged: %s", self.device_id, exc)
 
     # ---- waiting (tests, simulators) ------------------------------------------------
+
+    def notify_change(self) -> None:
+        """Wake `wait_for` callers: something they may wait on changed (firmware.py)."""
+        self._notify()
+
+    async def downlink_settled(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (at most `timeout` s) until the messages being handled are answered and their
+        PUBACKs on their way: before a restart that a command asked for."""
+        handling = self._message_tasks - {asyncio.current_task()}
+        if handling:
+            await asyncio.wait(handling, timeout=timeout)
+        await asyncio.sleep(0.05)  # gmqtt sends the PUBACK just after the handler returns
 
     def _notify(self) -> None:
         for waiter in self._waiters:

@@ -34,14 +34,18 @@ One update, in the order `OtaUpdater.update` does it:
 4. **Install.** Report `"installing"`, write the image to the inactive slot (the reference
    device keeps it as a file in its work directory and checks it once more there, as a
    bootloader would), mark it as the next boot image, report `"installed"`.
-5. **Reboot** into the new version. After the restart the device connects as always, and its
-   retained state carries `"fwVersion": <new version>`: that, not the `"installed"` report,
-   is what makes the backend count the device as `updated`. Firmware that cannot boot the
-   new image rolls back and keeps reporting the old version; it may report `"failed"` too.
+5. **Reboot** into the new version, in pending verify. After the restart the device connects
+   as always, and its retained state carries `"fwVersion": <new version>`: that, not the
+   `"installed"` report, is what makes the backend count the device as `updated`.
+6. **Confirm or roll back** (firmware.py): `"confirmed"` after the first healthy run within
+   the confirmation window; otherwise back to the previous image, reporting
+   `"rolled_back"` with `"runningVersion"`: the version it returned to. A version rolled
+   back from is not installed again.
 
 Progress reports are QoS 1 events on `paku/<id>/event/ota`:
 `{"version": <target version>, "status": "downloading" | "installing" | "installed" |
-"failed", "error"?: <why>, "ts": <epoch ms>}`. They are best effort: an update does not stop
+"confirmed" | "failed" | "rolled_back", "runningVersion"?: <returned to, with rolled_back>,
+"error"?: <why>, "ts": <epoch ms>}`. They are best effort: an update does not stop
 because a report could not be sent (the link may be down while the download resumes later).
 
 The reference device does it all in one call::
@@ -627,17 +631,31 @@ class OtaUpdater:
         log.info("%s: firmware %s installed", self.device.device_id, entry.version)
 
     async def reboot(self, entry: ManifestEntry) -> None:
-        """Step 5: restart running `entry.version`; the state sent after reconnecting
-        reports the new `fwVersion`."""
-        await self.device.restart(fw_version=entry.version)
+        """Step 5: restart running `entry.version` in pending verify; the state sent after
+        reconnecting reports the new `fwVersion`. The device then confirms it or rolls back
+        (firmware.py)."""
+        await self.device.firmware.boot_new(entry.version)
 
     async def update(self, api_url: str, workdir: Path) -> str | None:
         """Steps 1-5. Returns the version now running, or None when already up to date.
 
         The image is kept as `workdir/firmware-<version>.bin` (its partial file next to it,
         so an interrupted update resumes at the next call)."""
+        if self.device.firmware.pending_verify:
+            # As esp_ota_begin refuses: the running image must be confirmed (or rolled back)
+            # before another is written over the slot it would roll back to.
+            raise OtaError(
+                f"firmware {self.device.fw_version} awaits confirmation; no update until then"
+            )
         entry = await self.check(api_url)
         if entry is None:
+            return None
+        if self.device.firmware.refuses(entry.version):
+            log.info(
+                "%s: not installing %s again: this device rolled back from it",
+                self.device.device_id,
+                entry.version,
+            )
             return None
         image = await self.download(entry, Path(workdir) / f"firmware-{entry.version}.bin")
         await self.install(entry, image)

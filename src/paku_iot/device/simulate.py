@@ -11,6 +11,12 @@ broker, and its firmware updates verify the HTTPS server with the same context. 
 certificate that does not verify stops the fleet before it starts: it would fail the same
 way for every device.
 
+A new image is confirmed after its first healthy run, or rolled back, as on the reference
+device (device/firmware.py), within `confirm_window_s` (short by default, for development).
+With `fail_share` F, that share of the devices fail every new build (it runs, but never
+healthy): they roll back when the window passes and do not take that version again. Which
+devices fail is fixed by a hash of their id (`fails_new_build`), so a run is reproducible.
+
 The counts a run ends with: telemetry `sent` (handed to the broker on a live connection) and
 `acked` (PUBACKed by the broker, late acknowledgements included). What the backend stored of
 the fleet's telemetry should equal `acked`: fewer means the broker acknowledged something
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import hashlib
 import logging
 import math
 import random
@@ -44,6 +51,17 @@ Credentials = list[tuple[str, str]]
 # Devices connecting at the same time: over a WAN each connect is several round trips (TCP,
 # TLS, CONNECT, SUBSCRIBE, the state's PUBACK), too slow one by one for a thousand devices.
 CONNECT_CONCURRENCY = 20
+# A new image's confirmation window in a simulated fleet: short, so that a development run
+# sees confirmations and rollbacks soon (firmware should use protocol.OTA_CONFIRM_WINDOW_S).
+DEFAULT_CONFIRM_WINDOW_S = 10.0
+
+
+def fails_new_build(device_id: str, share: float) -> bool:
+    """Whether this device fails new builds when `share` of the fleet does: the first 8 bytes
+    of SHA-256(id) as a fraction of 2^64, below `share`. Stable across runs and processes
+    (Python's hash() is salted per process)."""
+    digest = hashlib.sha256(device_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
 @dataclass(slots=True)
@@ -55,6 +73,8 @@ class FleetStats:
     events_sent: int = 0
     commands_answered: int = 0
     updates_installed: int = 0
+    updates_confirmed: int = 0
+    updates_rolled_back: int = 0
     update_failures: int = 0
     errors: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -65,6 +85,8 @@ class FleetStats:
         devices = list(devices)
         self.telemetry_sent = sum(d.telemetry_published for d in devices)
         self.telemetry_acked = sum(d.telemetry_acknowledged for d in devices)
+        self.updates_confirmed = sum(d.firmware.slots.confirmations for d in devices)
+        self.updates_rolled_back = sum(d.firmware.slots.rollbacks for d in devices)
 
     def elapsed(self) -> float:
         if self.elapsed_s is not None:
@@ -78,7 +100,8 @@ class FleetStats:
             f"{self.telemetry_sent} acked {self.telemetry_acked} "
             f"({self.telemetry_acked / elapsed:,.0f}/s)  events {self.events_sent}  "
             f"commands answered {self.commands_answered}  updates {self.updates_installed}"
-            f"{f' ({self.update_failures} failed)' if self.update_failures else ''}  "
+            f"{f' ({self.update_failures} failed)' if self.update_failures else ''}"
+            f" confirmed {self.updates_confirmed} rolled back {self.updates_rolled_back}  "
             f"errors {self.errors}"
         )
 
@@ -93,6 +116,8 @@ class FleetStats:
             "eventsSent": self.events_sent,
             "commandsAnswered": self.commands_answered,
             "updatesInstalled": self.updates_installed,
+            "updatesConfirmed": self.updates_confirmed,
+            "updatesRolledBack": self.updates_rolled_back,
             "updateFailures": self.update_failures,
             "errors": self.errors,
         }
@@ -134,6 +159,8 @@ async def _take_updates(
         if stop.is_set():
             return
         delay = plan.check_every_s
+        if device.firmware.pending_verify:
+            continue  # the image running is confirmed or rolled back first
         try:
             installed = await device.update_firmware(plan.api_url, plan.public_key_b64, workdir)
         except Exception as exc:  # OtaError, or the API or broker away for a moment
@@ -234,13 +261,21 @@ async def run_fleet(
     ota: OtaPlan | None = None,
     tls: ssl.SSLContext | None = None,
     connect_concurrency: int = CONNECT_CONCURRENCY,
+    fail_share: float = 0.0,
+    confirm_window_s: float = DEFAULT_CONFIRM_WINDOW_S,
 ) -> FleetStats:
     """Run the fleet until `duration_s` passes or `stop` is set; returns the counts.
 
     `tls`: connect over TLS, verifying the broker (and the OTA server) with this context.
-    Raises SettingsError when the broker's certificate does not verify."""
+    `fail_share` of the devices (chosen by `fails_new_build`) fail new builds, which roll
+    back after `confirm_window_s`. Raises SettingsError when the broker's certificate does
+    not verify."""
     if rate <= 0:
         raise InvalidInput("rate must be above 0 messages per second")
+    if not 0 <= fail_share <= 1:
+        raise InvalidInput("the share of devices failing new builds must be between 0 and 1")
+    if confirm_window_s <= 0:
+        raise InvalidInput("the confirmation window must be above 0 seconds")
     stop = stop or asyncio.Event()
     stats = FleetStats(devices=len(credentials))
     interval_s = len(credentials) / rate
@@ -259,7 +294,10 @@ async def run_fleet(
             fw_version="1.0.0",
             model=ota.model if ota is not None else None,
             tls=tls,
+            confirm_window_s=confirm_window_s,
         )
+        if fails_new_build(device_id, fail_share):
+            device.firmware.fault = "unhealthy"
         device.on_command("ping", answer)
         device.on_command("reboot", answer)
         fleet.append(device)
