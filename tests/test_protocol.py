@@ -356,7 +356,15 @@ def test_firmware_update_rules_come_from_the_contract() -> None:
     assert protocol.OTA_MANIFEST_PATH in app.openapi()["paths"]
     # Every status a device may report is one the rollout counts, besides pending and updated.
     assert ("pending", *protocol.OTA_REPORT_STATUSES, "updated") == ROLLOUT_STATUSES
-    assert protocol.OTA_REPORT_STATUSES == ("downloading", "installing", "installed", "failed")
+    assert protocol.OTA_REPORT_STATUSES == (
+        "downloading",
+        "installing",
+        "installed",
+        "confirmed",
+        "failed",
+        "rolled_back",
+    )
+    assert protocol.is_valid_command_name(protocol.OTA_BOOT_PREVIOUS_COMMAND)
     assert protocol.event_topic("d-1", protocol.OTA_EVENT) == "paku/d-1/event/ota"
 
 

@@ -362,10 +362,29 @@ MAX_COMMAND_TTL_S: Final = 30 * 24 * 3600
 # Where a device asks for its update (HTTP, with its MQTT credentials as Basic auth).
 OTA_MANIFEST_PATH: Final = "/ota/manifest.json"
 # Progress reports are events of this name, `paku/<id>/event/ota`, with a `version` of at
-# most OTA_VERSION_MAX_CHARS and one of these statuses (`installed`: written, not yet running).
+# most OTA_VERSION_MAX_CHARS and one of these statuses. `installed`: written, booted in
+# pending-verify; `confirmed`: its first healthy run came within the confirmation window;
+# `rolled_back`: the device left `version` (it failed to confirm, crashed, or was told to boot
+# its previous image) and runs the image named by OTA_RUNNING_VERSION again.
 OTA_EVENT: Final = "ota"
-OTA_REPORT_STATUSES: Final = ("downloading", "installing", "installed", "failed")
+OTA_REPORT_STATUSES: Final = (
+    "downloading",
+    "installing",
+    "installed",
+    "confirmed",
+    "failed",
+    "rolled_back",
+)
 OTA_VERSION_MAX_CHARS: Final = 64
+# A `rolled_back` report's field naming the version the device returned to (`version` is the
+# one it left).
+OTA_RUNNING_VERSION: Final = "runningVersion"
+# How long a new image may take to have its first healthy run (connected, a telemetry message
+# acknowledged) before the device rolls back. Firmware may choose another; this is the advice.
+OTA_CONFIRM_WINDOW_S: Final = 60
+# The command that sends a device back to its previous image, without a download (its params
+# are `{}`). Answered `ok` before the device restarts; failed when there is no previous image.
+OTA_BOOT_PREVIOUS_COMMAND: Final = "ota.boot_previous"
 
 # What a release signature covers: a statement of the release, not the bare image digest,
 # so that a manifest cannot pass one signed image off as another version, another model's

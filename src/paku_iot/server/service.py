@@ -311,6 +311,8 @@ async def running_service(
             for name, work in (("alerting", alerting[0].run()), ("deliveries", alerting[1].run())):
                 background.spawn(work, name=name)
         if writer is not None:
+            # The OTA autopilot, beside the collector whose reports it reads (ota/autopilot.py).
+            background.spawn(ota.autopilot().run(), name="ota-autopilot")
             policy = RetentionPolicy(
                 settings.telemetry_retention_days, settings.events_retention_days
             )
