@@ -342,3 +342,23 @@ async def test_devices_by_state_are_paged(
     assert seen == sorted(UNSEEN)
     pending = await api.get(f"/ota/releases/{rid}/devices", params={"state": "pending"})
     assert pending.json()["items"] == sorted(SEEN)
+
+
+async def test_a_device_that_rolled_back_is_not_offered_the_release_again(
+    api: httpx.AsyncClient, service: Service, fleet: tuple[Autopilot, Clock]
+) -> None:
+    await publish(api)  # 100%, no plan
+    back, failed = SEEN[:2]
+    await report(service, "2.0.0", {back: "rolled_back", failed: "failed"})
+
+    async def offered(device_id: str) -> list[str]:
+        device = await service.device_store.get(device_id)
+        assert device is not None
+        entries = await service.releases.manifest(
+            model="lamp", current="1.0.0", device=device, admin=False
+        )
+        return [r.version for r in entries]
+
+    assert await offered(back) == []
+    assert await offered(failed) == ["2.0.0"]  # a failed download or install may retry
+    assert await offered(SEEN[2]) == ["2.0.0"]

@@ -168,8 +168,9 @@ class ReleaseService:
     ) -> list[ReleaseRecord]:
         """What a caller is offered, newest first: releases of `model` newer than `current`.
         A device gets only releases whose rollout includes it and that are not paused (unless
-        it already started on one) and, for a release restricted to a tag, that the device
-        has; an anonymous caller only unpaused 100% releases without a tag."""
+        it already started on one), not one it rolled back from, and, for a release
+        restricted to a tag, only if it has the tag; an anonymous caller only unpaused 100%
+        releases without a tag; nobody an aborted release."""
         if current:
             floor: semver.Version | None = running_version(current, "current")
         elif current is None and device is not None:
@@ -194,30 +195,33 @@ class ReleaseService:
                     if r.rollout_percent == 100 and not r.paused and r.tag is None
                 ]
             )
-        started = await self._started(device.id, candidates)
+        reported = await self._reported(device.id, candidates)
         offered = [
             r
             for r in candidates
             # A tag restricts who is offered the release; a device part-way through it that
             # lost the tag since still finishes (as with pausing).
-            if r.version in started
+            if reported.get(r.version) in IN_PROGRESS
             or (
                 not r.paused
+                # A device that rolled back from an image booted it and found it unhealthy:
+                # offering it again would only loop it through the same rollback.
+                and reported.get(r.version) != "rolled_back"
                 and (r.tag is None or r.tag in device.tags)
                 and in_rollout(device.id, r.rollout_percent)
             )
         ]
         return _newest_first(offered)
 
-    async def _started(self, device_id: str, releases: list[ReleaseRecord]) -> set[str]:
-        """Versions this device is part-way through. A device that failed has not started:
-        pausing a broken release must stop its retries too."""
-        started: set[str] = set()
+    async def _reported(self, device_id: str, releases: list[ReleaseRecord]) -> dict[str, str]:
+        """This device's latest report on each of these versions. One that failed has not
+        started (not IN_PROGRESS): pausing a broken release must stop its retries too."""
+        reported: dict[str, str] = {}
         for release in releases:
             progress = await self._store.progress(release.version, [device_id])
-            if device_id in progress and progress[device_id].status in IN_PROGRESS:
-                started.add(release.version)
-        return started
+            if device_id in progress:
+                reported[release.version] = progress[device_id].status
+        return reported
 
     async def rollout_status(self, release: ReleaseRecord) -> RolloutStatus:
         return await rollout_status(self._store, self._devices, release)
