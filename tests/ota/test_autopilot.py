@@ -142,6 +142,10 @@ async def test_a_healthy_release_promotes_itself_through_every_wave(
     # A completed release is still offered (at its last wave's percentage).
     offered = (await api.get("/ota/manifest.json", params={"model": "lamp"})).json()
     assert [e["version"] for e in offered] == ["2.0.0"]
+    # Paused after all, then resumed: the autopilot judges the last wave again.
+    assert (await api.post(f"/ota/releases/{rid}/pause")).json()["state"] == "paused"
+    assert (await api.post(f"/ota/releases/{rid}/resume")).json()["state"] == "rolling"
+    assert [d.kind for _, d in await autopilot.step()] == ["completed"]
 
 
 async def test_twenty_percent_failures_abort_the_first_wave(

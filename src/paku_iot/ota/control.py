@@ -4,7 +4,7 @@ or the autopilot. Every change is one conditional UPDATE plus its timeline event
 autopilot) happens once.
 
     rolling --promote--> rolling (next wave) | completed (after the last wave)
-    rolling --pause--> paused --resume--> rolling (the wave's soak starts again)
+    rolling | completed --pause--> paused --resume--> rolling (the wave's soak starts again)
     rolling | paused | completed --abort--> aborted (offered to nobody, for good)
 """
 
@@ -99,7 +99,9 @@ class ReleaseControl:
         self, release_id: str, actor: str, reason: str | None = None, **detail: Any
     ) -> ReleaseRecord:
         release = await self._get(release_id)
-        if release.state != "rolling":
+        # A completed release may be paused too: it is still offered to the devices that
+        # have not taken it yet. Resumed, the autopilot judges its last wave again.
+        if release.state not in ("rolling", "completed"):
             raise _refuse(release, "pause")
         reason = _clip(reason)
         values = {"state": "paused", "paused": True, "state_reason": reason}
