@@ -139,6 +139,10 @@ async def test_a_healthy_release_promotes_itself_through_every_wave(
         ("promoted", "autopilot"),
         ("completed", "autopilot"),
     ]
+    timeline = (await api.get(f"/ota/releases/{rid}/timeline")).json()["items"]
+    promoted = timeline[1]["detail"]
+    assert (promoted["wave"], promoted["toWave"], promoted["percent"]) == (1, 2, 50)
+    assert promoted["counts"]["confirmed"] == len(first)
     # A completed release is still offered (at its last wave's percentage).
     offered = (await api.get("/ota/manifest.json", params={"model": "lamp"})).json()
     assert [e["version"] for e in offered] == ["2.0.0"]

@@ -92,6 +92,7 @@ class ReleaseControl:
                 "wave_started_at": self._clock(),
             }
             kind = "promoted"
+            detail = {"toWave": after + 1, "percent": values["rollout_percent"], **(detail or {})}
         values["state_reason"] = None
         return await self._apply(release, kind, values, actor, detail or {})
 
