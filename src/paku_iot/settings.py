@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     ota_signing_key_file: Path | None = None
     ota_public_key_file: Path | None = None
     ota_allow_anonymous: bool = False
+    # How often the collector's autopilot evaluates releases with a plan (docs/ota.md); 0
+    # turns it off in this process.
+    ota_autopilot_interval_s: float = Field(default=5.0, ge=0)
 
     # Retention, in days (0 keeps forever). Events also bound the rejected-message log.
     telemetry_retention_days: int = Field(default=90, ge=0)

@@ -244,7 +244,9 @@ async def test_rollout_pause_and_status(
     opened = await api.patch(f"/ota/releases/{release['id']}", json={"rolloutPercent": 100})
     assert opened.json()["rolloutPercent"] == 100
     status = (await api.get(f"/ota/releases/{release['id']}")).json()
-    assert status["rollout"]["counts"]["pending"] == 20
+    # None of them has ever connected: not waited for as pending, counted apart.
+    assert status["rollout"]["counts"]["pending"] == 0
+    assert status["rollout"]["neverSeen"] == 20
 
     # Two devices report, one runs the new version already.
     first = await broker.device(ids[0], creds[ids[0]]).connect()
@@ -269,7 +271,8 @@ async def test_rollout_pause_and_status(
         assert counts["downloading"] == 1
         assert counts["failed"] == 1
         assert counts["updated"] == 1
-        assert counts["pending"] == 17
+        assert counts["pending"] == 0
+        assert body["rollout"]["neverSeen"] == 17
         return body
 
     body = await eventually(counted)

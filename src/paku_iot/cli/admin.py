@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from paku_iot.cli import fleet
+from paku_iot.cli import fleet, otaplans
 from paku_iot.cli.otasign import add_sign_parser, run_sign, upload_fields
 from paku_iot.cli.output import device_line as _device_line
 from paku_iot.cli.output import print_result
@@ -149,6 +149,7 @@ def _add_ota_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     publish.add_argument("--rollout", type=int, default=100, help="percent of devices (100)")
     publish.add_argument("--notes")
     publish.add_argument("--tag", help="offer the release only to devices with this tag")
+    otaplans.add_publish_options(publish)
     publish.add_argument(
         "--signature-file",
         type=Path,
@@ -163,12 +164,7 @@ def _add_ota_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     rollout = ota_actions.add_parser("rollout", parents=[common], help="set the rollout percent")
     rollout.add_argument("release_id")
     rollout.add_argument("percent", type=int)
-    ota_actions.add_parser(
-        "pause", parents=[common], help="offer a release to nobody new"
-    ).add_argument("release_id")
-    ota_actions.add_parser("resume", parents=[common], help="resume a paused release").add_argument(
-        "release_id"
-    )
+    otaplans.add_parsers(ota_actions, common)
 
 
 def _add_simulate_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -528,6 +524,7 @@ def _ota_publish(api: ApiClient, args: argparse.Namespace) -> int:
         fields["notes"] = args.notes
     if args.tag:
         fields["tag"] = args.tag
+    fields |= otaplans.publish_fields(args)
     if args.signature_file is not None:
         fields |= upload_fields(args.signature_file, args.model, args.version, args.file)
     try:
@@ -552,7 +549,8 @@ def _ota_list(api: ApiClient, args: argparse.Namespace) -> int:
 def _ota_status(api: ApiClient, args: argparse.Namespace) -> int:
     release = api.request("GET", f"/ota/releases/{args.release_id}")
     counts = ", ".join(f"{k} {v}" for k, v in release["rollout"]["counts"].items())
-    print_result(args, release, f"{_release_line(release)}\n  {counts}")
+    text = f"{_release_line(release)}\n  {otaplans.state_line(release)}\n  {counts}"
+    print_result(args, release, f"{text}, never seen {release['rollout']['neverSeen']}")
     return 0
 
 
@@ -564,14 +562,6 @@ def _ota_patch(api: ApiClient, args: argparse.Namespace, body: dict[str, Any]) -
 
 def _ota_rollout(api: ApiClient, args: argparse.Namespace) -> int:
     return _ota_patch(api, args, {"rolloutPercent": args.percent})
-
-
-def _ota_pause(api: ApiClient, args: argparse.Namespace) -> int:
-    return _ota_patch(api, args, {"paused": True})
-
-
-def _ota_resume(api: ApiClient, args: argparse.Namespace) -> int:
-    return _ota_patch(api, args, {"paused": False})
 
 
 def _write_private_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -633,14 +623,13 @@ def _claim_codes_create(api: ApiClient, args: argparse.Namespace) -> int:
 
 _HANDLERS = {
     **fleet.HANDLERS,
+    **otaplans.HANDLERS,
     ("devices", "import"): _devices_import,
     ("claim-codes", "create"): _claim_codes_create,
     ("ota", "publish"): _ota_publish,
     ("ota", "list"): _ota_list,
     ("ota", "status"): _ota_status,
     ("ota", "rollout"): _ota_rollout,
-    ("ota", "pause"): _ota_pause,
-    ("ota", "resume"): _ota_resume,
     ("devices", "list"): _devices_list,
     ("devices", "show"): _devices_show,
     ("devices", "create"): _devices_create,

@@ -1,7 +1,8 @@
 """The OTA release service and its keys, built on first use.
 
 Only the API serves releases. A collector-only process never touches them, and building
-them lazily keeps `cryptography` (with its own OpenSSL, about 10 MB resident) out of it.
+them lazily keeps `cryptography` (with its own OpenSSL, about 10 MB resident) out of it. The
+collector runs the autopilot (ota/autopilot.py), which needs no key.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from paku_iot.storage.devices import DeviceStore
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from paku_iot.ota.autopilot import Autopilot
     from paku_iot.ota.releases import ReleaseService
     from paku_iot.ota.signer import ReleaseSigner
 
@@ -64,3 +66,11 @@ class OtaParts:
                 self.signer(),
             )
         return self._releases
+
+    def autopilot(self) -> Autopilot:
+        from datetime import UTC, datetime  # noqa: PLC0415
+
+        from paku_iot.ota.autopilot import Autopilot  # noqa: PLC0415
+        from paku_iot.storage.releases import ReleaseStore  # noqa: PLC0415
+
+        return Autopilot(ReleaseStore(self._engine), self._devices, lambda: datetime.now(UTC))

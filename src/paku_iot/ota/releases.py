@@ -6,34 +6,24 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
 import semver
 
-from paku_iot.exceptions import InvalidInput, NotFound
+from paku_iot.exceptions import Conflict, InvalidInput, NotFound
+from paku_iot.ota.control import ReleaseControl
 from paku_iot.ota.files import FirmwareFiles
+from paku_iot.ota.plans import Criteria, check_criteria, parse_plan
 from paku_iot.ota.rollout import in_rollout
 from paku_iot.ota.signer import ReleaseSignatures, ReleaseSigner
+from paku_iot.ota.status import NEVER_SEEN, ROLLOUT_STATUSES, RolloutStatus, rollout_status
 from paku_iot.ota.versions import parse_version, running_version, running_version_or_none
-from paku_iot.protocol import OTA_REPORT_STATUSES
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.records import KEEP, DeviceRecord, Keep, ReleaseRecord
 from paku_iot.storage.releases import ReleaseStore
 
 log = logging.getLogger("paku_iot.ota")
-
-# How a device stands with a release (GET /ota/releases/{id}). `updated` comes only from the
-# device's own state (fwVersion); the others from its `event/ota` reports.
-ROLLOUT_STATUSES = ("pending", *OTA_REPORT_STATUSES, "updated")
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutStatus:
-    counts: dict[str, int]
-    devices: dict[str, list[str]] = field(default_factory=dict)
-
 
 IN_PROGRESS = frozenset({"downloading", "installing", "installed"})
 
@@ -56,6 +46,7 @@ class ReleaseService:
         self._files = files
         self._signer = signer
         self._clock = clock
+        self.control = ReleaseControl(store, clock)
 
     @property
     def files(self) -> FirmwareFiles:
@@ -76,14 +67,22 @@ class ReleaseService:
         statement_signature: str | None = None,
         digest_signature: str | None = None,
         tag: str | None = None,
+        plan: object = None,
+        criteria: Criteria | None = None,
+        actor: str = "system",
     ) -> ReleaseRecord:
         """Store and sign a release. Signatures the upload brings (made off the server by
-        `paku-iot ota sign`) are checked against the image before it is kept."""
+        `paku-iot ota sign`) are checked against the image before it is kept. With a `plan`,
+        the rollout percentage is its first wave's, and the autopilot's from there."""
         parse_version(version)
         if not 1 <= len(model) <= 64:
             raise InvalidInput("model must be 1-64 characters")
         if not 0 <= rollout_percent <= 100:
             raise InvalidInput("rolloutPercent must be between 0 and 100")
+        waves = None if plan is None else parse_plan(plan)
+        criteria = check_criteria(criteria or Criteria())
+        if waves is not None:
+            rollout_percent = waves[0]["percent"]
         signed: list[ReleaseSignatures] = []
 
         def accept(sha256: str, size: int) -> None:
@@ -99,6 +98,7 @@ class ReleaseService:
             )
 
         sha256, size = await asyncio.to_thread(self._files.store, image, accept)
+        now = self._clock()
         release = ReleaseRecord(
             id="fw-" + secrets.token_hex(8),
             model=model,
@@ -110,12 +110,18 @@ class ReleaseService:
             rollout_percent=rollout_percent,
             paused=False,
             notes=notes,
-            created_at=self._clock(),
+            created_at=now,
             tag=tag,
+            plan=waves,
+            min_confirmed=criteria.min_confirmed,
+            min_confirmed_percent=criteria.min_confirmed_percent,
+            abort_failure_percent=criteria.abort_failure_percent,
+            abort_min_devices=criteria.abort_min_devices,
+            wave_started_at=now if waves is not None else None,
         )
         # A refused duplicate leaves its image in the store: it is content-addressed, so at
         # worst it is the very file the existing release serves.
-        await self._store.insert(release)
+        await self._store.insert(release, actor)
         log.info("released %s %s (%d bytes, %d%%)", model, version, size, rollout_percent)
         return release
 
@@ -132,16 +138,29 @@ class ReleaseService:
         self,
         release_id: str,
         *,
+        actor: str,
         rollout_percent: int | None = None,
         paused: bool | None = None,
         tag: str | Keep | None = KEEP,
     ) -> ReleaseRecord:
         if rollout_percent is not None and not 0 <= rollout_percent <= 100:
             raise InvalidInput("rolloutPercent must be between 0 and 100")
+        release = await self.get(release_id)
+        if rollout_percent is not None and release.plan is not None:
+            raise Conflict(
+                f"release {release_id} follows its plan: promote it, or remove the plan",
+                code="release_has_plan",
+            )
         if not await self._store.update(
-            release_id, rollout_percent=rollout_percent, paused=paused, tag=tag
+            release_id, rollout_percent=rollout_percent, paused=None, tag=tag
         ):
             raise NotFound(f"no release {release_id!r}", code="release_not_found")
+        # `paused` is the state machine's (ota/control.py); asking for the state the release
+        # is already in is not an error, as it was not before states existed.
+        if paused and release.state != "paused":
+            await self.control.pause(release_id, actor)
+        elif paused is False and release.state != "rolling":
+            await self.control.resume(release_id, actor)
         return await self.get(release_id)
 
     async def manifest(
@@ -149,8 +168,9 @@ class ReleaseService:
     ) -> list[ReleaseRecord]:
         """What a caller is offered, newest first: releases of `model` newer than `current`.
         A device gets only releases whose rollout includes it and that are not paused (unless
-        it already started on one) and, for a release restricted to a tag, that the device
-        has; an anonymous caller only unpaused 100% releases without a tag."""
+        it already started on one), not one it rolled back from, and, for a release
+        restricted to a tag, only if it has the tag; an anonymous caller only unpaused 100%
+        releases without a tag; nobody an aborted release."""
         if current:
             floor: semver.Version | None = running_version(current, "current")
         elif current is None and device is not None:
@@ -162,7 +182,8 @@ class ReleaseService:
         candidates = [
             r
             for r in await self._store.of_model(model)
-            if floor is None or semver.Version.parse(r.version) > floor
+            # An aborted release is offered to nobody, not even a device part-way through.
+            if r.state != "aborted" and (floor is None or semver.Version.parse(r.version) > floor)
         ]
         if admin:
             return _newest_first(candidates)
@@ -174,53 +195,43 @@ class ReleaseService:
                     if r.rollout_percent == 100 and not r.paused and r.tag is None
                 ]
             )
-        started = await self._started(device.id, candidates)
+        reported = await self._reported(device.id, candidates)
         offered = [
             r
             for r in candidates
             # A tag restricts who is offered the release; a device part-way through it that
             # lost the tag since still finishes (as with pausing).
-            if r.version in started
+            if reported.get(r.version) in IN_PROGRESS
             or (
                 not r.paused
+                # A device that rolled back from an image booted it and found it unhealthy:
+                # offering it again would only loop it through the same rollback.
+                and reported.get(r.version) != "rolled_back"
                 and (r.tag is None or r.tag in device.tags)
                 and in_rollout(device.id, r.rollout_percent)
             )
         ]
         return _newest_first(offered)
 
-    async def _started(self, device_id: str, releases: list[ReleaseRecord]) -> set[str]:
-        """Versions this device is part-way through. A device that failed has not started:
-        pausing a broken release must stop its retries too."""
-        started: set[str] = set()
+    async def _reported(self, device_id: str, releases: list[ReleaseRecord]) -> dict[str, str]:
+        """This device's latest report on each of these versions. One that failed has not
+        started (not IN_PROGRESS): pausing a broken release must stop its retries too."""
+        reported: dict[str, str] = {}
         for release in releases:
             progress = await self._store.progress(release.version, [device_id])
-            if device_id in progress and progress[device_id].status in IN_PROGRESS:
-                started.add(release.version)
-        return started
+            if device_id in progress:
+                reported[release.version] = progress[device_id].status
+        return reported
 
     async def rollout_status(self, release: ReleaseRecord) -> RolloutStatus:
-        devices: list[DeviceRecord] = []
-        after: str | None = None
-        while True:
-            page = await self._devices.page(
-                limit=1000, after_id=after, model=release.model, tag=release.tag
+        return await rollout_status(self._store, self._devices, release)
+
+    async def devices_in(self, release: ReleaseRecord, state: str) -> list[str]:
+        """The ids of the devices in one rollout state (NEVER_SEEN included), in id order."""
+        if state not in (*ROLLOUT_STATUSES, NEVER_SEEN):
+            raise InvalidInput(
+                f"state must be one of {', '.join((*ROLLOUT_STATUSES, NEVER_SEEN))}",
+                code="invalid_state",
             )
-            devices.extend(page)
-            if len(page) < 1000:
-                break
-            after = page[-1].id
-        progress = await self._store.progress(release.version, (d.id for d in devices))
-        by_status: dict[str, list[str]] = {status: [] for status in ROLLOUT_STATUSES}
-        target = semver.Version.parse(release.version)
-        for device in devices:
-            running = running_version_or_none(device.fw_version)
-            if running is not None and running >= target:
-                by_status["updated"].append(device.id)  # this version, or past it already
-            elif device.id in progress:
-                by_status[progress[device.id].status].append(device.id)
-            elif not release.paused and in_rollout(device.id, release.rollout_percent):
-                by_status["pending"].append(device.id)
-        return RolloutStatus(
-            counts={status: len(ids) for status, ids in by_status.items()}, devices=by_status
-        )
+        status = await self.rollout_status(release)
+        return status.never_seen if state == NEVER_SEEN else status.devices[state]

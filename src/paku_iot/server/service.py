@@ -311,19 +311,28 @@ async def running_service(
             for name, work in (("alerting", alerting[0].run()), ("deliveries", alerting[1].run())):
                 background.spawn(work, name=name)
         if writer is not None:
-            policy = RetentionPolicy(
-                settings.telemetry_retention_days, settings.events_retention_days
-            )
-            background.spawn(
-                maintain_forever(engine, policy, settings.maintenance_interval_s),
-                name="maintenance",
-            )
+            _spawn_upkeep(background, settings, engine, ota)
         stack.push_async_callback(background.cancel_all)
         stack.push_async_callback(link.stop)
         if spooled is not None:
             # First at shutdown: stop reading, and PUBACK what is spooled before disconnecting.
             stack.push_async_callback(spooled.stop_intake)
         yield service
+
+
+def _spawn_upkeep(
+    background: TaskSet, settings: Settings, engine: AsyncEngine, ota: OtaParts
+) -> None:
+    """A collector's periodic work: the OTA autopilot, beside the collector whose reports it
+    reads (ota/autopilot.py), and retention."""
+    if settings.ota_autopilot_interval_s > 0:
+        background.spawn(
+            ota.autopilot().run(settings.ota_autopilot_interval_s), name="ota-autopilot"
+        )
+    policy = RetentionPolicy(settings.telemetry_retention_days, settings.events_retention_days)
+    background.spawn(
+        maintain_forever(engine, policy, settings.maintenance_interval_s), name="maintenance"
+    )
 
 
 def _alerting(

@@ -178,6 +178,28 @@ class ReleaseRecord:
     notes: str | None
     created_at: datetime
     tag: str | None = None  # offered only to devices with this tag
+    # The autopilot's plan and criteria (ota/plans.py); None: rolled out by hand.
+    plan: list[dict[str, int]] | None = None
+    min_confirmed: int = 1
+    min_confirmed_percent: int = 50
+    abort_failure_percent: int = 10
+    abort_min_devices: int = 3
+    state: str = "rolling"  # rolling | paused | completed | aborted
+    current_wave: int = 0
+    state_reason: str | None = None
+    wave_started_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseEvent:
+    """One entry of a release's timeline."""
+
+    id: int
+    release_id: str
+    at: datetime
+    actor: str
+    kind: str
+    detail: JsonObject
 
 
 @dataclass(frozen=True, slots=True)

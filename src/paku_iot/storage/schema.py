@@ -161,7 +161,37 @@ firmware_releases = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     # Offered only to devices with this tag; NULL: to every device of the model.
     Column("tag", String(32), nullable=True),
+    # The autopilot (ota/plans.py, docs/ota.md): a list of waves {percent, soakSeconds}, or
+    # NULL for a release rolled out by hand. `rollout_percent` follows the current wave.
+    Column("plan", json_type(), nullable=True),
+    Column("min_confirmed", Integer, nullable=False, server_default="1"),
+    Column("min_confirmed_percent", Integer, nullable=False, server_default="50"),
+    Column("abort_failure_percent", Integer, nullable=False, server_default="10"),
+    Column("abort_min_devices", Integer, nullable=False, server_default="3"),
+    # rolling | paused | completed | aborted; `paused` is kept true when not rolling.
+    Column("state", String(16), nullable=False, server_default="rolling"),
+    Column("current_wave", Integer, nullable=False, server_default="0"),
+    Column("state_reason", Text, nullable=True),
+    Column("wave_started_at", UtcDateTime(), nullable=True),
     UniqueConstraint("model", "version"),
+)
+
+release_events = Table(
+    "release_events",
+    metadata,
+    # A release's timeline: every state change, by the autopilot or an operator.
+    Column("id", big_id_type(), primary_key=True, autoincrement=True),
+    Column(
+        "release_id",
+        String(40),
+        ForeignKey("firmware_releases.id", ondelete="CASCADE", name="fk_release_events_release_id"),
+        nullable=False,
+    ),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("actor", String(80), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("detail", json_type(), nullable=False),
+    Index(None, "release_id", "id"),
 )
 
 ota_progress = Table(

@@ -29,6 +29,7 @@ from paku_iot.web.api.routes import (
     messages,
     metrics,
     ota,
+    ota_control,
     security,
 )
 from paku_iot.web.ui import router as dashboard
@@ -76,6 +77,7 @@ API_ROUTERS = (
     commands.router,
     config.router,
     ota.admin,
+    ota_control.router,
     ota.router,
     security.router,
     alerts.router,

@@ -155,7 +155,9 @@ async def test_a_release_restricted_to_a_tag_is_offered_only_to_its_devices(
     ]
     assert [e["version"] for e in await manifest(api, other_auth, current="1.0.0")] == ["1.1.0"]
     status = (await api.get(f"/ota/releases/{release['id']}")).json()["rollout"]
-    assert status["devices"]["pending"] == ["ota-beta"]
+    assert status["neverSeen"] == 1  # only devices with the tag are counted
+    unseen = await api.get(f"/ota/releases/{release['id']}/devices", params={"state": "never_seen"})
+    assert unseen.json()["items"] == ["ota-beta"]
 
     # Lifting the tag offers it to every device of the model.
     lifted = await api.patch(f"/ota/releases/{release['id']}", json={"tag": None})

@@ -59,6 +59,12 @@ OPERATION_IDS = {
     ("get", "/ota/releases"): "list_releases",
     ("get", "/ota/releases/{release_id}"): "get_release",
     ("patch", "/ota/releases/{release_id}"): "update_release",
+    ("post", "/ota/releases/{release_id}/promote"): "promote_release",
+    ("post", "/ota/releases/{release_id}/pause"): "pause_release",
+    ("post", "/ota/releases/{release_id}/resume"): "resume_release",
+    ("post", "/ota/releases/{release_id}/abort"): "abort_release",
+    ("get", "/ota/releases/{release_id}/timeline"): "release_timeline",
+    ("get", "/ota/releases/{release_id}/devices"): "release_devices",
     ("get", "/ota/manifest.json"): "manifest",
     ("get", "/ota/firmware/{sha256}.bin"): "download_firmware",
     ("head", "/ota/firmware/{sha256}.bin"): "firmware_headers",
@@ -370,6 +376,7 @@ def probes(fleet: Fleet) -> list[Probe]:
         Probe(
             422, "patch", "/ota/releases/{release_id}", release, {"json": {"rolloutPercent": 101}}
         ),
+        *release_control_probes(release),
         Probe(200, "get", "/ota/manifest.json", request={**device_auth, **NOBODY}),
         Probe(401, "get", "/ota/manifest.json", request=NOBODY),
         Probe(401, "get", "/ota/manifest.json", request={"auth": ("dev-1", "wrong")}),
@@ -451,7 +458,45 @@ def probes(fleet: Fleet) -> list[Probe]:
 
 
 # Every role may read releases: the only token routes no role is refused.
-NO_ROLE_REFUSED = {"list_releases", "get_release"}
+NO_ROLE_REFUSED = {"list_releases", "get_release", "release_timeline", "release_devices"}
+
+
+def release_control_probes(release: dict[str, str]) -> list[Probe]:
+    """The release gets a plan, moves through its states, and ends aborted."""
+    base = "/ota/releases/{release_id}"
+    no_release = {"release_id": "fw-0"}
+    nul = {"release_id": NUL}
+    plan = {"json": {"plan": [{"percent": 50}, {"percent": 100}]}}
+    table = [
+        Probe(409, "post", base + "/promote", release),  # no plan yet
+        Probe(200, "patch", base, release, plan),
+        Probe(409, "patch", base, release, {"json": {"rolloutPercent": 10}}),
+        Probe(200, "post", base + "/promote", release),
+        Probe(200, "post", base + "/pause", release, {"json": {"reason": "look first"}}),
+        Probe(422, "post", base + "/pause", release, {"json": {"reason": "x" * 501}}),
+        Probe(409, "post", base + "/pause", release),
+        Probe(200, "post", base + "/resume", release),
+        Probe(409, "post", base + "/resume", release),
+        Probe(200, "get", base + "/timeline", release),
+        Probe(200, "get", base + "/devices", release, {"params": {"state": "pending"}}),
+        Probe(422, "get", base + "/devices", release, {"params": {"state": "lost"}}),
+        Probe(401, "get", base + "/devices", release, {"params": {"state": "pending"}, **NOBODY}),
+        Probe(404, "get", base + "/devices", no_release, {"params": {"state": "pending"}}),
+        Probe(401, "get", base + "/timeline", release, NOBODY),
+        Probe(404, "get", base + "/timeline", no_release),
+        Probe(422, "get", base + "/timeline", nul),
+    ]
+    for action in ("promote", "pause", "resume", "abort"):
+        table += [
+            Probe(401, "post", f"{base}/{action}", release, NOBODY),
+            Probe(404, "post", f"{base}/{action}", no_release),
+            Probe(422, "post", f"{base}/{action}", nul),
+        ]
+    table += [
+        Probe(200, "post", base + "/abort", release, {"json": {"reason": "bad build"}}),
+        Probe(409, "post", base + "/abort", release),
+    ]
+    return table
 
 
 def refusals(fleet: Fleet) -> list[Probe]:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from paku_iot.server.service import Service
+from paku_iot.storage import schema
 from paku_iot.storage.messages import write_batch
 from paku_iot.storage.records import IngestBatch, NewDevice, TelemetryRecord
 from tests.support.ui import sign_in
@@ -113,6 +114,9 @@ async def test_chart_data_covers_the_chosen_window(ui: httpx.AsyncClient, servic
 
 async def test_the_firmware_controls(ui: httpx.AsyncClient, service: Service) -> None:
     await add_devices(service, 40)
+    # Devices that have connected: a device never seen is not counted as pending.
+    async with service.engine.begin() as conn:
+        await conn.execute(schema.devices.update().values(last_seen_at=datetime.now(UTC)))
     release = await service.releases.publish(
         model="tall", version="2.0.0", image=io.BytesIO(b"fw" * 100), rollout_percent=100
     )

@@ -334,6 +334,13 @@ class BulkConfigResult(ApiModel):
     items: list[BulkConfigItem]
 
 
+class Wave(ApiModel):
+    percent: int = Field(ge=1, le=100, description="The rollout percentage of this wave.")
+    soak_seconds: int = Field(
+        default=0, ge=0, description="How long the wave runs before it may be promoted."
+    )
+
+
 class Release(ApiModel):
     id: str
     model: str
@@ -360,6 +367,19 @@ class Release(ApiModel):
     tag: str | None = Field(
         description="Offered only to devices with this tag; null: every device of the model."
     )
+    state: Literal["rolling", "paused", "completed", "aborted"] = Field(
+        description="`aborted`: offered to nobody. docs/ota.md"
+    )
+    state_reason: str | None = Field(description="Why it was paused or aborted.")
+    plan: list[Wave] | None = Field(
+        description="The waves the autopilot rolls the release out in; null: by hand."
+    )
+    current_wave: int | None = Field(description="1-based wave number; null without a plan.")
+    wave_started_at: datetime | None
+    min_confirmed: int
+    min_confirmed_percent: int
+    abort_failure_percent: int
+    abort_min_devices: int
 
     @classmethod
     def of(cls, record: ReleaseRecord, url: str) -> Release:
@@ -378,6 +398,15 @@ class Release(ApiModel):
             notes=record.notes,
             created_at=record.created_at,
             tag=record.tag,
+            state=record.state,
+            state_reason=record.state_reason,
+            plan=None if record.plan is None else [Wave(**w) for w in record.plan],
+            current_wave=None if record.plan is None else record.current_wave + 1,
+            wave_started_at=record.wave_started_at,
+            min_confirmed=record.min_confirmed,
+            min_confirmed_percent=record.min_confirmed_percent,
+            abort_failure_percent=record.abort_failure_percent,
+            abort_min_devices=record.abort_min_devices,
         )
 
 
@@ -386,8 +415,11 @@ class ReleaseList(ApiModel):
 
 
 class RolloutView(ApiModel):
-    counts: dict[str, int]
+    counts: dict[str, int] = Field(
+        description="Devices per state; `confirmed` alone counts toward promotion."
+    )
     devices: dict[str, list[str]]
+    never_seen: int = Field(description="Devices of the model that have never connected.")
 
 
 class ReleaseWithStatus(Release):
@@ -400,6 +432,15 @@ class ReleaseUpdate(RequestModel):
     tag: Tag | None = Field(
         default=None, description="Restrict the release to devices with this tag; null: lift it."
     )
+    plan: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Waves `[{percent, soakSeconds}]`: the release starts again at the first; "
+        "null: no plan (rolled out by hand from where it is).",
+    )
+    min_confirmed: int | None = Field(default=None, ge=0)
+    min_confirmed_percent: int | None = Field(default=None, ge=0, le=100)
+    abort_failure_percent: int | None = Field(default=None, ge=0, le=100)
+    abort_min_devices: int | None = Field(default=None, ge=1)
 
 
 class ManifestEntry(ApiModel):

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, 
 from fastapi.responses import FileResponse
 
 from paku_iot.exceptions import InvalidInput, NotFound
+from paku_iot.ota.plans import Criteria, criteria_of
 from paku_iot.ota.signing import public_key_pem, public_key_raw_b64
 from paku_iot.protocol import OTA_MANIFEST_PATH
 from paku_iot.registry.tags import TAG_PATTERN
@@ -67,8 +68,9 @@ FIRMWARE_UPLOAD_PATH = "/ota/firmware"
         400: error("The multipart body is malformed."),
         409: error("This model already has a release of this version (`release_exists`)."),
         422: error(
-            "A bad version, an empty image, no `statementSignature` on a server that holds "
-            "only the public key (`signature_required`), or a signature that does not verify "
+            "A bad plan (`invalid_plan`), a bad version, an empty image, no "
+            "`statementSignature` on a server that holds only the public key "
+            "(`signature_required`), or a signature that does not verify "
             "for this image, model and version (`invalid_signature`)."
         ),
         413: error("The upload is over PAKU_OTA_MAX_FIRMWARE_BYTES (`payload_too_large`)."),
@@ -101,6 +103,19 @@ async def publish_firmware(
             "rollout percentage).",
         ),
     ] = None,
+    plan: Annotated[
+        str | None,
+        Form(
+            max_length=4000,
+            description='Waves as JSON text, `[{"percent": 10, "soakSeconds": 3600}, ...]`: '
+            "the autopilot rolls the release out wave by wave (docs/ota.md); rolloutPercent "
+            "is then the first wave's.",
+        ),
+    ] = None,
+    min_confirmed: Annotated[int, Form(alias="minConfirmed", ge=0)] = 1,
+    min_confirmed_percent: Annotated[int, Form(alias="minConfirmedPercent", ge=0, le=100)] = 50,
+    abort_failure_percent: Annotated[int, Form(alias="abortFailurePercent", ge=0, le=100)] = 10,
+    abort_min_devices: Annotated[int, Form(alias="abortMinDevices", ge=1)] = 3,
     statement_signature: Annotated[
         str | None,
         Form(
@@ -136,6 +151,11 @@ async def publish_firmware(
             statement_signature=statement_signature,
             digest_signature=signature,
             tag=tag,
+            plan=plan,
+            criteria=Criteria(
+                min_confirmed, min_confirmed_percent, abort_failure_percent, abort_min_devices
+            ),
+            actor=actor.actor,
         )
     finally:
         await file.close()
@@ -147,8 +167,9 @@ async def publish_firmware(
             "model": model,
             "version": version,
             "sha256": record.sha256,
-            "rollout": rollout_percent,
+            "rollout": record.rollout_percent,
             "tag": tag,
+            "plan": record.plan,
         },
     )
     return _release(request, service, record)
@@ -172,37 +193,75 @@ async def list_releases(
     dependencies=[needs(Permission.RELEASES_READ)],
 )
 async def get_release(request: Request, release_id: str, service: ServiceDep) -> ReleaseWithStatus:
-    """A release and where its model's devices stand: `pending` (offered, no report yet),
-    `downloading`, `installing`, `installed` (reported, not yet running it), `failed`, and
-    `updated` (the device's own state reports this version)."""
+    """A release, its plan and state, and where its model's devices stand: `pending`
+    (offered, no report yet), `downloading`, `installing`, `installed` (written, not yet
+    running it), `updated` (its own state reports this version, or a later one, but it has not
+    confirmed it), `confirmed`, `failed`, `rolled_back`; `neverSeen` counts the devices that
+    have never connected (docs/ota.md)."""
     record = await service.releases.get(release_id)
     rollout = await service.releases.rollout_status(record)
     return ReleaseWithStatus(
         **_release(request, service, record).model_dump(),
-        rollout=RolloutView(counts=rollout.counts, devices=rollout.devices),
+        rollout=RolloutView(
+            counts=rollout.counts, devices=rollout.devices, never_seen=len(rollout.never_seen)
+        ),
     )
 
 
 @admin.patch(
     "/ota/releases/{release_id}",
     response_model=Release,
-    responses={**NO_RELEASE, **FORBIDDEN},
+    responses={
+        **NO_RELEASE,
+        409: error(
+            "`rolloutPercent` of a release with a plan (`release_has_plan`), or a plan for a "
+            "completed or aborted release (`release_completed`, `release_aborted`)."
+        ),
+        422: error("A bad plan (`invalid_plan`)."),
+        **FORBIDDEN,
+    },
     dependencies=[needs(Permission.RELEASES_WRITE)],
 )
 async def update_release(
     request: Request, release_id: str, body: ReleaseUpdate, service: ServiceDep, actor: Actor
 ) -> Release:
-    """Change the rollout percentage, pause (`paused: true`) and resume the release, or
-    restrict it to devices with a `tag` (`tag: null` lifts that)."""
+    """Change the rollout percentage, pause (`paused: true`) and resume the release, restrict
+    it to devices with a `tag` (`tag: null` lifts that), or set its `plan` (it starts again at
+    the first wave; `plan: null` takes it away) and criteria."""
+    sent = body.model_fields_set
+    criteria_fields = {
+        "min_confirmed",
+        "min_confirmed_percent",
+        "abort_failure_percent",
+        "abort_min_devices",
+    }
+    if "plan" in sent or sent & criteria_fields:
+        current = criteria_of(await service.releases.get(release_id))
+        await service.releases.control.set_plan(
+            release_id,
+            actor.actor,
+            body.plan if "plan" in sent else KEEP,
+            Criteria(
+                _given(body.min_confirmed, current.min_confirmed),
+                _given(body.min_confirmed_percent, current.min_confirmed_percent),
+                _given(body.abort_failure_percent, current.abort_failure_percent),
+                _given(body.abort_min_devices, current.abort_min_devices),
+            ),
+        )
     record = await service.releases.update(
         release_id,
+        actor=actor.actor,
         rollout_percent=body.rollout_percent,
         paused=body.paused,
-        tag=body.tag if "tag" in body.model_fields_set else KEEP,
+        tag=body.tag if "tag" in sent else KEEP,
     )
     changes = body.model_dump(exclude_unset=True, by_alias=True)
     await service.audit.record(actor, "ota.update", release_id, changes)
     return _release(request, service, record)
+
+
+def _given(value: int | None, current: int) -> int:
+    return current if value is None else value
 
 
 @router.get(

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from paku_iot.ota.releases import ROLLOUT_STATUSES
+from paku_iot.ota.status import ROLLOUT_STATUSES
 from paku_iot.security.roles import Permission
 from paku_iot.web.deps import ServiceDep
 from paku_iot.web.ui.guard import ActionSession, PageSession, can_do, can_see
@@ -42,7 +42,7 @@ async def change_rollout(
     service: ServiceDep,
     percent: Annotated[int, Form(ge=0, le=100)],
 ) -> Response:
-    await service.releases.update(release_id, rollout_percent=percent)
+    await service.releases.update(release_id, actor=session.identity.actor, rollout_percent=percent)
     await service.audit.record(
         session.identity, "ota.update", release_id, {"rolloutPercent": percent, "via": "ui"}
     )
@@ -56,7 +56,7 @@ async def pause_or_resume(
     service: ServiceDep,
     paused: Annotated[Literal["true", "false"], Form()],
 ) -> Response:
-    await service.releases.update(release_id, paused=paused == "true")
+    await service.releases.update(release_id, actor=session.identity.actor, paused=paused == "true")
     await service.audit.record(
         session.identity, "ota.update", release_id, {"paused": paused == "true", "via": "ui"}
     )

@@ -1,0 +1,82 @@
+"""The autopilot: every few seconds, each rolling release with a plan is promoted, paused or
+aborted as ota/plans.py decides on its rollout's counts.
+
+It runs beside the collector (server/service.py). Several collectors may run it at once:
+each step is a conditional update (ota/control.py), so a step decided twice happens once and
+the loser's attempt is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from paku_iot.exceptions import Conflict, PakuError
+from paku_iot.ota.control import ReleaseControl
+from paku_iot.ota.plans import Decision, Tally, decide
+from paku_iot.ota.status import rollout_status
+from paku_iot.storage.devices import DeviceStore
+from paku_iot.storage.engine import is_unavailable_error
+from paku_iot.storage.records import ReleaseRecord
+from paku_iot.storage.releases import ReleaseStore
+
+log = logging.getLogger("paku_iot.ota")
+
+ACTOR = "autopilot"
+INTERVAL_S = 5.0
+
+
+class Autopilot:
+    def __init__(
+        self, store: ReleaseStore, devices: DeviceStore, clock: Callable[[], datetime]
+    ) -> None:
+        self._store = store
+        self._devices = devices
+        self._clock = clock
+        self._control = ReleaseControl(store, clock)
+
+    async def step(self) -> list[tuple[str, Decision]]:
+        """Evaluate every rolling release with a plan once; what was done to which."""
+        done: list[tuple[str, Decision]] = []
+        for release in await self._store.with_plan("rolling"):
+            decision = await self._evaluate(release)
+            if decision is not None:
+                done.append((release.id, decision))
+        return done
+
+    async def _evaluate(self, release: ReleaseRecord) -> Decision | None:
+        status = await rollout_status(self._store, self._devices, release)
+        decision = decide(release, Tally.of(status.counts), self._clock())
+        if decision is None:
+            return None
+        detail = {"counts": status.counts}
+        try:
+            if decision.kind == "aborted":
+                await self._control.abort(release.id, ACTOR, decision.reason, **detail)
+            elif decision.kind == "paused":
+                await self._control.pause(release.id, ACTOR, decision.reason, **detail)
+            else:
+                await self._control.promote(release.id, ACTOR, detail)
+        except Conflict:
+            return None  # an operator, or another collector, moved it first
+        log.info(
+            "release %s %s: %s%s",
+            release.id,
+            release.version,
+            decision.kind,
+            f" ({decision.reason})" if decision.reason else "",
+        )
+        return decision
+
+    async def run(self, interval_s: float = INTERVAL_S) -> None:
+        while True:
+            try:
+                await self.step()
+            except PakuError as exc:
+                log.debug("autopilot step skipped: %s", exc.message)
+            except Exception as exc:
+                if not is_unavailable_error(exc):
+                    log.exception("autopilot step failed")
+            await asyncio.sleep(interval_s)

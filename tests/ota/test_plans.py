@@ -1,0 +1,83 @@
+"""What the autopilot decides on a wave's counts (ota/plans.py), without a database."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from paku_iot.ota.plans import Decision, Tally, decide
+from paku_iot.storage.records import ReleaseRecord
+
+T0 = datetime(2026, 12, 5, tzinfo=UTC)
+RELEASE = ReleaseRecord(
+    id="fw-1",
+    model="lamp",
+    version="2.0.0",
+    sha256="0" * 64,
+    size=1,
+    signature=None,
+    statement_signature=None,
+    rollout_percent=10,
+    paused=False,
+    notes=None,
+    created_at=T0,
+    plan=[{"percent": 10, "soakSeconds": 60}, {"percent": 100, "soakSeconds": 60}],
+    wave_started_at=T0,
+)
+AFTER_SOAK = T0 + timedelta(seconds=61)
+
+
+@pytest.mark.parametrize(
+    ("tally", "now", "expected"),
+    [
+        (Tally(tried=10, confirmed=10, failures=0), T0, None),  # soaking
+        (Tally(tried=10, confirmed=10, failures=0), AFTER_SOAK, Decision("promoted")),
+        (Tally(tried=10, confirmed=5, failures=0), AFTER_SOAK, Decision("promoted")),
+        (
+            Tally(tried=10, confirmed=4, failures=0),
+            AFTER_SOAK,
+            Decision("paused", "wave 1: 4 of 10 confirmed, 5 needed"),
+        ),
+        (
+            Tally(tried=0, confirmed=0, failures=0),
+            AFTER_SOAK,
+            Decision("paused", "wave 1: 0 of 0 confirmed, 1 needed"),
+        ),
+        # Failures abort at once, soak or not, once enough tried.
+        (
+            Tally(tried=10, confirmed=9, failures=1),
+            T0,
+            Decision("aborted", "wave 1: 1 of 10 failed, abort at 10%"),
+        ),
+        # Too few tried to abort, too many failed to promote.
+        (Tally(tried=2, confirmed=1, failures=1), T0, None),
+        (
+            Tally(tried=2, confirmed=1, failures=1),
+            AFTER_SOAK,
+            Decision("paused", "wave 1: 1 of 2 failed (abort at 10% once 3 tried)"),
+        ),
+        (Tally(tried=20, confirmed=19, failures=1), AFTER_SOAK, Decision("promoted")),
+    ],
+)
+def test_a_wave_is_promoted_paused_or_aborted(
+    tally: Tally, now: datetime, expected: Decision | None
+) -> None:
+    assert decide(RELEASE, tally, now) == expected
+
+
+def test_the_last_wave_completes_and_only_rolling_releases_with_a_plan_move() -> None:
+    last = replace(RELEASE, current_wave=1, rollout_percent=100)
+    assert decide(last, Tally(10, 10, 0), AFTER_SOAK) == Decision("completed")
+    for state in ("paused", "completed", "aborted"):
+        assert decide(replace(RELEASE, state=state), Tally(10, 0, 9), AFTER_SOAK) is None
+    assert decide(replace(RELEASE, plan=None), Tally(10, 0, 9), AFTER_SOAK) is None
+
+
+def test_at_zero_percent_any_failure_aborts() -> None:
+    strict = replace(RELEASE, abort_failure_percent=0, abort_min_devices=1)
+    assert decide(strict, Tally(50, 49, 1), T0) == Decision(
+        "aborted", "wave 1: 1 of 50 failed, abort at 0%"
+    )
+    assert decide(strict, Tally(50, 50, 0), AFTER_SOAK) == Decision("promoted")
