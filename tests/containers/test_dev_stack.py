@@ -153,7 +153,10 @@ async def ota_round_trip(
 
             async def updated() -> None:
                 shown = await api.get(f"/ota/releases/{release['id']}")
-                assert device_id in shown.json()["rollout"]["devices"]["updated"], shown.text
+                # Running it: `updated` until its first healthy run confirms it.
+                devices = shown.json()["rollout"]["devices"]
+                running = devices["updated"] + devices.get("confirmed", [])
+                assert device_id in running, shown.text
 
             await eventually(updated, timeout=15)
         finally:

@@ -111,7 +111,7 @@ async def test_the_simulated_fleet_takes_a_firmware_update(
     listed = json.loads((await cli(env, tmp_path, "devices", "list", "--json")).stdout)
     assert sorted(d["fwVersion"] for d in listed) == ["1.1.0"] * 3
     status = await cli(env, tmp_path, "ota", "status", json.loads(published.stdout)["id"])
-    assert "updated 3" in status.stdout, status.stdout
+    assert "confirmed 3" in status.stdout, status.stdout
 
 
 async def test_a_share_of_the_simulated_fleet_fails_the_new_build_and_rolls_back(
@@ -160,7 +160,7 @@ async def test_a_share_of_the_simulated_fleet_fails_the_new_build_and_rolls_back
         async def rolled_back() -> None:
             rollout = (await api.get(f"/ota/releases/{release_id}")).json()["rollout"]
             assert set(rollout["devices"]["rolled_back"]) == failing, rollout
-            assert set(rollout["devices"]["updated"]) == set(ids) - failing, rollout
+            assert set(rollout["devices"]["confirmed"]) == set(ids) - failing, rollout
 
         await eventually(rolled_back)
         events = (await api.get("/devices/sim-0/events", params={"type": "ota"})).json()

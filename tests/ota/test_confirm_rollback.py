@@ -77,7 +77,7 @@ async def test_confirm_after_a_healthy_run_then_boot_previous(dev: Dev) -> None:
             assert statuses == ["downloading", "installing", "installed", "confirmed"]
 
         await eventually(confirmed)
-        await dev.wait_for_status(release["id"], "ota-ok", "updated")
+        await dev.wait_for_status(release["id"], "ota-ok", "confirmed")
 
         # Boot previous: answered, then back on 1.0.0 without a download.
         command = await _command(dev, "ota-ok")
