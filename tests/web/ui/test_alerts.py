@@ -7,13 +7,15 @@ and audited."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from paku_iot.alerts.rules import DestinationSpec, RuleSpec
-from paku_iot.server.service import Service
+from paku_iot.server.service import Role, Service, running_service
+from paku_iot.settings import Settings
 from paku_iot.storage.alerts import AlertStore
 from paku_iot.storage.records import (
     AlertDeliveryAttempt,
@@ -41,6 +43,15 @@ RULE_FORM = {
     "dest_url": "https://hooks.example/paku",
     "dest_secret": SECRET,
 }
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Service]:
+    """The API and dashboard alone. With a collector, its outbox would send these tests'
+    notifications (to hosts that do not resolve here) and its evaluator would act on the
+    alerts they open by hand; neither is the dashboard's to test."""
+    async with running_service(settings, frozenset({Role.API})) as running:
+        yield running
 
 
 @pytest.fixture
