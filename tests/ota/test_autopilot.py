@@ -370,3 +370,22 @@ async def test_a_device_that_rolled_back_is_not_offered_the_release_again(
     assert await offered(back) == []
     assert await offered(failed) == ["2.0.0"]  # a failed download or install may retry
     assert await offered(SEEN[2]) == ["2.0.0"]
+
+
+async def test_a_wave_whose_own_devices_never_ran_the_build_pauses(
+    api: httpx.AsyncClient, service: Service, fleet: tuple[Autopilot, Clock]
+) -> None:
+    autopilot, clock = fleet
+    rid = (await publish(api, plan=json.dumps(PLAN)))["id"]
+    await report(service, "2.0.0", dict.fromkeys(wave(25), "confirmed"))
+    clock.advance(601)
+    assert [d.kind for _, d in await autopilot.step()] == ["promoted"]
+    # The second wave's devices stay asleep through its soak: the first wave's confirmations
+    # (all of those that tried) are not enough to go to 100%.
+    clock.advance(601)
+    [(_, decision)] = await autopilot.step()
+    assert decision.kind == "paused"
+    added = len(wave(50, 25))
+    body = await release(api, rid)
+    assert body["stateReason"] == f"wave 2: 0 of the {added} devices it added confirmed, 1 needed"
+    assert body["rollout"]["counts"]["pending"] == 0  # paused: offered to nobody new

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from paku_iot.ota.plans import Decision, Tally, decide
+from paku_iot.ota.plans import Decision, Tally, decide, wave_tally
+from paku_iot.ota.rollout import in_rollout
 from paku_iot.storage.records import ReleaseRecord
 
 T0 = datetime(2026, 12, 5, tzinfo=UTC)
@@ -81,3 +82,43 @@ def test_at_zero_percent_any_failure_aborts() -> None:
         "aborted", "wave 1: 1 of 50 failed, abort at 0%"
     )
     assert decide(strict, Tally(50, 50, 0), AFTER_SOAK) == Decision("promoted")
+
+
+def test_a_wave_is_not_promoted_before_any_device_it_added_confirmed() -> None:
+    """Earlier waves' confirmations alone do not promote a wave whose own devices have not
+    run the build yet (asleep, or slower than the soak time)."""
+    second = replace(RELEASE, current_wave=1, rollout_percent=100)
+    waiting = Tally(tried=10, confirmed=10, failures=0, added=9, added_confirmed=0)
+    assert decide(second, waiting, AFTER_SOAK) == Decision(
+        "paused", "wave 2: 0 of the 9 devices it added confirmed, 1 needed"
+    )
+    one = replace(waiting, tried=11, confirmed=11, added_confirmed=1)
+    assert decide(second, one, AFTER_SOAK) == Decision("completed")
+    # A wave that added no device that was ever seen has nobody to wait for.
+    assert decide(second, replace(waiting, added=0), AFTER_SOAK) == Decision("completed")
+    # minConfirmed counts among the added devices too, up to as many as there are.
+    three = replace(second, min_confirmed=3)
+    assert decide(three, replace(one, added=2, added_confirmed=1), AFTER_SOAK) == Decision(
+        "paused", "wave 2: 1 of the 2 devices it added confirmed, 2 needed"
+    )
+    assert decide(three, replace(one, added=2, added_confirmed=2), AFTER_SOAK) == Decision(
+        "completed"
+    )
+
+
+def test_the_wave_tally_counts_apart_the_devices_the_current_wave_added() -> None:
+    ids = [f"lamp-{n:03d}" for n in range(200)]
+    first = [d for d in ids if in_rollout(d, 10)]
+    added = [d for d in ids if in_rollout(d, 100) and not in_rollout(d, 10)]
+    devices = {"confirmed": first + added[:3], "pending": added[3:], "failed": []}
+    tally = wave_tally(replace(RELEASE, current_wave=1, rollout_percent=100), devices)
+    assert tally == Tally(
+        tried=len(first) + 3,
+        confirmed=len(first) + 3,
+        failures=0,
+        added=len(added),
+        added_confirmed=3,
+    )
+    # In the first wave, every device of the wave is one it added.
+    tally = wave_tally(RELEASE, {"confirmed": first[:2], "pending": first[2:]})
+    assert (tally.added, tally.added_confirmed) == (len(first), 2)

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from paku_iot.exceptions import Conflict, PakuError
 from paku_iot.ota.control import ReleaseControl
-from paku_iot.ota.plans import Decision, Tally, decide
+from paku_iot.ota.plans import Decision, decide, wave_tally
 from paku_iot.ota.status import rollout_status
 from paku_iot.storage.devices import DeviceStore
 from paku_iot.storage.engine import is_unavailable_error
@@ -48,7 +48,7 @@ class Autopilot:
 
     async def _evaluate(self, release: ReleaseRecord) -> Decision | None:
         status = await rollout_status(self._store, self._devices, release)
-        decision = decide(release, Tally.of(status.counts), self._clock())
+        decision = decide(release, wave_tally(release, status.devices), self._clock())
         if decision is None:
             return None
         detail = {"counts": status.counts}

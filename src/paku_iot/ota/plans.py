@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from paku_iot.exceptions import InvalidInput
+from paku_iot.ota.rollout import in_rollout
 from paku_iot.storage.records import ReleaseRecord
 
 STATES = ("rolling", "paused", "completed", "aborted")
@@ -96,11 +97,17 @@ def criteria_of(release: ReleaseRecord) -> Criteria:
 
 @dataclass(frozen=True, slots=True)
 class Tally:
-    """Where the devices of the current wave stand with the release."""
+    """Where the devices of the current wave stand with the release: over the whole rollout so
+    far (a wave includes the waves before it), and apart, over the devices this wave added."""
 
     tried: int
     confirmed: int
     failures: int
+    # Seen devices the current wave added to the one before (pending or further), and how
+    # many of them confirmed: a wave is not promoted on the confirmations of earlier waves
+    # alone while its own devices have not run the build yet.
+    added: int = 0
+    added_confirmed: int = 0
 
     @classmethod
     def of(cls, counts: dict[str, int]) -> Tally:
@@ -109,6 +116,25 @@ class Tally:
             confirmed=counts.get("confirmed", 0),
             failures=sum(n for status, n in counts.items() if status in FAILURES),
         )
+
+
+def wave_tally(release: ReleaseRecord, devices: dict[str, list[str]]) -> Tally:
+    """The tally of a release's current wave from its devices by rollout status
+    (ota/status.py; never-seen devices are not in it)."""
+    counts = {status: len(ids) for status, ids in devices.items()}
+    if release.plan is None:
+        return Tally.of(counts)
+    wave = release.current_wave
+    below = release.plan[wave - 1]["percent"] if wave > 0 else 0
+    percent = release.plan[wave]["percent"]
+
+    def added(device_id: str) -> bool:
+        return in_rollout(device_id, percent) and not in_rollout(device_id, below)
+
+    new = {status: sum(1 for d in ids if added(d)) for status, ids in devices.items()}
+    return replace(
+        Tally.of(counts), added=sum(new.values()), added_confirmed=new.get("confirmed", 0)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +183,13 @@ def decide(release: ReleaseRecord, tally: Tally, now: datetime) -> Decision | No
     if tally.confirmed < want:
         return Decision(
             "paused", f"wave {wave}: {tally.confirmed} of {tally.tried} confirmed, {want} needed"
+        )
+    want_added = min(criteria.min_confirmed, tally.added)
+    if tally.added_confirmed < want_added:
+        return Decision(
+            "paused",
+            f"wave {wave}: {tally.added_confirmed} of the {tally.added} devices it added "
+            f"confirmed, {want_added} needed",
         )
     last = release.current_wave + 1 >= len(release.plan)
     return Decision("completed" if last else "promoted")
