@@ -87,23 +87,27 @@ def test_at_zero_percent_any_failure_aborts() -> None:
 def test_a_wave_is_not_promoted_before_any_device_it_added_confirmed() -> None:
     """Earlier waves' confirmations alone do not promote a wave whose own devices have not
     run the build yet (asleep, or slower than the soak time)."""
-    second = replace(RELEASE, current_wave=1, rollout_percent=100)
+    waves = [{"percent": p, "soakSeconds": 60} for p in (10, 50, 100)]
+    second = replace(RELEASE, plan=waves, current_wave=1, rollout_percent=50)
     waiting = Tally(tried=10, confirmed=10, failures=0, added=9, added_confirmed=0)
     assert decide(second, waiting, AFTER_SOAK) == Decision(
         "paused", "wave 2: 0 of the 9 devices it added confirmed, 1 needed"
     )
     one = replace(waiting, tried=11, confirmed=11, added_confirmed=1)
-    assert decide(second, one, AFTER_SOAK) == Decision("completed")
+    assert decide(second, one, AFTER_SOAK) == Decision("promoted")
     # A wave that added no device that was ever seen has nobody to wait for.
-    assert decide(second, replace(waiting, added=0), AFTER_SOAK) == Decision("completed")
+    assert decide(second, replace(waiting, added=0), AFTER_SOAK) == Decision("promoted")
     # minConfirmed counts among the added devices too, up to as many as there are.
     three = replace(second, min_confirmed=3)
     assert decide(three, replace(one, added=2, added_confirmed=1), AFTER_SOAK) == Decision(
         "paused", "wave 2: 1 of the 2 devices it added confirmed, 2 needed"
     )
     assert decide(three, replace(one, added=2, added_confirmed=2), AFTER_SOAK) == Decision(
-        "completed"
+        "promoted"
     )
+    # Completing offers it to nobody new: the last wave's own devices are not waited for.
+    last = replace(second, current_wave=2, rollout_percent=100)
+    assert decide(last, waiting, AFTER_SOAK) == Decision("completed")
 
 
 def test_the_wave_tally_counts_apart_the_devices_the_current_wave_added() -> None:

@@ -184,6 +184,11 @@ def decide(release: ReleaseRecord, tally: Tally, now: datetime) -> Decision | No
         return Decision(
             "paused", f"wave {wave}: {tally.confirmed} of {tally.tried} confirmed, {want} needed"
         )
+    last = release.current_wave + 1 >= len(release.plan)
+    if last:
+        # Completing offers the release to nobody new: the last wave's own devices are not
+        # waited for (its soak time is the way to have them judged first).
+        return Decision("completed")
     want_added = min(criteria.min_confirmed, tally.added)
     if tally.added_confirmed < want_added:
         return Decision(
@@ -191,5 +196,4 @@ def decide(release: ReleaseRecord, tally: Tally, now: datetime) -> Decision | No
             f"wave {wave}: {tally.added_confirmed} of the {tally.added} devices it added "
             f"confirmed, {want_added} needed",
         )
-    last = release.current_wave + 1 >= len(release.plan)
-    return Decision("completed" if last else "promoted")
+    return Decision("promoted")
