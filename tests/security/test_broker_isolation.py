@@ -70,7 +70,7 @@ async def test_a_device_using_the_collectors_client_id_disconnects_nobody_and_ge
         await intruder.disconnect()
 
 
-async def test_a_device_using_another_devices_client_id_disconnects_it(
+async def test_a_device_using_another_devices_client_id_disconnects_nobody_and_gets_nothing(
     api: httpx.AsyncClient, service: Service, broker: Broker
 ) -> None:
     victim_password = await provision(api, "victim-1")
