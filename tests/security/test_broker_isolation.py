@@ -1,9 +1,10 @@
 """What a device holding valid credentials can do to other clients on the broker: nothing.
 
 It cannot take over another client's session by connecting with its client id (the
-collector's or another device's), it cannot join the collector's shared subscription and
-swallow a share of everyone's uplink, and the backend's own account is refused where devices
-connect (a leaked backup's broker password opens nothing devices can reach)."""
+collector's or another device's; no backend client id is a device id, so none can even be
+provisioned), it cannot join the collector's shared subscription and swallow a share of
+everyone's uplink, and the backend's own account is refused where devices connect (a leaked
+backup's broker password opens nothing devices can reach)."""
 
 from __future__ import annotations
 
