@@ -2,7 +2,8 @@
 is none here or in CI): `docker-compose config` accepts every compose file, and the
 project's own rules hold (files that services mount or build from exist, every `${VAR}` is
 documented, healthy dependencies, healthchecks, restart policies and memory limits, no
-secrets in prod, a slim non-root image with a healthcheck)."""
+secrets in prod, a slim non-root image with a healthcheck, Caddy's body caps as large as
+the settings' defaults)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
+from paku_iot.settings import Settings
+from paku_iot.web.api.routes.ota import FIRMWARE_UPLOAD_PATH
+from paku_iot.web.app import MULTIPART_OVERHEAD_BYTES
 from tests.support import require
 from tests.support.compose import (
     BROKER_MOUNT,
@@ -305,6 +309,47 @@ def test_prod_is_tls_fronted_logs_json_and_keeps_its_data_under_one_root() -> No
     assert "respond @internal 404" in caddyfile
     assert ("./caddy/Caddyfile", "/etc/caddy/Caddyfile") in volume_pairs(prod["caddy"])
     assert "PAKU_DOMAIN" in environment(prod["caddy"])
+
+
+# Caddy's sizes (humanize.ParseBytes): MiB and the like are powers of 1024, MB of 1000.
+CADDY_SIZE = re.compile(r"(\d+)\s*(B|[KMG]i?B)?", re.IGNORECASE)
+CADDY_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+CADDY_UNITS |= {"kib": 1024, "mib": 1024**2, "gib": 1024**3}
+MIB = 1024 * 1024
+
+
+def caddy_size(text: str) -> int:
+    match = CADDY_SIZE.fullmatch(text)
+    assert match, f"a size the test cannot read: {text}"
+    return int(match[1]) * CADDY_UNITS[(match[2] or "b").lower()]
+
+
+def caddy_body_caps(caddyfile: str) -> dict[tuple[bool, frozenset[str]], int]:
+    """Each `request_body @matcher { max_size ... }`, by its matcher: (negated, its lines)."""
+    matchers = {
+        name: (
+            bool(negated),
+            frozenset(" ".join(line.split()) for line in body.splitlines()) - {""},
+        )
+        for name, negated, body in re.findall(r"^\s*@(\w+)\s+(not\s+)?\{([^}]*)\}", caddyfile, re.M)
+    }
+    caps = re.findall(r"^\s*request_body\s+@(\w+)\s*\{\s*max_size\s+(\S+)\s*\}", caddyfile, re.M)
+    assert len(caps) == len({name for name, _ in caps}), caps
+    return {matchers[name]: caddy_size(size) for name, size in caps}
+
+
+def test_caddy_caps_request_bodies_as_the_settings_defaults_do() -> None:
+    """Caddy refuses a body before it crosses to paku-iot: the firmware upload at the whole
+    MiB just above what paku-iot accepts (the image cap plus the multipart overhead), every
+    other body at PAKU_HTTP_MAX_BODY_BYTES. A default changed without the Caddyfile fails."""
+    caps = caddy_body_caps((COMPOSE_DIR / "caddy" / "Caddyfile").read_text())
+    upload = frozenset({"method POST", f"path {FIRMWARE_UPLOAD_PATH}"})
+    assert set(caps) == {(False, upload), (True, upload)}, caps  # the upload, and all else
+    firmware_default = Settings.model_fields["ota_max_firmware_bytes"].default
+    body_default = Settings.model_fields["http_max_body_bytes"].default
+    accepted = firmware_default + MULTIPART_OVERHEAD_BYTES  # what paku-iot reads of an upload
+    assert caps[(False, upload)] == -(-accepted // MIB) * MIB, (caps, accepted)
+    assert caps[(True, upload)] == body_default, (caps, body_default)
 
 
 @pytest.mark.parametrize("name", sorted(COMPOSE_FILES))

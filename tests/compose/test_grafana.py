@@ -1,7 +1,8 @@
 """Grafana (dev.yaml's `grafana` profile): provisioned with the database (through the read-only
-role) and a dashboard, the dashboard's queries run on the migrated schema in PostgreSQL, no
-anonymous access, and an admin password generated on the first start (its entrypoint, run
-here under busybox sh as the Alpine-based image would)."""
+role) and a dashboard, the dashboard's queries run on the migrated schema in PostgreSQL as that
+role (made by compose/postgres/roles.sh, as db-init makes it), no anonymous access, and an
+admin password generated on the first start (its entrypoint, run here under busybox sh as the
+Alpine-based image would)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,22 @@ import datetime as dt
 import json
 import os
 import re
+import secrets
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 import yaml
 
 from paku_iot.storage.migrate import upgrade
+from tests.compose.test_db_roles import dsn, run_roles
 from tests.compose.test_entrypoints import busybox_path
+from tests.support import require
 from tests.support.compose import GRAFANA_DIR, environment, load_compose, services, strings
+from tests.support.postgres import PG_ADMIN_DSN, pg_admin
 
 
 def test_grafana_is_provisioned_with_the_database_and_a_dashboard() -> None:
@@ -62,9 +70,39 @@ def expand_grafana_macros(sql: str) -> str:
     return sql
 
 
-async def test_the_dashboard_queries_run_on_the_migrated_schema(empty_pg_database: str) -> None:
-    await asyncio.to_thread(upgrade, empty_pg_database)
-    conn = await asyncpg.connect(empty_pg_database)
+@pytest.fixture
+def grafana_database() -> Iterator[tuple[str, str, str]]:
+    """A database set up as compose sets one up: db-init (compose/postgres/roles.sh) makes the
+    application role and Grafana's read-only one, then the application role migrates. Yields
+    (database, application role, read-only role); the roles are named for the test, since a
+    PostgreSQL server's roles are shared by every database on it."""
+    require(shutil.which("psql") is not None, "psql is not installed")
+    try:
+        asyncio.run(pg_admin("SELECT 1"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        require(False, f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}")
+    tag = secrets.token_hex(5)
+    database, app, readonly = f"paku_dash_{tag}", f"paku_app_{tag}", f"paku_grafana_{tag}"
+    asyncio.run(pg_admin(f"CREATE DATABASE {database}"))
+    try:
+        made = run_roles(database, app, readonly)
+        assert made.returncode == 0, made.stdout + made.stderr
+        upgrade(dsn(database, app))
+        yield database, app, readonly
+    finally:
+        asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        for role in (app, readonly):
+            asyncio.run(pg_admin(f"DROP ROLE IF EXISTS {role}"))
+
+
+async def test_the_dashboard_queries_run_on_the_migrated_schema_as_the_read_only_role(
+    grafana_database: tuple[str, str, str],
+) -> None:
+    """As Grafana runs them: as the read-only role, on tables and views the application role
+    made after db-init. A query that writes, or reads a table or view the role was not
+    granted, fails here."""
+    database, app, readonly = grafana_database
+    conn = await asyncpg.connect(dsn(database, app))
     try:
         now = dt.datetime.now(dt.UTC)
         await conn.execute(
@@ -82,6 +120,16 @@ async def test_the_dashboard_queries_run_on_the_migrated_schema(empty_pg_databas
             'VALUES (\'d1\', $1, $1, \'{"boiler": {"temp": 61.5}, "on": true}\')',
             now - dt.timedelta(seconds=1),
         )
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(dsn(database, readonly))
+    try:
+        role = await conn.fetchrow(
+            "SELECT rolsuper, current_setting('transaction_read_only') AS read_only "
+            "FROM pg_roles WHERE rolname = current_user"
+        )
+        assert role is not None
+        assert (role["rolsuper"], role["read_only"]) == (False, "on")
         for title, sql in grafana_queries():
             rows = await conn.fetch(expand_grafana_macros(sql))
             if title in ("Devices online", "Messages per minute", "Last seen"):

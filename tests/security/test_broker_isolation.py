@@ -1,9 +1,10 @@
 """What a device holding valid credentials can do to other clients on the broker: nothing.
 
 It cannot take over another client's session by connecting with its client id (the
-collector's or another device's), it cannot join the collector's shared subscription and
-swallow a share of everyone's uplink, and the backend's own account is refused where devices
-connect (a leaked backup's broker password opens nothing devices can reach)."""
+collector's or another device's; no backend client id is a device id, so none can even be
+provisioned), it cannot join the collector's shared subscription and swallow a share of
+everyone's uplink, and the backend's own account is refused where devices connect (a leaked
+backup's broker password opens nothing devices can reach)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import httpx
 import pytest
 
 from paku_iot.broker.link import shared_group_name
-from paku_iot.protocol import uplink_subscriptions
-from paku_iot.server.service import Service, running_service
+from paku_iot.protocol import is_valid_device_id, uplink_subscriptions
+from paku_iot.server.service import Service, _broker_link, running_service
 from paku_iot.settings import BACKEND_MQTT_USERNAME, Settings
 from tests.support import eventually
 from tests.support.api import admin_api
@@ -70,7 +71,7 @@ async def test_a_device_using_the_collectors_client_id_disconnects_nobody_and_ge
         await intruder.disconnect()
 
 
-async def test_a_device_using_another_devices_client_id_disconnects_it(
+async def test_a_device_using_another_devices_client_id_disconnects_nobody_and_gets_nothing(
     api: httpx.AsyncClient, service: Service, broker: Broker
 ) -> None:
     victim_password = await provision(api, "victim-1")
@@ -90,6 +91,36 @@ async def test_a_device_using_another_devices_client_id_disconnects_it(
     finally:
         await intruder.disconnect()
         await victim.disconnect()
+
+
+def backend_client_ids(settings: Settings) -> list[str]:
+    """The client id of every broker link the service makes: a collector's and an API-only
+    process's. (Not the collector's former id, `paku-collector-<instance>`, a device's id
+    too: server/legacy_session.py takes that session over once, on the backend listener.)"""
+    return [
+        _broker_link(settings, "backend-password", collecting=collecting).client_id
+        for collecting in (True, False)
+    ]
+
+
+@pytest.mark.parametrize("session_name", ["r1", "kitchen-01", "test-0a1b2c3d"])
+def test_no_backend_client_id_is_a_device_id(session_name: str) -> None:
+    """Even with an instance id that is a device id itself, the backend's client ids are not:
+    no device can be given one, so none can connect with it where devices connect."""
+    ids = backend_client_ids(Settings(instance_id=session_name))
+    assert len(set(ids)) == 2, ids
+    for client_id in ids:
+        assert not is_valid_device_id(client_id), client_id
+
+
+async def test_no_device_can_be_provisioned_with_a_backend_client_id(
+    api: httpx.AsyncClient, service: Service
+) -> None:
+    ids = {service.link.client_id, *backend_client_ids(service.settings)}
+    for client_id in ids:
+        response = await api.post("/devices", json={"model": "m", "id": client_id})
+        assert response.status_code == 422, (client_id, response.text)
+        assert response.json()["error"]["code"] == "invalid_input"
 
 
 @pytest.fixture
