@@ -68,10 +68,12 @@ def timeline(html: str) -> list[dict[str, str]]:
     body = html.split('id="timeline"', 1)[1].split("</table>", 1)[0]
     rows = []
     for row in re.findall(r'<tr data-kind="[^"]+">(.*?)</tr>', body, re.S):
-        cells = re.findall(r'<td class="([\w ]+)">(.*?)</td>', row, re.S)
+        cells = re.findall(r'<td class="([\w -]+)">(.*?)</td>', row, re.S)
         rows.append(
             {
-                cls.split()[-1]: " ".join(re.sub(r"<[^>]+>", " ", text).split())
+                cls.split()[-1].removeprefix("event-"): " ".join(
+                    re.sub(r"<[^>]+>", " ", text).split()
+                )
                 for cls, text in cells
             }
         )
@@ -163,7 +165,7 @@ async def test_the_page_shows_the_plan_wave_counts_and_devices_by_state(
     assert entry["kind"] == "plan"
     assert entry["wave"] == ""  # the publish's plan event names no wave (storage/releases.py)
     assert "25% for 10 min, 50% for 10 min, 100% for none" in entry["details"]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", entry["when"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", entry["at"])
 
 
 async def test_a_long_state_lists_its_first_hundred_devices(
