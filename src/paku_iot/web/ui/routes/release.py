@@ -30,7 +30,7 @@ NOTICES = {
     "rollout": "Rollout percentage saved.",
 }
 ABORT_UNCONFIRMED = "Not aborted: tick the box to confirm that devices stop being offered it."
-UI = {"via": "ui"}
+VIA_UI = {"via": "ui"}  # how the audit log tells the dashboard from the API
 # As the API's ReleaseAction: kept on the timeline; a NUL would not go into PostgreSQL.
 Reason = Annotated[str, Form(max_length=500, pattern=r"^[^\x00]*$")]
 
@@ -131,7 +131,7 @@ async def _transition(
     details: dict[str, object] = {"state": release.state, "wave": release.current_wave + 1}
     if reason is not None:
         details["reason"] = reason
-    await service.audit.record(session.identity, f"ota.{action}", release.id, details | UI)
+    await service.audit.record(session.identity, f"ota.{action}", release.id, details | VIA_UI)
     return RedirectResponse(f"/ui/firmware/{release.id}?notice={action}", status_code=303)
 
 
