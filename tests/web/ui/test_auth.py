@@ -14,7 +14,14 @@ from paku_iot.web.ui.sessions import COOKIE_NAME, SessionCodec
 from tests.support import ADMIN_TOKEN
 from tests.support.ui import csrf_of, sign_in
 
-PAGES = ["/ui/fleet", "/ui/devices/kitchen-01", "/ui/rejected", "/ui/firmware", "/ui/provision"]
+PAGES = [
+    "/ui/fleet",
+    "/ui/devices/kitchen-01",
+    "/ui/rejected",
+    "/ui/firmware",
+    "/ui/firmware/fw-1",
+    "/ui/provision",
+]
 ACTIONS = [
     "/ui/devices/kitchen-01/commands",
     "/ui/devices/kitchen-01/config",
@@ -23,7 +30,10 @@ ACTIONS = [
     "/ui/devices/kitchen-01/decommission",
     "/ui/devices/kitchen-01/recommission",
     "/ui/firmware/fw-1/rollout",
+    "/ui/firmware/fw-1/promote",
     "/ui/firmware/fw-1/pause",
+    "/ui/firmware/fw-1/resume",
+    "/ui/firmware/fw-1/abort",
     "/ui/provision/device",
     "/ui/provision/claim-codes",
     "/ui/signout",

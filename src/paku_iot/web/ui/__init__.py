@@ -18,6 +18,7 @@ from paku_iot.web.ui.routes import (
     fleet,
     provision,
     rejected,
+    release,
     signin,
     static,
 )
@@ -33,6 +34,7 @@ for _module in (
     alert_rules,
     rejected,
     firmware,
+    release,
     provision,
 ):
     router.include_router(_module.router)
