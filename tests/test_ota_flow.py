@@ -92,6 +92,22 @@ class Dev:
         await device.connect()
         return device
 
+    async def command(self, device_id: str, name: str) -> dict[str, Any]:
+        """Send command `name` and return it once the device has answered it."""
+        async with self.admin() as client:
+            sent = await client.post(f"/devices/{device_id}/commands", json={"name": name})
+            assert sent.status_code == 202, sent.text
+            command_id = sent.json()["id"]
+
+            async def answered() -> dict[str, Any]:
+                listed = (await client.get(f"/devices/{device_id}/commands")).json()["items"]
+                [command] = [c for c in listed if c["id"] == command_id]
+                assert command["status"] in ("acked", "failed"), command
+                answer: dict[str, Any] = command
+                return answer
+
+            return await eventually(answered, timeout=20)
+
     async def rollout(self, release_id: str) -> dict[str, Any]:
         async with self.admin() as client:
             response = await client.get(f"/ota/releases/{release_id}")

@@ -7,6 +7,7 @@ can. The machine's PostgreSQL (trust authentication) stands in for the postgres 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -76,15 +77,18 @@ async def refused(url: str, sql: str) -> str:
         await conn.close()
 
 
-@pytest.fixture
-def setup() -> Iterator[tuple[str, str, str]]:
+@contextlib.contextmanager
+def roles_database(prefix: str) -> Iterator[tuple[str, str, str]]:
+    """An empty database and the names of an application role and a read-only one, all
+    named for the test (a PostgreSQL server's roles are shared by every database on it);
+    dropped afterwards. Yields (database, application role, read-only role)."""
     require(shutil.which("psql") is not None, "psql is not installed")
     try:
         asyncio.run(pg_admin("SELECT 1"))
     except (OSError, asyncpg.PostgresError) as exc:
         require(False, f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}")
     tag = secrets.token_hex(5)
-    database, app, readonly = f"paku_roles_{tag}", f"paku_app_{tag}", f"paku_ro_{tag}"
+    database, app, readonly = f"{prefix}_{tag}", f"paku_app_{tag}", f"paku_ro_{tag}"
     asyncio.run(pg_admin(f"CREATE DATABASE {database}"))
     try:
         yield database, app, readonly
@@ -92,6 +96,12 @@ def setup() -> Iterator[tuple[str, str, str]]:
         asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         for role in (app, readonly):
             asyncio.run(pg_admin(f"DROP ROLE IF EXISTS {role}"))
+
+
+@pytest.fixture
+def setup() -> Iterator[tuple[str, str, str]]:
+    with roles_database("paku_roles") as names:
+        yield names
 
 
 def test_an_existing_install_gets_an_owner_role_and_a_read_only_one(

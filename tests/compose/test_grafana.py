@@ -6,13 +6,10 @@ Alpine-based image would)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
 import re
-import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +19,9 @@ import pytest
 import yaml
 
 from paku_iot.storage.migrate import upgrade
-from tests.compose.test_db_roles import dsn, run_roles
+from tests.compose.test_db_roles import dsn, roles_database, run_roles
 from tests.compose.test_entrypoints import busybox_path
-from tests.support import require
 from tests.support.compose import GRAFANA_DIR, environment, load_compose, services, strings
-from tests.support.postgres import PG_ADMIN_DSN, pg_admin
 
 
 def test_grafana_is_provisioned_with_the_database_and_a_dashboard() -> None:
@@ -76,23 +71,11 @@ def grafana_database() -> Iterator[tuple[str, str, str]]:
     application role and Grafana's read-only one, then the application role migrates. Yields
     (database, application role, read-only role); the roles are named for the test, since a
     PostgreSQL server's roles are shared by every database on it."""
-    require(shutil.which("psql") is not None, "psql is not installed")
-    try:
-        asyncio.run(pg_admin("SELECT 1"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        require(False, f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}")
-    tag = secrets.token_hex(5)
-    database, app, readonly = f"paku_dash_{tag}", f"paku_app_{tag}", f"paku_grafana_{tag}"
-    asyncio.run(pg_admin(f"CREATE DATABASE {database}"))
-    try:
+    with roles_database("paku_dash") as (database, app, readonly):
         made = run_roles(database, app, readonly)
         assert made.returncode == 0, made.stdout + made.stderr
         upgrade(dsn(database, app))
         yield database, app, readonly
-    finally:
-        asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        for role in (app, readonly):
-            asyncio.run(pg_admin(f"DROP ROLE IF EXISTS {role}"))
 
 
 async def test_the_dashboard_queries_run_on_the_migrated_schema_as_the_read_only_role(

@@ -211,20 +211,8 @@ async def test_a_release_failing_on_a_fifth_of_the_fleet_is_aborted_in_its_first
 
             # Boot previous: an operator sends one of the wave's devices back to 1.0.0.
             returned = first_wave[1]
-            sent = await api.post(
-                f"/devices/{returned}/commands", json={"name": OTA_BOOT_PREVIOUS_COMMAND}
-            )
-            assert sent.status_code == 202, sent.text
-            command_id = sent.json()["id"]
-
-            async def answered() -> dict[str, Any]:
-                listed = (await api.get(f"/devices/{returned}/commands")).json()["items"]
-                [command] = [c for c in listed if c["id"] == command_id]
-                assert command["status"] == "acked", command
-                answer: dict[str, Any] = command
-                return answer
-
-            command = await eventually(answered, timeout=20)
+            command = await fleet_dev.command(returned, OTA_BOOT_PREVIOUS_COMMAND)
+            assert command["status"] == "acked", command
             assert command["result"] == {"from": "1.1.0", "to": "1.0.0"}
 
             async def back_on_the_old_version() -> None:

@@ -39,24 +39,6 @@ async def _reported_fw(dev: Dev, device_id: str) -> str:
     return version
 
 
-async def _command(dev: Dev, device_id: str) -> dict[str, Any]:
-    """Send `ota.boot_previous` and return the command once the device has answered it."""
-    async with dev.admin() as client:
-        sent = await client.post(
-            f"/devices/{device_id}/commands", json={"name": OTA_BOOT_PREVIOUS_COMMAND}
-        )
-        assert sent.status_code == 202, sent.text
-        command_id = sent.json()["id"]
-
-        async def answered() -> dict[str, Any]:
-            listed = (await client.get(f"/devices/{device_id}/commands")).json()["items"]
-            [command] = [c for c in listed if c["id"] == command_id]
-            assert command["status"] in ("acked", "failed"), command
-            return dict(command)
-
-        return await eventually(answered)
-
-
 async def test_confirm_after_a_healthy_run_then_boot_previous(dev: Dev) -> None:
     key = await public_key(dev)
     device = await _device(dev, "ota-ok", window_s=30)
@@ -80,7 +62,7 @@ async def test_confirm_after_a_healthy_run_then_boot_previous(dev: Dev) -> None:
         await dev.wait_for_status(release["id"], "ota-ok", "confirmed")
 
         # Boot previous: answered, then back on 1.0.0 without a download.
-        command = await _command(dev, "ota-ok")
+        command = await dev.command("ota-ok", OTA_BOOT_PREVIOUS_COMMAND)
         assert command["status"] == "acked", command
         assert command["result"] == {"from": "1.1.0", "to": "1.0.0"}
         await device.wait_for(lambda: device.fw_version == "1.0.0" and device.connected)
@@ -92,7 +74,7 @@ async def test_confirm_after_a_healthy_run_then_boot_previous(dev: Dev) -> None:
         assert await _reported_fw(dev, "ota-ok") == "1.0.0"
         # The version left is not taken again, and there is nothing further back.
         assert await device.update_firmware(dev.base_url, key, dev.cwd / "ota-ok") is None
-        again = await _command(dev, "ota-ok")
+        again = await dev.command("ota-ok", OTA_BOOT_PREVIOUS_COMMAND)
         assert again["status"] == "failed", again
         assert "no previous image" in again["error"]
         assert device.fw_version == "1.0.0"

@@ -133,7 +133,8 @@ async def test_the_page_shows_the_plan_wave_counts_and_devices_by_state(
     assert "Current wave: <strong>1 of 3</strong> (25%)" in html
     assert "its soak time ends" in html
     # The criteria as given at upload.
-    assert "2 confirmed and 60% of those that tried" in html
+    assert "<dd>2 confirmed (as many among the devices the wave added" in html
+    assert "and 60% of those that tried</dd>" in html
     assert "40% of those that tried" in html
     assert "7 tried" in html
     # Counts and the devices in each state.
