@@ -389,3 +389,43 @@ async def test_a_wave_whose_own_devices_never_ran_the_build_pauses(
     body = await release(api, rid)
     assert body["stateReason"] == f"wave 2: 0 of the {added} devices it added confirmed, 1 needed"
     assert body["rollout"]["counts"]["pending"] == 0  # paused: offered to nobody new
+
+
+async def test_a_completed_release_is_still_aborted_while_it_is_the_newest(
+    api: httpx.AsyncClient, service: Service, fleet: tuple[Autopilot, Clock]
+) -> None:
+    """A last wave without soak time completes at once; the devices it added fail only
+    afterwards. The autopilot still aborts the release, as long as no newer one took over."""
+    autopilot, clock = fleet
+    plan = [{"percent": 25, "soakSeconds": 600}, {"percent": 100, "soakSeconds": 0}]
+    old = (await publish(api, "2.0.0", plan=json.dumps(plan)))["id"]
+    rid = (await publish(api, "2.1.0", plan=json.dumps(plan)))["id"]
+    for version in ("2.0.0", "2.1.0"):
+        await report(service, version, dict.fromkeys(wave(25), "confirmed"))
+    clock.advance(601)
+    assert sorted(d.kind for _, d in await autopilot.step()) == ["promoted", "promoted"]
+    assert sorted(d.kind for _, d in await autopilot.step()) == ["completed", "completed"]
+    assert await autopilot.step() == []
+
+    failing = wave(100, 25)[:3]
+    # 2.0.0 is superseded by 2.1.0: its late failures move nothing.
+    await report(service, "2.0.0", dict.fromkeys(failing, "rolled_back"))
+    assert await autopilot.step() == []
+    assert (await release(api, old))["state"] == "completed"
+    # 2.1.0 is what devices are offered now: the same failures abort it.
+    await report(service, "2.1.0", dict.fromkeys(failing, "rolled_back"))
+    [(aborted, decision)] = await autopilot.step()
+    assert (aborted, decision.kind) == (rid, "aborted")
+    body = await release(api, rid)
+    assert body["state"] == "aborted"
+    tried = len(wave(25)) + len(failing)
+    assert body["stateReason"] == f"wave 2: {len(failing)} of {tried} failed, abort at 10%"
+    assert await kinds(api, rid) == [
+        ("plan", "admin"),
+        ("promoted", "autopilot"),
+        ("completed", "autopilot"),
+        ("aborted", "autopilot"),
+    ]
+    # With 2.1.0 aborted, 2.0.0 is the newest offered again, and watched again.
+    [(again, decision)] = await autopilot.step()
+    assert (again, decision.kind) == (old, "aborted")

@@ -71,8 +71,15 @@ def test_a_wave_is_promoted_paused_or_aborted(
 def test_the_last_wave_completes_and_only_rolling_releases_with_a_plan_move() -> None:
     last = replace(RELEASE, current_wave=1, rollout_percent=100)
     assert decide(last, Tally(10, 10, 0), AFTER_SOAK) == Decision("completed")
-    for state in ("paused", "completed", "aborted"):
+    for state in ("paused", "aborted"):
         assert decide(replace(RELEASE, state=state), Tally(10, 0, 9), AFTER_SOAK) is None
+    # A completed release is only ever aborted: its last wave's devices still take it.
+    done = replace(last, state="completed")
+    assert decide(done, Tally(10, 1, 9), AFTER_SOAK) == Decision(
+        "aborted", "wave 2: 9 of 10 failed, abort at 10%"
+    )
+    assert decide(done, Tally(10, 1, 0), AFTER_SOAK) is None  # never paused for confirmations
+    assert decide(done, Tally(2, 0, 2), AFTER_SOAK) is None  # too few tried to abort
     assert decide(replace(RELEASE, plan=None), Tally(10, 0, 9), AFTER_SOAK) is None
 
 

@@ -157,8 +157,10 @@ def needed(tally: Tally, criteria: Criteria) -> int:
 
 
 def decide(release: ReleaseRecord, tally: Tally, now: datetime) -> Decision | None:
-    """What the autopilot does with a rolling release now; None: wait."""
-    if release.plan is None or release.state != "rolling":
+    """What the autopilot does with a release now; None: wait. A rolling release is
+    promoted, paused or aborted; a completed one, still taken by devices of its last wave,
+    can only be aborted."""
+    if release.plan is None or release.state not in ("rolling", "completed"):
         return None
     criteria = criteria_of(release)
     wave = release.current_wave + 1
@@ -168,6 +170,8 @@ def decide(release: ReleaseRecord, tally: Tally, now: datetime) -> Decision | No
             f"wave {wave}: {tally.failures} of {tally.tried} failed, "
             f"abort at {criteria.abort_failure_percent}%",
         )
+    if release.state == "completed":
+        return None
     soak = timedelta(seconds=release.plan[release.current_wave]["soakSeconds"])
     if release.wave_started_at is not None and now < release.wave_started_at + soak:
         return None
