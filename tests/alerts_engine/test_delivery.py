@@ -4,16 +4,24 @@ that is slow, and an address where nothing listens."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import socket
+import ssl
 import time
 from datetime import UTC, datetime, timedelta
 from email.header import decode_header
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from paku_iot.alerts.payloads import notification, render, summary
 from paku_iot.alerts.sender import (
@@ -367,3 +375,143 @@ def test_a_receiver_down_for_an_hour_is_retried_long_enough() -> None:
     assert waited <= timedelta(hours=1) + MAX_RETRY
     assert not given_up(T0, T0 + waited)
     assert given_up(T0, T0 + GIVE_UP_AFTER)
+
+
+# ---- name resolution ------------------------------------------------------------------------
+
+HOOK_HOST = "hooks.paku.test"  # resolved by `names` below, as a name server would
+SLOW_HOST = "slow.paku.test"  # whose name server never answers in time
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolver for two test names: HOOK_HOST (and `other.` of it) is 127.0.0.1,
+    SLOW_HOST takes 5 s to fail, as a name server that does not answer does."""
+    system = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == SLOW_HOST:
+            time.sleep(5)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if host in (HOOK_HOST, f"other.{HOOK_HOST}"):
+            host = "127.0.0.1"
+        return system(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):  # direct, unless a test says
+        monkeypatch.delenv(proxy, raising=False)
+        monkeypatch.delenv(proxy.lower(), raising=False)
+
+
+def certificate_for(name: str, directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A CA and a server certificate for `name` only (no IP address in it): the server's TLS
+    context, and a client's that trusts the CA."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.now(UTC)
+
+    def signed(builder: x509.CertificateBuilder) -> x509.Certificate:
+        return (
+            builder.issuer_name(ca_name)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(hours=1))
+            .sign(ca_key, hashes.SHA256())
+        )
+
+    ca = signed(
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .public_key(ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    )
+    server = signed(
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .public_key(key.public_key())
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+    )
+    cert_file, key_file = directory / "server.crt", directory / "server.key"
+    cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_file, key_file)
+    client_context = ssl.create_default_context(
+        cadata=ca.public_bytes(serialization.Encoding.PEM).decode()
+    )
+    return server_context, client_context
+
+
+async def test_a_host_name_is_resolved_and_sent_as_the_host(names: None) -> None:
+    async with receiver(host_name=HOOK_HOST) as hook, httpx.AsyncClient() as client:
+        content, headers = render(webhook(hook.url), body())
+        result = await send(client, webhook(hook.url), content, headers, 5)
+    assert result.delivered, result
+    [request] = hook.requests
+    assert request.headers["host"] == hook.url.split("/")[2]  # hooks.paku.test:<port>
+
+
+async def test_https_checks_the_certificate_against_the_host_name(
+    names: None, tmp_path: Path
+) -> None:
+    """Connected by address, the TLS server name and the certificate check are still the
+    URL's host: the certificate names only that host, so a check against the address, or
+    another name for the same address, fails."""
+    server_tls, client_tls = certificate_for(HOOK_HOST, tmp_path)
+    async with (
+        receiver(tls=server_tls, host_name=HOOK_HOST) as hook,
+        httpx.AsyncClient(verify=client_tls) as client,
+    ):
+        content, headers = render(webhook(hook.url), body())
+        result = await send(client, webhook(hook.url), content, headers, 5)
+        assert result.delivered, result
+        assert hook.requests[0].headers["host"] == hook.url.split("/")[2]
+
+        elsewhere = hook.url.replace(HOOK_HOST, f"other.{HOOK_HOST}")
+        refused = await send(client, webhook(elsewhere), content, headers, 5)
+        assert not refused.delivered
+        assert refused.error is not None
+        assert "certificate" in refused.error.lower(), refused.error
+    assert len(hook.requests) == 1
+
+
+def test_a_name_that_does_not_resolve_in_time_holds_neither_the_attempt_nor_the_exit(
+    names: None,
+) -> None:
+    """The attempt gives up on the name after its bound, and the event loop closes without
+    waiting for the lookup, which the system's resolver would otherwise hold for its own
+    timeout (here 5 s)."""
+
+    async def one_attempt() -> Any:
+        async with httpx.AsyncClient() as client:
+            url = f"http://{SLOW_HOST}/hook"
+            return await send(client, webhook(url), b"{}", {}, 0.5)
+
+    started = time.monotonic()
+    result = asyncio.run(one_attempt())
+    assert time.monotonic() - started < 2.5
+    assert not result.delivered
+    assert result.error == f"ResolutionTimeout: {SLOW_HOST} did not resolve within 0.5 s"
+
+
+async def test_through_a_proxy_the_proxy_resolves_the_name(
+    names: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP_PROXY set, the attempt goes to the proxy with the URL as given: a name only
+    the proxy knows still arrives. The receiver plays the proxy (a forward proxy gets the
+    whole URL in its request line)."""
+    async with receiver() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/hook"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with httpx.AsyncClient() as client:
+            url = "http://only-the-proxy-knows.test/hook"
+            result = await send(client, webhook(url), b"{}", {}, 5)
+    assert result.delivered, result
+    assert proxy.requests[0].path == url

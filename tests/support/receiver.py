@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -64,14 +65,23 @@ class Receiver:
 
 @asynccontextmanager
 async def receiver(
-    statuses: list[int] | None = None, default: int = 200, delay_s: float = 0.0, port: int = 0
+    statuses: list[int] | None = None,
+    default: int = 200,
+    delay_s: float = 0.0,
+    port: int = 0,
+    *,
+    tls: ssl.SSLContext | None = None,
+    host_name: str = "127.0.0.1",
 ) -> AsyncIterator[Receiver]:
     """Listening until the block ends; on `port` (one a test stops and starts again), or on
-    a port the kernel picks."""
+    a port the kernel picks. With `tls`, HTTPS with that server context. `host_name` is what
+    its URL calls 127.0.0.1."""
     state = Receiver(list(statuses or []), default, delay_s)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", port, reuse_address=True)
+    server = await asyncio.start_server(
+        state.handle, "127.0.0.1", port, reuse_address=True, ssl=tls
+    )
     port = server.sockets[0].getsockname()[1]
-    state.url = f"http://127.0.0.1:{port}/hook"
+    state.url = f"{'https' if tls else 'http'}://{host_name}:{port}/hook"
     try:
         yield state
     finally:

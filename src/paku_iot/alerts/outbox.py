@@ -62,7 +62,11 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         delay = 1.0
-        async with httpx.AsyncClient(follow_redirects=False) as client:
+        # No connections kept alive: deliveries are rare, and sender.py connects to the
+        # address it resolved, so a pooled connection is keyed by address, not by the host
+        # name its TLS session was made for.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(follow_redirects=False, limits=limits) as client:
             while True:
                 try:
                     sent = await self.deliver_due(client)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 
+from paku_iot.alerts.resolve import ResolutionTimeout, resolve
 from paku_iot.alerts.signing import HEADER as SIGNATURE_HEADER
 from paku_iot.alerts.signing import signature_header
 from paku_iot.storage.records import AlertDestination, DestinationType
@@ -65,30 +68,40 @@ async def send(
         t = int(time.time() if now is None else now)
         request_headers[SIGNATURE_HEADER] = signature_header(destination.secret, body, t)
     started = time.perf_counter()
+    resolving = True
     try:
         # httpx's timeout bounds each phase (connect, each read); the outer one bounds the
         # whole attempt, so a receiver that answers a byte a second cannot hold it.
-        async with (
-            asyncio.timeout(timeout),
-            client.stream(
+        async with asyncio.timeout(timeout):
+            url, extensions = await _resolved(destination.url, timeout, request_headers)
+            resolving = False
+            async with client.stream(
                 "POST",
-                destination.url,
+                url,
                 content=body,
                 headers=request_headers,
                 timeout=timeout,
+                extensions=extensions,
                 follow_redirects=False,  # a redirect is not a delivery (nor a reason to re-POST)
-            ) as response,
-        ):
-            status = response.status_code
-            snippet = b""
-            if not 200 <= status < 300:
-                # At most a little of the answer: a receiver could send anything.
-                async for chunk in response.aiter_bytes():
-                    snippet += chunk
-                    if len(snippet) >= ERROR_BODY_CHARS:
-                        break
-    except TimeoutError:
-        return SendResult(None, f"timed out after {timeout:g} s", _ms(started), delivered=False)
+            ) as response:
+                status = response.status_code
+                snippet = b""
+                if not 200 <= status < 300:
+                    # At most a little of the answer: a receiver could send anything.
+                    async for chunk in response.aiter_bytes():
+                        snippet += chunk
+                        if len(snippet) >= ERROR_BODY_CHARS:
+                            break
+    except (ResolutionTimeout, TimeoutError):
+        # The lookup's own bound and the attempt's are the same: whichever fires first.
+        error = (
+            _describe(
+                ResolutionTimeout(f"{_host(destination.url)} did not resolve within {timeout:g} s")
+            )
+            if resolving
+            else f"timed out after {timeout:g} s"
+        )
+        return SendResult(None, error, _ms(started), delivered=False)
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
         return SendResult(None, _describe(exc), _ms(started), delivered=False)
     if 200 <= status < 300:
@@ -96,6 +109,45 @@ async def send(
     text = snippet[:ERROR_BODY_CHARS].decode("utf-8", "replace").strip()
     error = f"HTTP {status}" + (f": {text}" if text else "")
     return SendResult(status, error[:ERROR_CHARS], _ms(started), delivered=False)
+
+
+async def _resolved(
+    url: str,
+    timeout: float,  # noqa: ASYNC109 - the attempt's bound, also the lookup's
+    headers: dict[str, str],
+) -> tuple[httpx.URL, dict[str, Any]]:
+    """The URL with its host resolved here (alerts/resolve.py) rather than by httpx, the
+    original host in `headers` (Host) and, for HTTPS, in the extensions (the TLS server
+    name, which the certificate is checked against)."""
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return parsed, {}  # httpx says what is wrong with it
+    if _through_proxy(parsed):
+        return parsed, {}  # the proxy resolves the name (httpx takes HTTPS_PROXY and the like)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    address = await resolve(parsed.host, port, timeout)
+    if address == parsed.host:
+        return parsed, {}
+    headers["Host"] = parsed.netloc.decode("ascii")
+    extensions: dict[str, Any] = {}
+    if parsed.scheme == "https":
+        extensions["sni_hostname"] = parsed.host
+    return parsed.copy_with(host=address), extensions
+
+
+def _through_proxy(url: httpx.URL) -> bool:
+    """Whether the environment sends requests to this URL through a proxy, as httpx reads
+    it (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY)."""
+    proxies = urllib.request.getproxies()
+    wanted = url.scheme in proxies or "all" in proxies
+    return wanted and not urllib.request.proxy_bypass(url.host)
+
+
+def _host(url: str) -> str:
+    try:
+        return httpx.URL(url).host or url
+    except httpx.InvalidURL:
+        return url
 
 
 def backoff(attempts: int) -> timedelta:
