@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +18,6 @@ from paku_iot.storage.schema_version import (
 
 def test_the_schema_head_constant_is_alembics_head() -> None:
     assert head_revision() == SCHEMA_HEAD
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fresh.db'}"
-    url: str = request.getfixturevalue("empty_pg_database")
-    return url
 
 
 async def test_upgrade_is_repeatable_and_reaches_head(empty_database: str) -> None:

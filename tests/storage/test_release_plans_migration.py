@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from alembic import command
 from sqlalchemy import text
 
 from paku_iot.storage.engine import create_engine
 from paku_iot.storage.migrate import alembic_config, upgrade
 from paku_iot.storage.releases import ReleaseStore
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fresh.db'}"
-    url: str = request.getfixturevalue("empty_pg_database")
-    return url
 
 
 async def test_releases_from_before_plans_become_rolling_or_paused(empty_database: str) -> None:

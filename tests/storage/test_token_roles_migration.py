@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from paku_iot.security.roles import Role
@@ -15,14 +13,6 @@ from paku_iot.security.tokens import AdminTokens, token_hash
 from paku_iot.storage.engine import create_engine
 from paku_iot.storage.migrate import upgrade
 from paku_iot.storage.security import AuditStore, TokenStore
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fresh.db'}"
-    url: str = request.getfixturevalue("empty_pg_database")
-    return url
 
 
 async def test_tokens_made_before_roles_become_admin(empty_database: str) -> None:

@@ -10,19 +10,18 @@ the loser's attempt is dropped.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
 
 import semver
 
-from paku_iot.exceptions import Conflict, PakuError
+from paku_iot.exceptions import Conflict
 from paku_iot.ota.control import ReleaseControl
 from paku_iot.ota.plans import Decision, decide, wave_tally
 from paku_iot.ota.status import rollout_status
 from paku_iot.storage.devices import DeviceStore
-from paku_iot.storage.engine import is_unavailable_error
+from paku_iot.storage.periodic import repeat
 from paku_iot.storage.records import ReleaseRecord
 from paku_iot.storage.releases import ReleaseStore
 
@@ -94,12 +93,4 @@ class Autopilot:
         return decision
 
     async def run(self, interval_s: float = INTERVAL_S) -> None:
-        while True:
-            try:
-                await self.step()
-            except PakuError as exc:
-                log.debug("autopilot step skipped: %s", exc.message)
-            except Exception as exc:
-                if not is_unavailable_error(exc):
-                    log.exception("autopilot step failed")
-            await asyncio.sleep(interval_s)
+        await repeat(self.step, interval_s, "autopilot step", log)
