@@ -59,7 +59,13 @@ class ReleaseStore:
                 )
                 if release.plan is not None:
                     await _insert_event(
-                        conn, release.id, release.created_at, actor, "plan", plan_detail(release)
+                        conn,
+                        release.id,
+                        release.created_at,
+                        actor,
+                        "plan",
+                        # As every other event, the wave it happened in: a new plan's first.
+                        {"wave": release.current_wave + 1, **plan_detail(release)},
                     )
         except IntegrityError:
             raise Conflict(

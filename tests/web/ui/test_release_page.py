@@ -164,7 +164,7 @@ async def test_the_page_shows_the_plan_wave_counts_and_devices_by_state(
     [entry] = timeline(html)
     assert entry["actor"] == "admin"
     assert entry["kind"] == "plan"
-    assert entry["wave"] == ""  # the publish's plan event names no wave (storage/releases.py)
+    assert entry["wave"] == "1"
     assert "25% for 10 min, 50% for 10 min, 100% for none" in entry["details"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", entry["at"])
 
@@ -256,7 +256,7 @@ async def test_promote_pause_resume_and_abort_through_the_page(
 
     entries = timeline(page)
     assert [(e["actor"], e["kind"], e["wave"]) for e in entries] == [
-        ("admin", "plan", ""),
+        ("admin", "plan", "1"),
         ("token:ops", "paused", "1"),
         ("token:ops", "resumed", "1"),
         ("token:ops", "promoted", "1"),
